@@ -1,0 +1,76 @@
+"""Blob: a float32 array and its gradient, as in Caffe and pycaffe."""
+from contextlib import contextmanager
+
+import numpy as np
+
+# Blobs are float32, as in Caffe; the gradient checker switches to float64 so
+# that finite differences are exact enough to compare against.
+_dtype = [np.float32]
+
+
+@contextmanager
+def precision(dtype):
+    """Create blobs of `dtype` inside the block (tests use float64)."""
+    _dtype.append(np.dtype(dtype).type)
+    try:
+        yield
+    finally:
+        _dtype.pop()
+
+
+class Blob:
+    """Holds `data` and `diff`, two arrays of one shape (float32 unless under `precision`).
+
+    Both arrays are plain numpy arrays that callers may write in place
+    (pycaffe's `net.blobs['data'].data[...] = x`). `reshape` reallocates only
+    when the element count grows, so steady-state training allocates nothing.
+    """
+
+    def __init__(self, shape=()):
+        self.dtype = _dtype[-1]
+        self._data = np.zeros(0, self.dtype)
+        self._diff = np.zeros(0, self.dtype)
+        self.data = self._data
+        self.diff = self._diff
+        self.reshape(*shape)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in blob shape {shape}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if count > self._data.size:
+            self._data = np.zeros(count, self.dtype)
+            self._diff = np.zeros(count, self.dtype)
+        # Always re-view: this also undoes an earlier share_data/share_diff.
+        self.data = self._data[:count].reshape(shape)
+        self.diff = self._diff[:count].reshape(shape)
+
+    def share_data(self, other):
+        """View another blob's data in this blob's shape (Split, Flatten, Reshape): no copy."""
+        self.data = other.data.reshape(self.data.shape)
+
+    def share_diff(self, other):
+        self.diff = other.diff.reshape(self.diff.shape)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def count(self):
+        return int(self.data.size)
+
+    def _legacy(self, axis):
+        # Caffe's num/channels/height/width: dimension 0..3, 1 where absent.
+        return self.data.shape[axis] if self.data.ndim > axis else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def __repr__(self):
+        return f"Blob{self.shape}"

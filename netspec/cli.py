@@ -1,0 +1,230 @@
+"""The `netspec` command: Caffe's `caffe` tool (train, test, time, device_query) plus the tools.
+
+Flags keep Caffe's spellings, including gflags' single dash (`-solver x` works
+like `--solver=x`), so existing scripts run unchanged. Errors in the user's
+input print one line and exit 1; usage errors exit 2; `--verbose` shows the
+traceback as well.
+"""
+import os
+import platform
+import signal
+import sys
+import time
+
+import click
+import numpy as np
+
+from . import glog
+from .errors import NetspecError
+
+_SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
+
+
+def _split_list(value):
+    return [s for part in (value or ()) for s in part.split(",") if s]
+
+
+def _phase(value):
+    from .proto import caffe_pb2
+    return caffe_pb2.Phase.Value(value.upper())
+
+
+class _Signals:
+    """Turns SIGINT/SIGHUP into solver actions, as Caffe's SignalHandler does."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: sigint_effect, signal.SIGHUP: sighup_effect}
+        self.pending = "none"
+
+    def install(self):
+        for sig, effect in self.effects.items():
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            self.pending = effect
+        if signum == signal.SIGINT and effect == "stop":
+            glog.info("SIGINT received: stopping after this iteration (a snapshot is written)", "signal_handler.cpp:63")
+
+    def __call__(self):
+        action, self.pending = self.pending, "none"
+        return action
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main_group(ctx, verbose):
+    """netspec: train and run Caffe nets on numpy."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    glog.configure()
+
+
+def _refuse_gpu(gpu):
+    if gpu is not None:
+        raise click.UsageError(f"--gpu={gpu}: netspec runs on the CPU only; drop the --gpu flag")
+
+
+@main_group.command()
+@click.option("--solver", required=True, type=click.Path(dir_okay=False), help="Solver prototxt or YAML.")
+@click.option("--snapshot", type=click.Path(dir_okay=False), help="Resume from this .solverstate.")
+@click.option("--weights", help="Comma-separated .caffemodel files to start from (fine-tuning).")
+@click.option("--sigint_effect", "--sigint-effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
+@click.option("--sighup_effect", "--sighup-effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
+@click.option("--gpu", default=None, hidden=True)
+@click.option("--level", type=int, default=None, help="Override the train net's level.")
+@click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
+    """Train a net (caffe train)."""
+    _refuse_gpu(gpu)
+    if snapshot and weights:
+        raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
+    from .schema import read_solver
+    from .solver import Solver
+    param = read_solver(solver)
+    if level is not None:
+        param.train_state.level = level
+    for s in _split_list(stage):
+        param.train_state.stage.append(s)
+    s = Solver(solver, param)
+    for w in _split_list([weights] if weights else []):
+        glog.info(f"Finetuning from {w}", "caffe.cpp:175")
+        s.net.copy_from(w)
+    signals = _Signals(sigint_effect, sighup_effect)
+    signals.install()
+    s.action_request = signals
+    glog.info("Starting Optimization", "caffe.cpp:248")
+    s.solve(snapshot)
+
+
+@main_group.command()
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
+@click.option("--weights", required=True, help="Trained .caffemodel (comma-separated for several).")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
+              show_default=True)
+@click.option("--level", type=int, default=0)
+@click.option("--stage", multiple=True)
+@click.option("--gpu", default=None, hidden=True)
+def test(model, weights, iterations, phase, level, stage, gpu):
+    """Score a trained net (caffe test)."""
+    _refuse_gpu(gpu)
+    from .net import Net
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    for w in _split_list([weights]):
+        net.copy_from(w)
+    glog.info(f"Running for {iterations} iterations.", "caffe.cpp:304")
+    sums, total_loss = {}, 0.0
+    for i in range(iterations):
+        total_loss += net.forward_prefilled()
+        index = 0
+        for name in net.outputs:
+            values = net.blobs[name].data.ravel().astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + values
+            for v in values:
+                glog.info(f"Batch {i}, {name} = {v:g}", "caffe.cpp:333")
+                index += 1
+    glog.info(f"Loss: {total_loss / iterations:g}", "caffe.cpp:338")
+    for name in net.outputs:
+        w = net.blob_loss_weights.get(name, 0.0)
+        for v in np.ravel(sums[name] / iterations):
+            extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
+            glog.info(f"{name} = {v:g}{extra}", "caffe.cpp:350")
+
+
+@main_group.command(name="time")
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
+              show_default=True)
+@click.option("--weights", default=None)
+@click.option("--level", type=int, default=0)
+@click.option("--stage", multiple=True)
+@click.option("--gpu", default=None, hidden=True)
+def time_command(model, iterations, phase, weights, level, stage, gpu):
+    """Benchmark per-layer forward and backward (caffe time)."""
+    _refuse_gpu(gpu)
+    from .net import Net
+    from .timing import time_net
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    if weights:
+        net.copy_from(weights)
+    time_net(net, iterations, backward=_phase(phase) == 0)
+
+
+@main_group.command(name="device_query")
+@click.option("--gpu", default=None, hidden=True)
+def device_query(gpu):
+    """Describe the CPU and BLAS that netspec computes on."""
+    _refuse_gpu(gpu)
+    from .timing import describe_machine
+    for line in describe_machine():
+        glog.info(line, "caffe.cpp:122")
+
+
+def _mount_tools():
+    """Commands that live with their tools (tools/ scripts call the same code)."""
+    mounts = [
+        ("netspec.logparse", "parse_log_command", "parse-log"),
+        ("netspec.plotlog", "plot_log_command", "plot-log"),
+        ("netspec.convert", "convert_command", "convert"),
+        ("netspec.convert", "upgrade_command", "upgrade"),
+        ("netspec.draw", "draw_command", "draw"),
+        ("netspec.datasets.mnist", "convert_mnist_command", "convert_mnist"),
+        ("netspec.datasets.mnist", "get_mnist_command", "get_mnist"),
+        ("netspec.datasets.image_mean", "compute_image_mean_command", "compute_image_mean"),
+    ]
+    import importlib
+    for module, attr, name in mounts:
+        try:
+            command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        main_group.add_command(command, name=name)
+        if "_" in name:
+            main_group.add_command(command, name=name.replace("_", "-"))
+
+
+_mount_tools()
+
+
+def _gflags_to_click(argv):
+    """gflags accept `-solver x` and `-solver=x`; click wants `--solver`."""
+    out = []
+    for arg in argv:
+        if len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and arg[1:].split("=")[0].replace("_", "").isalpha():
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def main(argv=None):
+    argv = _gflags_to_click(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    try:
+        main_group.main(args=argv, prog_name="netspec", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("netspec: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except NetspecError as e:
+        if verbose:
+            import traceback
+            traceback.print_exc()
+        click.echo(f"netspec: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("netspec: interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("netspec: error: out of memory (try a smaller batch_size)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

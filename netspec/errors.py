@@ -1,0 +1,18 @@
+"""The one error type netspec raises for problems in the user's input.
+
+The CLI prints a NetspecError as a single line and exits 1; anything else is a
+bug in netspec and gets a traceback.
+"""
+
+
+class NetspecError(Exception):
+    """A problem with a net, solver, weights file or dataset the user gave us."""
+
+
+class ParseError(NetspecError):
+    """A malformed file: the message starts with `path:line:col:`."""
+
+    def __init__(self, path, line, col, message):
+        self.path, self.line, self.col = path, line, col
+        where = f"{path}:{line}:{col}" if line else str(path)
+        super().__init__(f"{where}: {message}")

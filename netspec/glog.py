@@ -1,0 +1,52 @@
+"""Log lines in glog's format, the format Caffe writes and its log parsers read.
+
+    I1122 04:45:01.648386 12345 solver.cpp:239] Iteration 100, loss = 0.3
+
+Caffe's tools/extra/parse_log.py keys on the message text, so netspec writes
+the same messages with the same prefix. The source-file field names the Caffe
+file that writes the same line, which keeps greps written for Caffe working.
+"""
+import logging
+import os
+import sys
+import time
+
+_LEVEL_LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
+                 logging.ERROR: "E", logging.CRITICAL: "F"}
+
+
+class GlogFormatter(logging.Formatter):
+    def format(self, record):
+        t = time.localtime(record.created)
+        micros = int((record.created - int(record.created)) * 1e6)
+        source = getattr(record, "source", "netspec.py:0")
+        prefix = (f"{_LEVEL_LETTER.get(record.levelno, 'I')}{t.tm_mon:02d}{t.tm_mday:02d} "
+                  f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} "
+                  f"{os.getpid()} {source}] ")
+        return prefix + record.getMessage()
+
+
+logger = logging.getLogger("netspec")
+logger.propagate = False
+
+
+def configure(stream=None, level=logging.INFO):
+    """Send glog-formatted lines to `stream` (stderr by default, as glog does)."""
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(GlogFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def info(message, source="netspec.py:0"):
+    logger.info(message, extra={"source": source})
+
+
+def warning(message, source="netspec.py:0"):
+    logger.warning(message, extra={"source": source})
+
+
+def error(message, source="netspec.py:0"):
+    logger.error(message, extra={"source": source})

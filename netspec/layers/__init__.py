@@ -1,0 +1,22 @@
+"""Layers by family, one module each; importing this package fills LAYER_REGISTRY.
+
+    data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
+    vision.py     Convolution, Deconvolution, Pooling, SPP (im2col.py holds the kernels)
+    common.py     InnerProduct, Softmax
+    neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
+    loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
+    structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
+    norm.py       BatchNorm, Scale, Bias, LRN, MVN
+    python.py     user layers (`type: "Python"`)
+"""
+from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
+from . import data, vision, common, neuron, loss, structure, norm, python  # noqa: F401,E402
+
+
+def __getattr__(name):
+    # `from netspec import layers as L; L.Convolution(...)` is pycaffe's NetSpec idiom: unknown
+    # capitalised names here are layer factories from the NetSpec builder.
+    if name[:1].isupper():
+        from .. import net_spec
+        return getattr(net_spec.layers, name)
+    raise AttributeError(f"module 'netspec.layers' has no attribute {name!r}")

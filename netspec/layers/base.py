@@ -1,0 +1,91 @@
+"""The layer interface shared by built-in layers and user `type: "Python"` layers.
+
+A layer sees lists of Blobs. `setup` runs once (read parameters, create
+`self.blobs`, the learnable parameters in Caffe's order), `reshape` sizes the
+tops from the bottoms and runs before every forward, `forward` fills
+`top[i].data`, and `backward` fills `bottom[i].diff` for every i with
+`propagate_down[i]` true and *adds* parameter gradients into `self.blobs[j].diff`
+(so shared parameters and `iter_size` accumulate, as in Caffe).
+
+Bottom diffs are overwritten, never accumulated: the net inserts Split layers
+where one blob feeds several layers, exactly as Caffe does. A layer whose top
+is its bottom (in place) must read what it needs for backward from the top.
+"""
+from ..blob import Blob
+from ..errors import NetspecError
+
+# Caffe type name -> layer class. Filled by the @register decorator in each family module.
+LAYER_REGISTRY = {}
+
+
+def register(*type_names):
+    """Class decorator: make a layer available under one or more Caffe type names."""
+    def add(cls):
+        for name in type_names:
+            LAYER_REGISTRY[name] = cls
+        return cls
+    return add
+
+
+class Layer:
+    """Base class for every layer; pycaffe's `caffe.Layer`."""
+
+    # Number of bottoms/tops the layer accepts: exact count, or (min, max) with None for unbounded.
+    num_bottoms = None
+    num_tops = None
+    # Loss layers get loss_weight 1 on their first top when the net file names none.
+    is_loss = False
+    # Data-producing layers: backward never runs and no gradient flows into them.
+    is_data = False
+
+    def __init__(self, layer_param, phase=None):
+        self.layer_param = layer_param
+        self.name = layer_param.name
+        self.type = layer_param.type
+        self.phase = layer_param.phase if phase is None else phase
+        self.param_str = layer_param.python_param.param_str
+        self.blobs = []
+
+    # --- the interface -------------------------------------------------------
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    # --- helpers for subclasses ----------------------------------------------
+    def error(self, message):
+        """A NetspecError that names this layer: `layer 'conv1' (Convolution): ...`."""
+        return NetspecError(f"layer '{self.name}' ({self.type}): {message}")
+
+    def add_param_blob(self, shape):
+        blob = Blob(shape)
+        self.blobs.append(blob)
+        return blob
+
+    def allow_force_backward(self, bottom_index):
+        """Whether force_backward may request a gradient for this bottom (labels: no)."""
+        return True
+
+
+def check_blob_counts(layer, bottom, top):
+    """Raise a clear error when a layer gets the wrong number of bottoms or tops."""
+    for what, blobs, want in (("bottom", bottom, layer.num_bottoms), ("top", top, layer.num_tops)):
+        if want is None:
+            continue
+        lo, hi = (want, want) if isinstance(want, int) else want
+        n = len(blobs)
+        if n < lo or (hi is not None and n > hi):
+            if lo == hi:
+                expected = f"exactly {lo}"
+            elif hi is None:
+                expected = f"at least {lo}"
+            else:
+                expected = f"{lo} to {hi}"
+            raise layer.error(f"takes {expected} {what} blob(s), got {n}")

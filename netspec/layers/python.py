@@ -1,0 +1,78 @@
+"""`type: "Python"` layers: a user class loaded from `python_param { module layer }`.
+
+The user's class subclasses netspec.Layer (pycaffe's caffe.Layer) and has the
+same four methods as every built-in layer, so the net drives both alike.
+"""
+import importlib
+import sys
+
+from ..errors import NetspecError
+from .base import Layer, register
+
+
+def _user_error(layer_param, stage, exc):
+    return NetspecError(f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
+                        f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}")
+
+
+@register("Python")
+class PythonLayer(Layer):
+    """Creates the user's layer at construction and hands every call to it."""
+
+    def __new__(cls, layer_param, phase=None):
+        p = layer_param.python_param
+        if not p.module or not p.layer:
+            raise NetspecError(f"layer '{layer_param.name}' (Python): python_param needs both module and layer")
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.append("")      # pycaffe users rely on modules beside the working directory
+        try:
+            module = importlib.import_module(p.module)
+        except ImportError as e:
+            raise NetspecError(f"layer '{layer_param.name}' (Python): cannot import module '{p.module}' "
+                               f"({e}); put it on PYTHONPATH or in the working directory") from None
+        except Exception as e:  # noqa: BLE001 - the user's module raised while importing
+            raise _user_error(layer_param, f"importing '{p.module}'", e) from None
+        user_cls = getattr(module, p.layer, None)
+        if user_cls is None:
+            raise NetspecError(f"layer '{layer_param.name}' (Python): module '{p.module}' has no class "
+                               f"'{p.layer}'")
+        try:
+            return _GuardedUserLayer(user_cls(layer_param))
+        except TypeError:
+            # pycaffe-style classes take no constructor arguments; Layer.__init__ sets the attributes.
+            obj = user_cls.__new__(user_cls)
+            Layer.__init__(obj, layer_param, phase)
+            return _GuardedUserLayer(obj)
+
+
+class _GuardedUserLayer:
+    """Wraps a user layer so that its exceptions name the layer instead of escaping as tracebacks."""
+
+    def __init__(self, inner):
+        object.__setattr__(self, "_inner", inner)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._inner, name, value)
+
+    def _call(self, stage, *args):
+        try:
+            return getattr(self._inner, stage)(*args)
+        except NetspecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any user error becomes one readable line
+            raise _user_error(self._inner.layer_param, stage, e) from e
+
+    def setup(self, bottom, top):
+        return self._call("setup", bottom, top)
+
+    def reshape(self, bottom, top):
+        return self._call("reshape", bottom, top)
+
+    def forward(self, bottom, top):
+        return self._call("forward", bottom, top)
+
+    def backward(self, top, propagate_down, bottom):
+        return self._call("backward", top, propagate_down, bottom)

@@ -1,0 +1,399 @@
+"""Net: a graph of layers over named blobs, with pycaffe's interface.
+
+Construction follows Caffe's Net::Init: filter layers by phase/level/stage,
+insert Splits, then create each layer, wire its bottoms and tops, run its
+setup and reshape, attach parameters (sharing those with the same ParamSpec
+name), and finally decide which layers need backward at all.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from . import glog, layers as _layers  # noqa: F401  (importing layers fills the registry)
+from .blob import Blob
+from .errors import NetspecError
+from .graph import filter_net, insert_splits
+from .layers.base import LAYER_REGISTRY, check_blob_counts
+from .proto import caffe_pb2
+from .schema import read_binary_message, read_net, write_atomically
+from .weights import blob_to_array, array_to_blob, copy_layer_blobs
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+def _parse_phase(phase):
+    if isinstance(phase, str):
+        name = phase.upper()
+        if name not in ("TRAIN", "TEST"):
+            raise NetspecError(f"unknown phase '{phase}' (expected TRAIN or TEST)")
+        return caffe_pb2.Phase.Value(name)
+    if phase not in (TRAIN, TEST):
+        raise NetspecError(f"unknown phase {phase!r} (expected netspec.TRAIN or netspec.TEST)")
+    return int(phase)
+
+
+def create_layer(layer_param):
+    cls = LAYER_REGISTRY.get(layer_param.type)
+    if cls is None:
+        known = ", ".join(sorted(LAYER_REGISTRY))
+        raise NetspecError(f"layer '{layer_param.name}': unknown layer type '{layer_param.type}' "
+                           f"(registered types: {known})")
+    return cls(layer_param)
+
+
+class Net:
+    """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
+    `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None):
+        if len(args) == 2:
+            weights, phase = args
+        elif len(args) == 1:
+            phase = args[0]
+        elif args:
+            raise TypeError("Net(model, phase) or Net(model, weights, phase)")
+        if phase is None:
+            raise TypeError("Net needs a phase: netspec.TRAIN or netspec.TEST")
+        self.phase = _parse_phase(phase)
+        param = read_net(model)
+        self.source = model if isinstance(model, str) else "<NetParameter>"
+        state = caffe_pb2.NetState()
+        state.CopyFrom(param.state)
+        state.phase = self.phase
+        if level:
+            state.level = level
+        for s in stages or ():
+            state.stage.append(s)
+        self._init(param, state)
+        if weights:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------ construction
+    def _init(self, param, state):
+        self.name = param.name
+        self.param = param
+        filtered = insert_splits(filter_net(param, state))
+        self.blobs = OrderedDict()
+        self.layers, self._layer_names = [], []
+        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self._bottoms, self._tops = [], []
+        self._loss_weights = []          # per layer: [(top blob, weight)]
+        self.blob_loss_weights = OrderedDict()
+        self._blob_need_backward = {}
+        self._bottom_need_backward = []
+        self._layer_need_backward = []
+        self.inputs = []
+        self._learnable = []             # (Blob, lr_mult, decay_mult), owners only
+        self._param_owner = {}           # ParamSpec name -> (layer name, index, Blob)
+        self._param_display = []         # (layer name, index) of each learnable
+        available = set()
+        names_seen = set()
+
+        for layer_param in filtered.layer:
+            if not layer_param.HasField("phase"):
+                layer_param.phase = state.phase
+            if layer_param.name in names_seen:
+                raise NetspecError(f"duplicate layer name '{layer_param.name}': layer names must be unique")
+            names_seen.add(layer_param.name)
+            glog.info(f"Creating Layer {layer_param.name}", "net.cpp:84")
+            layer = create_layer(layer_param)
+            bottoms, need = [], []
+            for j, name in enumerate(layer_param.bottom):
+                if name not in self.blobs:
+                    raise NetspecError(f"layer '{layer_param.name}' ({layer_param.type}): unknown bottom blob "
+                                       f"'{name}' (no earlier layer produces it)")
+                glog.info(f"{layer_param.name} <- {name}", "net.cpp:406")
+                bottoms.append(self.blobs[name])
+                available.discard(name)
+                ok = self._blob_need_backward.get(name, False)
+                if j < len(layer_param.propagate_down):
+                    ok = ok and layer_param.propagate_down[j]
+                need.append(ok)
+            tops = []
+            for j, name in enumerate(layer_param.top):
+                in_place = j < len(layer_param.bottom) and layer_param.bottom[j] == name
+                if in_place:
+                    glog.info(f"{layer_param.name} -> {name} (in-place)", "net.cpp:410")
+                    tops.append(self.blobs[name])
+                elif name in self.blobs:
+                    raise NetspecError(f"layer '{layer_param.name}' ({layer_param.type}): top blob '{name}' "
+                                       "is produced by more than one layer")
+                else:
+                    glog.info(f"{layer_param.name} -> {name}", "net.cpp:452")
+                    blob = Blob()
+                    self.blobs[name] = blob
+                    tops.append(blob)
+                available.add(name)
+                if layer_param.type == "Input":
+                    self.inputs.append(name)
+            check_blob_counts(layer, bottoms, tops)
+            glog.info(f"Setting up {layer_param.name}", "net.cpp:129")
+            layer.setup(bottoms, tops)
+            layer.reshape(bottoms, tops)
+            weights = self._set_loss_weights(layer, tops)
+            for name, blob in zip(layer_param.top, tops):
+                glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
+            self._attach_params(layer, layer_param)
+
+            need_backward = any(need) and not layer.is_data
+            for j, blob in enumerate(layer.blobs):
+                spec = layer_param.param[j] if j < len(layer_param.param) else caffe_pb2.ParamSpec()
+                need_backward |= spec.lr_mult != 0
+            for name in layer_param.top:
+                self._blob_need_backward[name] = need_backward
+            self.layers.append(layer)
+            self._layer_names.append(layer_param.name)
+            self.bottom_names[layer_param.name] = list(layer_param.bottom)
+            self.top_names[layer_param.name] = list(layer_param.top)
+            self._bottoms.append(bottoms)
+            self._tops.append(tops)
+            self._loss_weights.append(weights)
+            self._bottom_need_backward.append(need)
+            self._layer_need_backward.append(need_backward)
+
+        self.outputs = [name for name in self.blobs if name in available]
+        self._prune_backward(filtered)
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        mem = sum(b.count for b in self.blobs.values()) * 4
+        glog.info(f"Memory required for data: {mem}", "net.cpp:255")
+
+    def _set_loss_weights(self, layer, tops):
+        lp = layer.layer_param
+        weights = []
+        for j, blob in enumerate(tops):
+            if j < len(lp.loss_weight):
+                w = lp.loss_weight[j]
+            else:
+                w = 1.0 if (layer.is_loss and j == 0) else 0.0
+            if w:
+                # Any top may carry a loss: its loss is the weighted sum of its elements.
+                blob.diff[...] = w
+                weights.append((blob, w))
+                glog.info(f"    with loss weight {w:g}", "net.cpp:148")
+            self.blob_loss_weights[lp.top[j]] = w
+        return weights
+
+    def _attach_params(self, layer, lp):
+        if len(lp.param) > len(layer.blobs):
+            raise NetspecError(f"layer '{lp.name}' ({lp.type}): {len(lp.param)} param specs given but the layer "
+                               f"has only {len(layer.blobs)} parameter blobs")
+        for j, blob in enumerate(layer.blobs):
+            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
+            owner = self._param_owner.get(spec.name) if spec.name else None
+            if owner is None:
+                if spec.name:
+                    self._param_owner[spec.name] = (lp.name, j, blob)
+                self._learnable.append((blob, spec.lr_mult, spec.decay_mult))
+                self._param_display.append((lp.name, j))
+                continue
+            owner_layer, owner_index, owner_blob = owner
+            strict = spec.share_mode != caffe_pb2.ParamSpec.PERMISSIVE
+            if (strict and owner_blob.shape != blob.shape) or owner_blob.count != blob.count:
+                raise NetspecError(
+                    f"layer '{lp.name}' ({lp.type}): cannot share param '{spec.name}' with layer '{owner_layer}': "
+                    f"shape {blob.shape} here vs {owner_blob.shape} there")
+            # Sharing: this layer's param becomes the owner's blob (data and diff).
+            if owner_blob.shape != blob.shape:
+                owner_blob_view = Blob()
+                owner_blob_view.data = owner_blob.data.reshape(blob.shape)
+                owner_blob_view.diff = owner_blob.diff.reshape(blob.shape)
+                layer.blobs[j] = owner_blob_view
+            else:
+                layer.blobs[j] = owner_blob
+
+    def _prune_backward(self, filtered):
+        """Caffe's rule: no backward through layers that reach no loss, or whose
+        tops need no gradient; then force_backward turns everything back on."""
+        under_loss, skip = set(), set()
+        for i in reversed(range(len(self.layers))):
+            lp = self.layers[i].layer_param
+            contributes = any(w for _, w in self._loss_weights[i]) or any(t in under_loss for t in lp.top)
+            skip_down = all(t in skip for t in lp.top) if lp.top else True
+            if self._layer_need_backward[i] and skip_down:
+                self._layer_need_backward[i] = False
+                self._bottom_need_backward[i] = [False] * len(lp.bottom)
+            if not contributes:
+                self._layer_need_backward[i] = False
+            for j, name in enumerate(lp.bottom):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self._bottom_need_backward[i][j] = False
+                if not self._bottom_need_backward[i][j]:
+                    skip.add(name)
+        if filtered.force_backward:
+            for i, layer in enumerate(self.layers):
+                self._layer_need_backward[i] = True
+                self._bottom_need_backward[i] = [
+                    need or layer.allow_force_backward(j) for j, need in enumerate(self._bottom_need_backward[i])]
+
+    # ------------------------------------------------------------ pycaffe API
+    @property
+    def params(self):
+        return OrderedDict((name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
+                           if layer.blobs)
+
+    @property
+    def learnable_params(self):
+        """[(Blob, lr_mult, decay_mult)] for every parameter this net owns (shared ones once)."""
+        return self._learnable
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    def _layer_index(self, name, default):
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetspecError(f"no layer named '{name}' in net '{self.name}'") from None
+
+    def forward_prefilled(self, start=0, end=None):
+        """Run layers start..end (indices); return the weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for blob, w in self._loss_weights[i]:
+                blob.diff[...] = w
+                loss += w * float(blob.data.sum(dtype=np.float64))
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self._layer_need_backward[i]:
+                self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's forward: set inputs from kwargs, run, return {output: data}."""
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise NetspecError(f"forward: net '{self.name}' has no blob named '{name}'")
+            target = self.blobs[name]
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                if value.ndim and target.data.ndim and value.shape[0] != target.shape[0]:
+                    raise NetspecError(f"forward: input '{name}' is not batch sized: got shape "
+                                       f"{value.shape}, net expects {target.shape}")
+                raise NetspecError(f"forward: input '{name}' has shape {value.shape}, "
+                                   f"net expects {target.shape}")
+            target.data[...] = value
+        i0 = self._layer_index(start, 0)
+        i1 = self._layer_index(end, len(self.layers) - 1)
+        self.forward_prefilled(i0, i1)
+        wanted = list(blobs or [])
+        names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
+        return {name: self.blobs[name].data for name in names}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """pycaffe's backward: set top diffs from kwargs, run, return {input: diff}."""
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise NetspecError(f"backward: net '{self.name}' has no blob named '{name}'")
+            target = self.blobs[name]
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise NetspecError(f"backward: diff for '{name}' has shape {value.shape}, "
+                                   f"blob has {target.shape}")
+            target.diff[...] = value
+        i0 = self._layer_index(start, len(self.layers) - 1)
+        i1 = self._layer_index(end, 0)
+        self.backward_from_to(i0, i1)
+        names = ([self.bottom_names[end][0]] if end is not None and self.bottom_names[end] else self.inputs)
+        names = names + list(diffs or [])
+        return {name: self.blobs[name].diff for name in names}
+
+    def forward_backward(self):
+        """One training pass: forward everything, backward everything; returns the loss."""
+        loss = self.forward_prefilled()
+        self.backward_from_to()
+        return loss
+
+    def first_non_finite(self):
+        """Where a NaN/inf first shows: the earliest layer output, else the earliest gradient in backward order."""
+        for name, layer, tops in zip(self._layer_names, self.layers, self._tops):
+            for top_name, blob in zip(layer.layer_param.top, tops):
+                if not np.all(np.isfinite(blob.data)):
+                    return f"first non-finite value in the output '{top_name}' of layer '{name}'"
+            for j, blob in enumerate(layer.blobs):
+                if not np.all(np.isfinite(blob.data)):
+                    return f"first non-finite value in param {j} of layer '{name}'"
+        for i in reversed(range(len(self.layers))):
+            for blob in list(self._bottoms[i]) + list(self.layers[i].blobs):
+                if not np.all(np.isfinite(blob.diff)):
+                    return f"first non-finite gradient in backward of layer '{self._layer_names[i]}'"
+        return "no non-finite value found in the net's blobs"
+
+    def clear_param_diffs(self):
+        for blob, _, _ in self._learnable:
+            blob.diff[...] = 0
+
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
+            layer.reshape(bottom, top)
+
+    def forward_all(self, blobs=None, **kwargs):
+        """Forward inputs of any length in batches of the net's batch size; concatenated outputs."""
+        outputs = list(self.outputs) + list(blobs or [])
+        collected = {name: [] for name in outputs}
+        n = len(next(iter(kwargs.values()))) if kwargs else 0
+        batch = self.blobs[next(iter(kwargs))].shape[0] if kwargs else 1
+        for lo in range(0, n, batch):
+            chunk = {}
+            for name, value in kwargs.items():
+                part = np.asarray(value[lo:lo + batch])
+                if len(part) < batch:
+                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            out = self.forward(blobs=blobs, **chunk)
+            for name in outputs:
+                collected[name].extend(out[name].copy()[:min(batch, n - lo)])
+        return {name: np.asarray(v) for name, v in collected.items()}
+
+    # ------------------------------------------------------------ weights
+    def to_proto(self, write_diff=False):
+        """The net as a NetParameter carrying every layer's blobs (a .caffemodel)."""
+        out = caffe_pb2.NetParameter()
+        out.name = self.name
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                array_to_blob(blob.data, lp.blobs.add(), blob.diff if write_diff else None)
+        return out
+
+    def save(self, path):
+        write_atomically(path, self.to_proto().SerializeToString())
+
+    def copy_from(self, source):
+        """Copy parameters by layer name from a .caffemodel path or a NetParameter."""
+        if isinstance(source, caffe_pb2.NetParameter):
+            trained, where = source, "<NetParameter>"
+        else:
+            where = str(source)
+            trained = read_binary_message(where, caffe_pb2.NetParameter())
+            from .upgrade import upgrade_net
+            trained = upgrade_net(trained, where)
+        copy_layer_blobs(self, trained, where)
+
+    copy_trained_layers_from = copy_from
+
+    def share_with(self, other):
+        """Make this net's parameters the same blobs as `other`'s (train/test nets), by layer name."""
+        for name, layer in zip(self._layer_names, self.layers):
+            source = other.layer_dict.get(name)
+            if source is None or not layer.blobs:
+                continue
+            for j, blob in enumerate(layer.blobs):
+                if j >= len(source.blobs) or source.blobs[j].shape != blob.shape:
+                    theirs = source.blobs[j].shape if j < len(source.blobs) else None
+                    raise NetspecError(f"layer '{name}': cannot share param {j} between nets: shape "
+                                       f"{blob.shape} vs {theirs}")
+                layer.blobs[j] = source.blobs[j]

@@ -1,0 +1,265 @@
+"""Reading and writing Caffe's messages: prototxt, YAML and binary protobuf.
+
+Prototxt goes through protobuf's own text_format. YAML is a second spelling of
+the same schema: a mapping per message, lists for repeated fields, enum values
+by name. Every malformed file becomes a ParseError reading `path:line:col: message`.
+"""
+import os
+import re
+
+import numpy as np
+import yaml
+from google.protobuf import descriptor, text_format
+from google.protobuf.message import DecodeError
+
+from .errors import NetspecError, ParseError
+from .proto import caffe_pb2
+
+YAML_SUFFIXES = (".yaml", ".yml")
+# libyaml's loader when present: an order of magnitude faster on large nets, same marks.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FD = descriptor.FieldDescriptor
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise NetspecError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NetspecError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError as e:
+        raise NetspecError(f"{path}: not a text file ({e.reason} at byte {e.start}); "
+                           "binary files (.caffemodel) are read with --weights") from None
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+
+
+# ------------------------------------------------------------------ prototxt
+
+_TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
+
+
+def parse_prototxt(text, message, path="<string>"):
+    """Merge prototxt `text` into `message`; ParseError on malformed input."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        msg = str(e)
+        m = _TEXT_ERROR.match(msg)
+        if m:
+            line, col, msg = int(m.group(1)), int(m.group(2)), m.group(3)
+        raise ParseError(path, line, col, msg.strip()) from None
+    return message
+
+
+# ------------------------------------------------------------------ YAML
+
+def _mark(node):
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _scalar(field, node, path, owner):
+    line, col = _mark(node)
+    if not isinstance(node, yaml.ScalarNode):
+        raise ParseError(path, line, col, f"field '{field.name}' of {owner} takes a single value, not a "
+                         f"{'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    text = node.value
+    try:
+        if field.type == _FD.TYPE_ENUM:
+            value = field.enum_type.values_by_name.get(text)
+            if value is None:
+                names = ", ".join(v.name for v in field.enum_type.values)
+                raise ValueError(f"unknown value '{text}' for enum field '{field.name}' (expected one of: {names})")
+            return value.number
+        if field.type == _FD.TYPE_BOOL:
+            lowered = text.lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+            raise ValueError(f"field '{field.name}' expects true or false, got '{text}'")
+        if field.type in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+            special = {".inf": "inf", "+.inf": "inf", "-.inf": "-inf", ".nan": "nan"}
+            return float(special.get(text.lower(), text))
+        if field.type == _FD.TYPE_STRING:
+            return text
+        if field.type == _FD.TYPE_BYTES:
+            return text.encode("utf-8")
+        return int(text, 0) if isinstance(text, str) else int(text)
+    except ValueError as e:
+        msg = str(e)
+        if "invalid literal" in msg or "could not convert" in msg:
+            msg = f"field '{field.name}' of {owner} expects a number, got '{text}'"
+        raise ParseError(path, line, col, msg) from None
+
+
+def _merge_yaml(node, message, path):
+    owner = message.DESCRIPTOR.full_name
+    if not isinstance(node, yaml.MappingNode):
+        line, col = _mark(node)
+        raise ParseError(path, line, col, f"expected a mapping for message {owner}")
+    fields = message.DESCRIPTOR.fields_by_name
+    for key_node, value_node in node.value:
+        name = key_node.value
+        field = fields.get(name)
+        if field is None:
+            line, col = _mark(key_node)
+            raise ParseError(path, line, col, f'Message type "{owner}" has no field named "{name}".')
+        items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        if not field.is_repeated and isinstance(value_node, yaml.SequenceNode):
+            line, col = _mark(value_node)
+            raise ParseError(path, line, col, f"field '{name}' of {owner} is not repeated; give one value, not a list")
+        for item in items:
+            if field.type == _FD.TYPE_MESSAGE:
+                sub = getattr(message, name).add() if field.is_repeated else getattr(message, name)
+                sub.SetInParent()        # `dropout_param: {}` is present even when empty
+                if isinstance(item, yaml.ScalarNode) and item.value in ("", "~", "null"):
+                    continue
+                _merge_yaml(item, sub, path)
+            else:
+                value = _scalar(field, item, path, owner)
+                try:
+                    if field.is_repeated:
+                        getattr(message, name).append(value)
+                    else:
+                        setattr(message, name, value)
+                except (ValueError, TypeError) as e:
+                    line, col = _mark(item)
+                    raise ParseError(path, line, col, f"field '{name}' of {owner}: {e}") from None
+    return message
+
+
+def parse_yaml(text, message, path="<string>"):
+    """Merge YAML `text` into `message`; ParseError on malformed input."""
+    try:
+        root = yaml.compose(text, Loader=_YAML_LOADER)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise ParseError(path, line, col, f"malformed YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ParseError(path, 0, 0, f"malformed YAML: {e}") from None
+    if root is None:
+        return message
+    return _merge_yaml(root, message, path)
+
+
+def message_to_yaml(message):
+    """The YAML spelling of a message (fields in schema order, enums by name)."""
+    return yaml.safe_dump(_to_plain(message), sort_keys=False, default_flow_style=None, width=100)
+
+
+def _to_plain(message):
+    out = {}
+    for field, value in message.ListFields():
+        if field.is_repeated:
+            out[field.name] = [_plain_value(field, v) for v in value]
+        else:
+            out[field.name] = _plain_value(field, value)
+    return out
+
+
+def _plain_value(field, value):
+    if field.type == _FD.TYPE_MESSAGE:
+        return _to_plain(value)
+    if field.type == _FD.TYPE_ENUM:
+        return field.enum_type.values_by_number[value].name
+    if field.type == _FD.TYPE_FLOAT:
+        # float32 values print with the fewest digits that read back to the same float32.
+        return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    if field.type == _FD.TYPE_BYTES:
+        return value.decode("latin-1")
+    return value
+
+
+# ------------------------------------------------------------------ files
+
+def read_text_message(path, message):
+    """Fill `message` from a prototxt or YAML file (chosen by extension)."""
+    path = os.fspath(path)
+    text = _read_text(path)
+    if path.lower().endswith(YAML_SUFFIXES):
+        return parse_yaml(text, message, path)
+    return parse_prototxt(text, message, path)
+
+
+def read_binary_message(path, message):
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise NetspecError(f"{path}: no such file") from None
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise NetspecError(f"{path}: not a valid binary {message.DESCRIPTOR.name} "
+                           f"(truncated or corrupted file: {e})") from None
+    return message
+
+
+def read_net(path_or_param):
+    """A NetParameter from a path (prototxt/YAML) or a NetParameter, upgraded from old formats."""
+    from .upgrade import upgrade_net
+    if isinstance(path_or_param, caffe_pb2.NetParameter):
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(path_or_param)
+        source = "<NetParameter>"
+    else:
+        source = os.fspath(path_or_param)
+        net = read_text_message(source, caffe_pb2.NetParameter())
+    return upgrade_net(net, source)
+
+
+def read_solver(path_or_param):
+    from .upgrade import upgrade_solver
+    if isinstance(path_or_param, caffe_pb2.SolverParameter):
+        solver = caffe_pb2.SolverParameter()
+        solver.CopyFrom(path_or_param)
+        source = "<SolverParameter>"
+    else:
+        source = os.fspath(path_or_param)
+        solver = read_text_message(source, caffe_pb2.SolverParameter())
+    return upgrade_solver(solver, source)
+
+
+def write_atomically(path, data):
+    """Write bytes so that a crash leaves either the old file or the new one, never a torn one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") from None
+    try:
+        # Make the rename itself durable.
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_text_message(path, message):
+    path = os.fspath(path)
+    if path.lower().endswith(YAML_SUFFIXES):
+        text = message_to_yaml(message)
+    else:
+        text = text_format.MessageToString(message)
+    write_atomically(path, text.encode("utf-8"))

@@ -1,0 +1,407 @@
+"""Solver: Caffe's training loop (Solver::Step, Solve, Test, Snapshot, Restore).
+
+The update rule is a small object from updates.py chosen by `type`; this
+module owns the rest: building the train and test nets, regularisation,
+gradient clipping, lr policies, the display and test log lines Caffe writes,
+and snapshots with everything needed to resume exactly.
+"""
+import os
+import time
+
+import numpy as np
+
+from . import glog, rng
+from .errors import NetspecError
+from .lr_policy import advance_multistep, check_policy, learning_rate
+from .net import Net
+from .proto import caffe_pb2
+from .schema import read_net, read_solver
+from .snapshot import read_solverstate, resolve_learned_net, snapshot_paths, write_solverstate
+from .updates import make_rule
+from .weights import array_to_blob, blob_to_array
+
+
+def _fmt(x):
+    # C++ ostream's default float format (6 significant digits), which Caffe's log parsers expect.
+    return f"{float(x):g}"
+
+
+class Solver:
+    """pycaffe's caffe.Solver family: `SGDSolver(path)` etc., or `get_solver(path)`."""
+
+    def __init__(self, solver_file, param=None):
+        self.source = solver_file if isinstance(solver_file, (str, os.PathLike)) else "<SolverParameter>"
+        self.param = param if param is not None else read_solver(solver_file)
+        if getattr(type(self), "_type", None):
+            self.param.type = self._type      # pycaffe's SGDSolver(path) is SGD whatever the file says
+        self._validate()
+        p = self.param
+        if p.random_seed >= 0:
+            rng.set_seed(p.random_seed)
+        self.rule = make_rule(p, self.source)
+        self.iter = 0
+        self.current_step = 0
+        self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
+        self.requested_early_exit = False
+        self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
+        self._resumed_losses = None
+        glog.info(f"Initializing solver from parameters: {self.source}", "solver.cpp:45")
+        self.net = self._make_train_net()
+        self.test_nets = self._make_test_nets()
+        self._histories = [[np.zeros_like(blob.data) for _ in range(self.rule.num_histories)]
+                           for blob, _, _ in self.net.learnable_params]
+        glog.info("Solver scaffolding done.", "solver.cpp:57")
+
+    # ------------------------------------------------------------ setup
+    def _validate(self):
+        p, where = self.param, self.source
+        if p.base_lr <= 0 or not np.isfinite(p.base_lr):
+            raise NetspecError(f"{where}: base_lr must be positive, got {_fmt(p.base_lr)}")
+        check_policy(p, where)
+        if p.regularization_type not in ("L1", "L2"):
+            raise NetspecError(f"{where}: unknown regularization_type '{p.regularization_type}' (L1 or L2)")
+        if p.iter_size < 1:
+            raise NetspecError(f"{where}: iter_size must be at least 1, got {p.iter_size}")
+        if p.average_loss < 1:
+            raise NetspecError(f"{where}: average_loss must be at least 1, got {p.average_loss}")
+        sources = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+        if not sources:
+            raise NetspecError(f"{where}: no train net: set one of net, net_param, train_net, train_net_param")
+        if len(sources) > 1:
+            raise NetspecError(f"{where}: more than one train net given ({', '.join(sources)}); set exactly one")
+        if p.snapshot < 0:
+            raise NetspecError(f"{where}: snapshot must not be negative, got {p.snapshot}")
+        if p.snapshot or p.snapshot_after_train:
+            self._default_prefix()
+            self._check_snapshot_writable()
+
+    def _default_prefix(self):
+        # Newer Caffe: no prefix -> the solver file's path without extension; a directory -> + its name.
+        p = self.param
+        stem = os.path.splitext(os.path.basename(self.source))[0] if self.source != "<SolverParameter>" else "netspec"
+        if not p.snapshot_prefix:
+            p.snapshot_prefix = os.path.splitext(self.source)[0] if self.source != "<SolverParameter>" else stem
+        elif p.snapshot_prefix.endswith(os.sep) or os.path.isdir(p.snapshot_prefix):
+            p.snapshot_prefix = os.path.join(p.snapshot_prefix, stem)
+
+    def _check_snapshot_writable(self):
+        prefix = self.param.snapshot_prefix
+        probe = f"{prefix}_iter_probe.tempfile"
+        try:
+            folder = os.path.dirname(prefix)
+            if folder and not os.path.isdir(folder):
+                os.makedirs(folder)      # friendlier than Caffe, which fails on a missing folder
+                glog.info(f"Created snapshot folder {folder}", "solver.cpp:60")
+            with open(probe, "wb") as f:
+                f.write(b"netspec")
+            os.unlink(probe)
+        except OSError as e:
+            raise NetspecError(f"{self.source}: cannot write snapshots to prefix '{prefix}' ({e.strerror}); "
+                               "make sure the directory exists and is writable") from None
+
+    def _net_param(self, field_param, field_file):
+        p = self.param
+        if p.HasField(field_param):
+            return read_net(getattr(p, field_param))
+        return read_net(getattr(p, field_file))
+
+    def _make_train_net(self):
+        p = self.param
+        if p.HasField("train_net_param") or p.HasField("train_net"):
+            net_param = self._net_param("train_net_param", "train_net")
+        else:
+            net_param = self._net_param("net_param", "net")
+        state = caffe_pb2.NetState()
+        state.CopyFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        state.phase = caffe_pb2.TRAIN
+        net_param.state.CopyFrom(state)
+        glog.info("Creating training net.", "solver.cpp:91")
+        return Net(net_param, caffe_pb2.TRAIN)
+
+    def _make_test_nets(self):
+        p, where = self.param, self.source
+        specific = [read_net(n) for n in p.test_net_param] + [read_net(f) for f in p.test_net]
+        generic = p.HasField("net") or p.HasField("net_param")
+        if generic:
+            if len(p.test_iter) < len(specific):
+                raise NetspecError(f"{where}: test_iter must be given for each test net "
+                                   f"({len(specific)} test nets, {len(p.test_iter)} test_iter)")
+            base = self._net_param("net_param", "net")
+            specific += [base] * (len(p.test_iter) - len(specific))
+        elif len(p.test_iter) != len(specific):
+            if p.test_iter and not specific:
+                raise NetspecError(f"{where}: test_iter is set but there is no test net "
+                                   "(give test_net, test_net_param, or a net with TEST-phase layers via net)")
+            raise NetspecError(f"{where}: test_iter must be given for each test net "
+                               f"({len(specific)} test nets, {len(p.test_iter)} test_iter)")
+        if p.test_state and len(p.test_state) != len(specific):
+            raise NetspecError(f"{where}: test_state must be given once per test net or not at all")
+        if specific and p.test_interval <= 0:
+            raise NetspecError(f"{where}: test nets are defined but test_interval is {p.test_interval}; "
+                               "set a positive test_interval")
+        nets = []
+        for i, net_param in enumerate(specific):
+            state = caffe_pb2.NetState()
+            state.CopyFrom(net_param.state)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            state.phase = caffe_pb2.TEST
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(net_param)
+            param.state.CopyFrom(state)
+            glog.info(f"Creating test net (#{i}) specified by {where}", "solver.cpp:181")
+            net = Net(param, caffe_pb2.TEST)
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    # ------------------------------------------------------------ training
+    def learning_rate(self):
+        self.current_step = advance_multistep(self.param, self.iter, self.current_step) \
+            if self.param.lr_policy == "multistep" else self.current_step
+        return learning_rate(self.param, self.iter, self.current_step)
+
+    def _update_smoothed_loss(self, loss):
+        n = self.param.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            k = len(self._losses)
+            self._smoothed_loss = (self._smoothed_loss * (k - 1) + loss) / k
+        else:
+            idx = (self.iter - self._loss_start) % n
+            self._smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    def step(self, iters):
+        p = self.param
+        stop_iter = self.iter + iters
+        if self._resumed_losses is not None:
+            # Exact resume: continue the smoothed-loss window of the interrupted run.
+            losses, self._smoothed_loss, self._loss_start = self._resumed_losses
+            self._losses, self._resumed_losses = list(losses), None
+        else:
+            self._losses, self._smoothed_loss, self._loss_start = [], 0.0, self.iter
+        tic, iters_last = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(p.iter_size):
+                loss += self.net.forward_backward()
+            loss /= p.iter_size
+            if not np.isfinite(loss):
+                raise NetspecError(self._divergence_message(loss))
+            self._update_smoothed_loss(loss)
+            if display:
+                lapse = time.perf_counter() - tic
+                per_s = (self.iter - iters_last) / (lapse or 1.0)
+                glog.info(f"Iteration {self.iter} ({_fmt(per_s)} iter/s, {_fmt(lapse)}s/{p.display} iters), "
+                          f"loss = {_fmt(self._smoothed_loss)}", "solver.cpp:243")
+                tic, iters_last = time.perf_counter(), self.iter
+                self._log_outputs(self.net, "Train", "solver.cpp:259")
+            self.apply_update()
+            self.iter += 1
+            request = self.action_request() if self.action_request else "none"
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+                self.snapshot()
+            if request == "stop":
+                self.requested_early_exit = True
+                break
+
+    def _log_outputs(self, net, kind, source, values=None):
+        index = 0
+        for name in net.outputs:
+            data = values[name] if values is not None else net.blobs[name].data.reshape(-1)
+            w = net.blob_loss_weights.get(name, 0.0)
+            for v in np.ravel(data):
+                extra = f" (* {_fmt(w)} = {_fmt(w * v)} loss)" if w else ""
+                glog.info(f"    {kind} net output #{index}: {name} = {_fmt(v)}{extra}", source)
+                index += 1
+
+    def _divergence_message(self, loss):
+        return (f"training diverged at iteration {self.iter}: loss is {loss}; {self.net.first_non_finite()} "
+                "(lower base_lr, or set clip_gradients)")
+
+    def apply_update(self):
+        """Caffe's SGDSolver::ApplyUpdate: lr, clipping, normalise, regularise, rule, then step."""
+        p = self.param
+        rate = self.learning_rate()
+        if p.display and self.iter % p.display == 0:
+            glog.info(f"Iteration {self.iter}, lr = {_fmt(rate)}", "sgd_solver.cpp:138")
+        self._clip_gradients()
+        scale = 1.0 / p.iter_size
+        l1 = p.regularization_type == "L1"
+        for (blob, lr_mult, decay_mult), history in zip(self.net.learnable_params, self._histories):
+            diff = blob.diff
+            if p.iter_size > 1:
+                diff *= scale
+            decay = p.weight_decay * decay_mult
+            if decay:
+                diff += decay * (np.sign(blob.data) if l1 else blob.data)
+            self.rule.update(diff, history, rate * lr_mult, self.iter)
+            blob.data -= diff
+
+    def _clip_gradients(self):
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(float(np.dot(b.diff.ravel(), b.diff.ravel())) for b, _, _ in self.net.learnable_params)
+        norm = np.sqrt(sumsq)
+        if norm > clip:
+            factor = clip / norm
+            glog.info(f"Gradient clipping: scaling down gradients (L2 norm {_fmt(norm)} > {_fmt(clip)}) "
+                      f"by scale factor {_fmt(factor)}", "sgd_solver.cpp:97")
+            for b, _, _ in self.net.learnable_params:
+                b.diff *= factor
+
+    def solve(self, resume_file=None):
+        p = self.param
+        glog.info(f"Solving {self.net.name}", "solver.cpp:289")
+        glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
+        self.requested_early_exit = False
+        if resume_file:
+            glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
+            self.restore(resume_file)
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            glog.info("Optimization stopped early.", "solver.cpp:312")
+            return
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_prefilled()
+            self._update_smoothed_loss(loss)
+            glog.info(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}", "solver.cpp:325")
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        glog.info("Optimization Done.", "solver.cpp:330")
+
+    # ------------------------------------------------------------ testing
+    def test_all(self):
+        for i in range(len(self.test_nets)):
+            self.test(i)
+
+    def test(self, index=0):
+        p, net = self.param, self.test_nets[index]
+        glog.info(f"Iteration {self.iter}, Testing net (#{index})", "solver.cpp:347")
+        sums = {name: 0.0 for name in net.outputs}
+        total_loss = 0.0
+        n = p.test_iter[index]
+        for _ in range(n):
+            request = self.action_request() if self.action_request else "none"
+            if request == "snapshot":
+                self.snapshot()
+            elif request == "stop":
+                self.requested_early_exit = True
+                glog.info("Test interrupted.", "solver.cpp:364")
+                return None
+            loss = net.forward_prefilled()
+            if p.test_compute_loss:
+                total_loss += loss
+            for name in net.outputs:
+                sums[name] = sums[name] + net.blobs[name].data.astype(np.float64).ravel()
+        if p.test_compute_loss:
+            glog.info(f"Test loss: {_fmt(total_loss / n)}", "solver.cpp:383")
+        means = {name: np.asarray(s) / n for name, s in sums.items()}
+        self._log_outputs(net, "Test", "solver.cpp:414", means)
+        return means
+
+    # ------------------------------------------------------------ snapshots
+    def _resume_payload(self):
+        nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
+        layers = {}
+        for tag, net in nets.items():
+            for name, layer in zip(net._layer_names, net.layers):
+                if hasattr(layer, "get_resume_state"):
+                    layers[f"{tag}/{name}"] = layer.get_resume_state()
+        return {"rng": rng.get_state(), "layers": layers, "losses": list(map(float, self._losses)),
+                "smoothed_loss": float(self._smoothed_loss),
+                "loss_index_base": int(self._loss_start)}
+
+    def snapshot(self):
+        model_path, state_path = snapshot_paths(self.param.snapshot_prefix, self.iter)
+        glog.info(f"Snapshotting to binary proto file {model_path}", "solver.cpp:454")
+        self.net.save(model_path)
+        glog.info(f"Snapshotting solver state to binary proto file {state_path}", "sgd_solver.cpp:273")
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_path, current_step=self.current_step)
+        # Caffe's history order: every param's first history, then every param's second (AdaDelta, Adam).
+        for k in range(self.rule.num_histories):
+            for history in self._histories:
+                array_to_blob(history[k], state.history.add())
+        write_solverstate(state_path, state, self._resume_payload())
+        return model_path, state_path
+
+    def restore(self, state_path):
+        state, resume = read_solverstate(state_path)
+        expected = len(self._histories) * self.rule.num_histories
+        if len(state.history) != expected:
+            raise NetspecError(f"{state_path}: holds {len(state.history)} history blobs, but a {self.param.type} "
+                               f"solver for this net needs {expected} (was it written by another solver type "
+                               "or for another net?)")
+        if state.learned_net or not resume:
+            model, note = resolve_learned_net(state_path, state.learned_net)
+            if note:
+                glog.warning(note, "solver.cpp:470")
+            self.net.copy_from(model)
+        n = len(self._histories)
+        for k in range(self.rule.num_histories):
+            for i, history in enumerate(self._histories):
+                bp = state.history[k * n + i]
+                arr = blob_to_array(bp)
+                if arr.size != history[k].size:
+                    raise NetspecError(f"{state_path}: history blob {k * n + i} has shape {arr.shape}, "
+                                       f"the net's parameter has {history[k].shape}")
+                history[k][...] = arr.reshape(history[k].shape)
+        self.iter, self.current_step = state.iter, state.current_step
+        if resume:
+            self._apply_resume(resume)
+
+    def _apply_resume(self, resume):
+        rng.set_state(resume["rng"])
+        nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
+        for key, value in resume.get("layers", {}).items():
+            tag, _, name = key.partition("/")
+            net = nets.get(tag)
+            layer = net.layer_dict.get(name) if net else None
+            if layer is not None and hasattr(layer, "set_resume_state"):
+                layer.set_resume_state(value)
+        self._resumed_losses = (resume.get("losses", []), resume.get("smoothed_loss", 0.0),
+                                resume.get("loss_index_base", 0))
+
+    # ------------------------------------------------------------ pycaffe names
+    def share_weights(self, net):
+        net.share_with(self.net)
+
+
+class SGDSolver(Solver):
+    _type = "SGD"
+
+
+class NesterovSolver(Solver):
+    _type = "Nesterov"
+
+
+class AdaGradSolver(Solver):
+    _type = "AdaGrad"
+
+
+class RMSPropSolver(Solver):
+    _type = "RMSProp"
+
+
+class AdaDeltaSolver(Solver):
+    _type = "AdaDelta"
+
+
+class AdamSolver(Solver):
+    _type = "Adam"
+
+
+def get_solver(solver_file):
+    """pycaffe's caffe.get_solver: the solver class the file's `type` names."""
+    return Solver(solver_file)

@@ -1,0 +1,56 @@
+"""Moving parameters between Blobs and BlobProtos (.caffemodel, .solverstate, .binaryproto)."""
+import numpy as np
+
+from .errors import NetspecError
+
+
+def proto_shape(bp):
+    """A BlobProto's shape: `shape.dim` if set, else the legacy num/channels/height/width."""
+    if bp.HasField("shape"):
+        return tuple(int(d) for d in bp.shape.dim)
+    legacy = (bp.num, bp.channels, bp.height, bp.width)
+    return tuple(legacy) if any(legacy) else (len(bp.data) or len(bp.double_data),)
+
+
+def blob_to_array(bp):
+    shape = proto_shape(bp)
+    values = bp.double_data if len(bp.double_data) else bp.data
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.size != int(np.prod(shape)):
+        raise NetspecError(f"blob with shape {shape} holds {arr.size} values, expected {int(np.prod(shape))}")
+    return arr.reshape(shape)
+
+
+def array_to_blob(array, bp, diff=None):
+    """Fill BlobProto `bp` with `array` (and optionally its diff), Caffe's modern layout."""
+    bp.Clear()
+    bp.shape.dim.extend(int(d) for d in array.shape)
+    bp.data.extend(np.asarray(array, np.float32).ravel().tolist())
+    if diff is not None:
+        bp.diff.extend(np.asarray(diff, np.float32).ravel().tolist())
+    return bp
+
+
+def _legacy_match(target_shape, source_shape):
+    # Caffe accepts a legacy 4-D blob when the target, padded to 4-D with leading 1s, matches.
+    padded = (1,) * (4 - len(target_shape)) + tuple(target_shape) if len(target_shape) <= 4 else None
+    return padded == tuple(source_shape)
+
+
+def copy_layer_blobs(net, trained, where):
+    """Caffe's CopyTrainedLayersFrom: copy blobs by layer name; unknown layers are ignored."""
+    for source in trained.layer:
+        layer = net.layer_dict.get(source.name)
+        if layer is None or not source.blobs:
+            continue
+        if len(source.blobs) != len(layer.blobs):
+            raise NetspecError(f"{where}: layer '{source.name}' has {len(source.blobs)} parameter blobs, "
+                               f"the net's layer has {len(layer.blobs)}")
+        for j, (bp, blob) in enumerate(zip(source.blobs, layer.blobs)):
+            shape = proto_shape(bp)
+            if shape != blob.shape and not (not bp.HasField("shape") and _legacy_match(blob.shape, shape)):
+                raise NetspecError(
+                    f"{where}: cannot copy param {j} of layer '{source.name}': shape mismatch, "
+                    f"weights file has {shape}, net has {blob.shape} "
+                    "(rename the layer to learn it from scratch)")
+            blob.data[...] = blob_to_array(bp).reshape(blob.shape)
