@@ -59,6 +59,8 @@ def check_layer(text, bottoms, num_tops=1, check_bottoms=None, check_params=True
     with precision(np.float64):
         layer, bottom, top = build(text, [np.asarray(b, np.float64) for b in bottoms], num_tops, phase, seed)
         probe = np.random.default_rng(seed + 1)
+        netspec_rng.set_seed(seed + 2)
+        layer.reshape(bottom, top)      # top shapes may change between setup and forward (Filter)
         _objective(layer, bottom, top, [np.zeros(t.shape) for t in top], seed + 2)
         weights = top_weights or [probe.standard_normal(t.shape) for t in top]
         if check_bottoms is None:

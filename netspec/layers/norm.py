@@ -1,0 +1,293 @@
+"""Normalisation layers: BatchNorm, Scale, Bias, LRN, MVN (Caffe's semantics).
+
+Parameters are read from self.blobs[j].data at call time (the net may swap in
+shared blobs); parameter gradients are added, bottom gradients overwritten.
+Layers that may run in place keep what backward needs from forward.
+"""
+import numpy as np
+
+from ..fillers import fill
+from ..proto import caffe_pb2
+from .base import Layer, register
+from .structure import bottom_name, canonical_axis, prod
+
+
+def _keep(cache, array):
+    """Copy `array` into a reusable buffer (allocates only when the shape changes)."""
+    if cache is None or cache.shape != array.shape or cache.dtype != array.dtype:
+        cache = np.empty_like(array)
+    np.copyto(cache, array)
+    return cache
+
+
+@register("BatchNorm")
+class BatchNorm(Layer):
+    """Per-channel standardisation with batch statistics (TRAIN) or stored running ones.
+
+    Blobs are Caffe's: running mean SUM, running variance SUM, and the scale
+    factor they are divided by. Each TRAIN forward does factor = f*factor + 1,
+    mean = f*mean + batch_mean, var = f*var + m/(m-1) * batch_var.
+    No learnable affine (that is Scale); the three blobs get lr_mult 0.
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.batch_norm_param
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else \
+            self.phase == caffe_pb2.TEST
+        self.fraction, self.eps = p.moving_average_fraction, p.eps
+        self.channels = 1 if bottom[0].data.ndim == 1 else bottom[0].shape[1]
+        for shape in ((self.channels,), (self.channels,), (1,)):
+            self.add_param_blob(shape)
+        # Caffe masks the statistics from the solver: missing specs get lr_mult 0, given ones must be 0.
+        specs = self.layer_param.param
+        for i in range(len(self.blobs)):
+            if i == len(specs):
+                specs.add(lr_mult=0, decay_mult=0)
+            elif specs[i].lr_mult != 0:
+                raise self.error(f"param {i} has lr_mult {specs[i].lr_mult:g}: batch norm statistics "
+                                 f"are not learnable (use lr_mult 0 or omit param)")
+        self._x_norm = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) > 1 and shape[1] != self.channels:
+            raise self.error(f"bottom {bottom_name(self, 0)} shape {shape} has {shape[1]} channels, "
+                             f"set up for {self.channels}")
+        top[0].reshape(shape)
+        self.view = (shape[0], self.channels, -1)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.view)
+        if self.use_global_stats:
+            factor = self.blobs[2].data[0]
+            factor = 0 if factor == 0 else 1 / factor
+            mean, var = factor * self.blobs[0].data, factor * self.blobs[1].data
+        else:
+            mean = x.mean(axis=(0, 2))
+            centred = x - mean[:, None]
+            var = np.mean(centred * centred, axis=(0, 2))
+            f, m = self.fraction, x.size // self.channels
+            self.blobs[2].data *= f
+            self.blobs[2].data += 1
+            self.blobs[0].data[...] = f * self.blobs[0].data + mean
+            self.blobs[1].data[...] = f * self.blobs[1].data + (m / (m - 1) if m > 1 else 1) * var
+        self.std = np.sqrt(var + self.eps).astype(x.dtype)[:, None]
+        y = top[0].data.reshape(self.view)
+        np.subtract(x, mean.astype(x.dtype)[:, None], out=y)
+        y /= self.std
+        # Kept because a later in-place layer (Scale, ReLU) may overwrite the top.
+        self._x_norm = _keep(self._x_norm, y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = top[0].diff.reshape(self.view)
+        if self.use_global_stats:
+            dx = dy / self.std
+        else:
+            y = self._x_norm
+            dx = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
+            dx /= self.std
+        bottom[0].diff.reshape(self.view)[...] = dx
+
+
+class _Broadcast(Layer):
+    """Shared shape logic of Scale and Bias: a blob of shape bottom[0].shape[axis:axis+k], taken
+    from bottom[1] or learned, broadcast over the outer and inner dims."""
+    num_bottoms = (1, 2)
+    num_tops = 1
+
+    def param_shape(self, bottom, p):
+        shape = bottom[0].shape
+        axis = canonical_axis(self, p.axis, shape)
+        if p.num_axes < -1 or (p.num_axes >= 0 and axis + p.num_axes > len(shape)):
+            raise self.error(f"num_axes {p.num_axes} from axis {axis} does not fit bottom shape {shape}")
+        return shape[axis:] if p.num_axes == -1 else shape[axis:axis + p.num_axes]
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        other = bottom[1].shape if len(bottom) > 1 else self.blobs[0].shape
+        axis = 0 if not other else canonical_axis(self, self.params.axis, shape)
+        if shape[axis:axis + len(other)] != other:
+            what = f"bottom {bottom_name(self, 1)}" if len(bottom) > 1 else "the parameter"
+            raise self.error(f"{what} has shape {other}, which does not match bottom {bottom_name(self, 0)} "
+                             f"shape {shape} from axis {axis}")
+        self.view = (prod(shape[:axis]), prod(other), prod(shape[axis + len(other):]))
+        top[0].reshape(shape)
+
+    def operand(self, bottom):
+        blob = bottom[1] if len(bottom) > 1 else self.blobs[0]
+        return blob.data.reshape(1, -1, 1)
+
+    def reduce(self, a):
+        """Sum over the outer and inner dims: the gradient of a broadcast blob."""
+        return a.sum(axis=(0, 2))
+
+
+@register("Bias")
+class Bias(_Broadcast):
+    """top = bottom[0] + b, b from bottom[1] or a learned blob (filler default constant 0)."""
+
+    def setup(self, bottom, top):
+        self.params = p = self.layer_param.bias_param
+        if len(bottom) == 1:
+            fill(p.filler, self.add_param_blob(self.param_shape(bottom, p)).data)
+
+    def forward(self, bottom, top):
+        np.add(bottom[0].data.reshape(self.view), self.operand(bottom), out=top[0].data.reshape(self.view))
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.view)
+        if len(bottom) == 1:
+            self.blobs[0].diff += self.reduce(dy).reshape(self.blobs[0].shape)
+        elif propagate_down[1]:
+            bottom[1].diff[...] = self.reduce(dy).reshape(bottom[1].shape)
+        if propagate_down[0] and bottom[0] is not top[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
+@register("Scale")
+class Scale(_Broadcast):
+    """top = bottom[0] * s (+ bias), s from bottom[1] or a learned blob (filler default constant 1)."""
+
+    def setup(self, bottom, top):
+        self.params = p = self.layer_param.scale_param
+        shape = self.param_shape(bottom, p) if len(bottom) == 1 else bottom[1].shape
+        if len(bottom) == 1:
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            fill(filler, self.add_param_blob(shape).data)
+        self.bias_index = len(self.blobs) if p.bias_term else None
+        if p.bias_term:
+            fill(p.bias_filler, self.add_param_blob(shape).data)
+        self._x = None
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.view)
+        if bottom[0] is top[0]:
+            self._x = _keep(self._x, x)  # in place: the input is about to be overwritten
+        y = top[0].data.reshape(self.view)
+        np.multiply(x, self.operand(bottom), out=y)
+        if self.bias_index is not None:
+            y += self.blobs[self.bias_index].data.reshape(1, -1, 1)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.view)
+        x = self._x if bottom[0] is top[0] else bottom[0].data.reshape(self.view)
+        if self.bias_index is not None:
+            bias = self.blobs[self.bias_index]
+            bias.diff += self.reduce(dy).reshape(bias.shape)
+        if len(bottom) == 1:
+            self.blobs[0].diff += self.reduce(dy * x).reshape(self.blobs[0].shape)
+        elif propagate_down[1]:
+            bottom[1].diff[...] = self.reduce(dy * x).reshape(bottom[1].shape)
+        if propagate_down[0]:
+            np.multiply(dy, self.operand(bottom), out=bottom[0].diff.reshape(self.view))
+
+
+def _window_sum(a, axis, size):
+    """Sum over a centred window of `size` along `axis`, zero padded, via cumulative sums."""
+    n, half = a.shape[axis], (size - 1) // 2
+    csum = np.cumsum(a, axis=axis)
+    zero = np.zeros(a.shape[:axis] + (1,) + a.shape[axis + 1:], a.dtype)
+    csum = np.concatenate([zero, csum], axis=axis)
+    pos = np.arange(n)
+    hi, lo = np.minimum(pos + half + 1, n), np.maximum(pos - half, 0)
+    return np.take(csum, hi, axis=axis) - np.take(csum, lo, axis=axis)
+
+
+_LRN = caffe_pb2.LRNParameter
+
+
+@register("LRN")
+class LRN(Layer):
+    """Local response normalisation, y = x * scale^-beta.
+
+    ACROSS_CHANNELS: scale = k + alpha/n * (sum of x^2 over n neighbouring channels).
+    WITHIN_CHANNEL: Caffe builds it from AVE pooling (n x n, pad (n-1)/2, which always
+    divides by n^2) and a Power layer: scale = 1 + alpha/n^2 * (n x n sum of x^2); k unused.
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.lrn_param
+        if p.local_size % 2 == 0:
+            raise self.error(f"local_size must be odd, got {p.local_size}")
+        self.size, self.alpha, self.beta = p.local_size, p.alpha, p.beta
+        self.within = p.norm_region == _LRN.WITHIN_CHANNEL
+        self.k, self.coeff = (1.0, p.alpha / p.local_size ** 2) if self.within else (p.k, p.alpha / p.local_size)
+
+    def reshape(self, bottom, top):
+        if bottom[0].data.ndim != 4:
+            raise self.error(f"bottom {bottom_name(self, 0)} must be 4-D (N, C, H, W), got shape {bottom[0].shape}")
+        top[0].reshape(bottom[0].shape)
+
+    def window(self, a):
+        if self.within:
+            return _window_sum(_window_sum(a, 2, self.size), 3, self.size)
+        return _window_sum(a, 1, self.size)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        self.scale = self.window(x * x)
+        self.scale *= self.coeff
+        self.scale += self.k
+        np.multiply(x, self.scale ** -self.beta, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy, y, x = top[0].diff, top[0].data, bottom[0].data
+        # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
+        back = self.window(dy * y / self.scale)
+        back *= x * (-2 * self.coeff * self.beta)
+        back += dy * self.scale ** -self.beta
+        bottom[0].diff[...] = back
+
+
+@register("MVN")
+class MVN(Layer):
+    """Mean (and variance) normalisation per item and channel, or per item across channels.
+
+    Like Caffe, eps is added to the standard deviation: y = (x - mean) / (std + eps).
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        self._y = None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        num = b.num if self.layer_param.mvn_param.across_channels else b.num * b.channels
+        self.view = (num, -1)
+        top[0].reshape(b.shape)
+
+    def forward(self, bottom, top):
+        p = self.layer_param.mvn_param
+        x = bottom[0].data.reshape(self.view)
+        y = top[0].data.reshape(self.view)
+        centred = x - x.mean(axis=1, keepdims=True)
+        if p.normalize_variance:
+            self.std = np.sqrt(np.mean(centred * centred, axis=1, keepdims=True))
+            np.divide(centred, self.std + p.eps, out=y)
+            self._y = _keep(self._y, y)
+        else:
+            y[...] = centred
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        p = self.layer_param.mvn_param
+        dy = top[0].diff.reshape(self.view)
+        if p.normalize_variance:
+            # Exact gradient of (x - mean) / (std + eps); Caffe's formula drops a (std + eps) / std
+            # factor on the variance term, which only matters when eps is not tiny next to std.
+            y, std = self._y, self.std
+            inv_std = np.divide(1, std, out=np.zeros_like(std), where=std > 0)
+            dz = dy / (std + p.eps) - y * (np.mean(dy * y, axis=1, keepdims=True) * inv_std)
+        else:
+            dz = dy
+        bottom[0].diff.reshape(self.view)[...] = dz - dz.mean(axis=1, keepdims=True)
