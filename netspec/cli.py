@@ -52,14 +52,15 @@ class _Signals:
         return action
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `parse-log` and `parse_log` name the same command (Caffe's tools use underscores).
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "token_normalize_func": lambda name: name.replace("-", "_")})
 @click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def main_group(ctx, verbose):
     """netspec: train and run Caffe nets on numpy."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    glog.configure()
 
 
 def _refuse_gpu(gpu):
@@ -71,8 +72,8 @@ def _refuse_gpu(gpu):
 @click.option("--solver", required=True, type=click.Path(dir_okay=False), help="Solver prototxt or YAML.")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Resume from this .solverstate.")
 @click.option("--weights", help="Comma-separated .caffemodel files to start from (fine-tuning).")
-@click.option("--sigint_effect", "--sigint-effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
-@click.option("--sighup_effect", "--sighup-effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
+@click.option("--sigint_effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
+@click.option("--sighup_effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
 @click.option("--gpu", default=None, hidden=True)
 @click.option("--level", type=int, default=None, help="Override the train net's level.")
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
@@ -167,8 +168,8 @@ def device_query(gpu):
 def _mount_tools():
     """Commands that live with their tools (tools/ scripts call the same code)."""
     mounts = [
-        ("netspec.logparse", "parse_log_command", "parse-log"),
-        ("netspec.plotlog", "plot_log_command", "plot-log"),
+        ("netspec.logparse", "parse_log_command", "parse_log"),
+        ("netspec.plotlog", "plot_log_command", "plot_log"),
         ("netspec.convert", "convert_command", "convert"),
         ("netspec.convert", "upgrade_command", "upgrade"),
         ("netspec.draw", "draw_command", "draw"),
@@ -183,8 +184,6 @@ def _mount_tools():
         except (ImportError, AttributeError):
             continue
         main_group.add_command(command, name=name)
-        if "_" in name:
-            main_group.add_command(command, name=name.replace("_", "-"))
 
 
 _mount_tools()
@@ -200,11 +199,13 @@ def _gflags_to_click(argv):
     return out
 
 
-def main(argv=None):
-    argv = _gflags_to_click(sys.argv[1:] if argv is None else argv)
+def run(command, argv=None, prog_name="netspec"):
+    """Run a click command as a program: user errors print one line and exit 1, usage errors 2."""
+    argv = _gflags_to_click(sys.argv[1:] if argv is None else list(argv))
     verbose = "--verbose" in argv
+    glog.configure()
     try:
-        main_group.main(args=argv, prog_name="netspec", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("netspec: interrupted", err=True)
         sys.exit(130)
@@ -215,7 +216,7 @@ def main(argv=None):
         if verbose:
             import traceback
             traceback.print_exc()
-        click.echo(f"netspec: error: {e}", err=True)
+        click.echo("netspec: error: " + " ".join(str(e).split("\n")), err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("netspec: interrupted", err=True)
@@ -224,6 +225,10 @@ def main(argv=None):
         click.echo("netspec: error: out of memory (try a smaller batch_size)", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def main(argv=None):
+    run(main_group, argv)
 
 
 if __name__ == "__main__":

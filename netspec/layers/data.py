@@ -1,6 +1,14 @@
-"""Layers that bring data into a net: Input, DummyData (Data, MemoryData, ImageData below)."""
+"""Layers that bring data into a net: Input, DummyData, Data (LMDB), MemoryData, ImageData."""
+import queue
+import threading
+
+import numpy as np
+
+from ..datasets.lmdb_io import LMDBCursor, datum_to_array, parse_datum
 from ..fillers import fill
 from ..proto import caffe_pb2
+from ..rng import get_rng
+from ..transform import Transformer
 from .base import Layer, register
 
 
@@ -55,3 +63,134 @@ class DummyData(Layer):
         for t, f, refill in zip(top, self.fillers, self.refill):
             if refill:
                 fill(f, t.data)
+
+
+class _Prefetcher:
+    """Runs `produce` in a background thread, keeping up to `depth` results ready (Caffe's prefetch)."""
+
+    def __init__(self, produce, depth):
+        self.produce = produce
+        self.queue = queue.Queue(maxsize=max(1, depth))
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="netspec-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                item = self.produce()
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
+                item = e
+            while not self.stopping.is_set():
+                try:
+                    self.queue.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self):
+        self.stopping.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+@register("Data")
+class Data(Layer):
+    """Batches of Caffe Datum records from an LMDB, transformed, prepared in a background thread.
+
+    Records are read in key order and wrap around at the end, as in Caffe. The
+    cursor and the transformer's random state after each consumed batch are
+    what `get_resume_state` reports, so a resumed run sees the same batches.
+    """
+    num_bottoms = 0
+    num_tops = (1, 2)
+    is_data = True
+
+    def setup(self, bottom, top):
+        p = self.layer_param.data_param
+        if p.backend != caffe_pb2.DataParameter.LMDB:
+            raise self.error("backend LEVELDB is not supported; convert the database to LMDB "
+                             "(set data_param { backend: LMDB })")
+        if not p.source:
+            raise self.error("data_param has no source")
+        if p.batch_size <= 0:
+            raise self.error("data_param batch_size must be positive")
+        self.batch_size = p.batch_size
+        self.cursor = LMDBCursor(p.source)
+        first = datum_to_array(parse_datum(self.cursor._cursor.value(), f"{p.source} record 0"),
+                               f"{p.source} record 0")
+        self.datum_shape = first.shape
+        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name)
+        self.transformer.check(*self.datum_shape)
+        if p.rand_skip:
+            skip = int(get_rng().integers(p.rand_skip))
+            self.cursor.skip(skip)
+        self.out_shape = (self.batch_size,) + self.transformer.output_shape(*self.datum_shape)
+        self.has_label = len(top) > 1
+        self._consumed = self._state()
+        self._prefetcher = _Prefetcher(self._next_batch, p.prefetch)
+
+    def _state(self):
+        return {"position": self.cursor.position, "rng": self.transformer.get_state()}
+
+    def _next_batch(self):
+        """Read, check and transform one batch (runs in the prefetch thread)."""
+        src = self.layer_param.data_param.source
+        start = self.cursor.position
+        datums = [parse_datum(v, f"{src} record {(start + i) % len(self.cursor)}")
+                  for i, v in enumerate(self.cursor.next_values(self.batch_size))]
+        c, h, w = self.datum_shape
+        size = c * h * w
+        for i, d in enumerate(datums):
+            if d.encoded:
+                raise self.error(f"{src} record {(start + i) % len(self.cursor)} is encoded (JPEG/PNG); "
+                                 "netspec reads raw Datum pixels only")
+            if (d.channels, d.height, d.width) != self.datum_shape or (len(d.data) or len(d.float_data)) != size:
+                raise self.error(f"{src} record {(start + i) % len(self.cursor)} has shape "
+                                 f"({d.channels}, {d.height}, {d.width}) with "
+                                 f"{len(d.data) or len(d.float_data)} values; the first record has "
+                                 f"{self.datum_shape}")
+        if datums[0].data:
+            raw = np.frombuffer(b"".join(d.data for d in datums), np.uint8)
+        else:
+            raw = np.concatenate([np.asarray(d.float_data, np.float32) for d in datums])
+        images = np.empty(self.out_shape, np.float32)
+        self.transformer(raw.reshape((self.batch_size,) + self.datum_shape), images)
+        labels = np.fromiter((d.label for d in datums), np.float32, self.batch_size)
+        return images, labels, self._state()
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.out_shape)
+        if self.has_label:
+            top[1].reshape((self.batch_size,))
+
+    def forward(self, bottom, top):
+        images, labels, state = self._prefetcher.get()
+        top[0].data[...] = images
+        if self.has_label:
+            top[1].data[...] = labels
+        self._consumed = state
+
+    def get_resume_state(self):
+        return self._consumed
+
+    def set_resume_state(self, state):
+        self._prefetcher.stop()
+        self.cursor.seek(state["position"])
+        self.transformer.set_state(state["rng"])
+        self._consumed = self._state()
+        self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
