@@ -1,0 +1,159 @@
+"""The Data layer and Caffe's transforms: batches match the source records, transforms by hand."""
+import gzip
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+import netspec as caffe
+from netspec.datasets.lmdb_io import array_to_datum, write_lmdb_atomically
+from netspec.errors import NetspecError
+from netspec.proto import caffe_pb2
+from netspec.schema import parse_prototxt
+from netspec.transform import Transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(REPO, "data", "mnist")
+
+
+def make_lmdb(path, images, labels):
+    records = ((f"{i:08d}", array_to_datum(img, lab).SerializeToString())
+               for i, (img, lab) in enumerate(zip(images, labels)))
+    write_lmdb_atomically(str(path), records)
+    return str(path)
+
+
+def data_net(source, batch, phase=caffe.TRAIN, transform="", tops=('top: "data"', 'top: "label"')):
+    text = f"""
+    layer {{ name: "d" type: "Data" {' '.join(tops)}
+             transform_param {{ {transform} }}
+             data_param {{ source: "{source}" batch_size: {batch} backend: LMDB }} }}
+    """
+    return caffe.Net(parse_prototxt(textwrap.dedent(text), caffe_pb2.NetParameter()), phase)
+
+
+def test_batches_follow_the_records_and_wrap_around(tmp_path):
+    images = np.arange(7 * 2 * 3 * 3, dtype=np.uint8).reshape(7, 2, 3, 3)
+    labels = np.arange(7) * 10
+    net = data_net(make_lmdb(tmp_path / "db", images, labels), batch=3)
+    seen = []
+    for _ in range(4):                      # 12 records from a set of 7: wraps once
+        net.forward()
+        seen.append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
+    order = [i % 7 for i in range(12)]
+    np.testing.assert_array_equal(np.concatenate([d for d, _ in seen]), images[order].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([l for _, l in seen]), labels[order])
+
+
+def test_mnist_lmdb_matches_the_idx_files(tmp_path):
+    from netspec.datasets.mnist import convert_mnist
+    # Read the IDX files independently of netspec's reader: 16- and 8-byte headers.
+    with gzip.open(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(10000, 28, 28)
+    with gzip.open(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    db = str(tmp_path / "t10k_lmdb")
+    convert_mnist(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"),
+                  os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz"), db)
+    net = data_net(db, batch=100, phase=caffe.TEST, transform="scale: 0.00390625")
+    for b in range(101):                    # the whole set, then the first batch again
+        net.forward()
+        idx = [(b * 100 + i) % 10000 for i in range(100)]
+        np.testing.assert_allclose(net.blobs["data"].data[:, 0], images[idx] * np.float32(0.00390625))
+        np.testing.assert_array_equal(net.blobs["label"].data, labels[idx])
+
+
+def transformer(phase=caffe.TRAIN, seed=0, **fields):
+    p = caffe_pb2.TransformationParameter()
+    for k, v in fields.items():
+        if isinstance(v, list):
+            getattr(p, k).extend(v)
+        else:
+            setattr(p, k, v)
+    return Transformer(p, phase, seed)
+
+
+def run(t, batch):
+    out = np.empty((batch.shape[0],) + t.output_shape(*batch.shape[1:]), np.float32)
+    return t(batch, out)
+
+
+def test_scale_and_mean_values():
+    batch = np.array([[[[10, 20]], [[30, 40]]]], np.uint8)        # 1 x 2 x 1 x 2
+    out = run(transformer(scale=0.5, mean_value=[10, 20]), batch)
+    np.testing.assert_allclose(out, [[[[0, 5]], [[5, 10]]]])
+    out = run(transformer(mean_value=[5]), batch)
+    np.testing.assert_allclose(out, [[[[5, 15]], [[25, 35]]]])
+
+
+def test_mean_file_is_taken_at_the_crop_window(tmp_path):
+    from netspec.weights import array_to_blob
+    mean = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    path = tmp_path / "mean.binaryproto"
+    bp = caffe_pb2.BlobProto()
+    array_to_blob(mean[None], bp)
+    path.write_bytes(bp.SerializeToString())
+    batch = np.full((1, 1, 4, 4), 100, np.uint8)
+    # TEST crop 2 of 4: centre window rows 1..2, cols 1..2.
+    out = run(transformer(phase=caffe.TEST, crop_size=2, mean_file=str(path)), batch)
+    np.testing.assert_allclose(out[0, 0], 100 - np.array([[5, 6], [9, 10]]))
+
+
+def test_centre_crop_in_test_and_random_crop_in_train():
+    img = np.arange(25, dtype=np.uint8).reshape(1, 1, 5, 5)
+    out = run(transformer(phase=caffe.TEST, crop_size=3), img)
+    np.testing.assert_array_equal(out[0, 0], img[0, 0, 1:4, 1:4])
+    batch = np.repeat(img, 200, axis=0)
+    out = run(transformer(phase=caffe.TRAIN, crop_size=3, seed=3), batch)
+    corners = {(int(o[0, 0, 0]) // 5, int(o[0, 0, 0]) % 5) for o in out}
+    assert corners == {(r, c) for r in range(3) for c in range(3)}    # every offset occurs
+    for o in out:                                                     # each is a real 3x3 window
+        r, c = int(o[0, 0, 0]) // 5, int(o[0, 0, 0]) % 5
+        np.testing.assert_array_equal(o[0], img[0, 0, r:r + 3, c:c + 3])
+
+
+def test_mirror_flips_some_images_in_train_only():
+    img = np.arange(6, dtype=np.uint8).reshape(1, 1, 2, 3)
+    batch = np.repeat(img, 100, axis=0)
+    out = run(transformer(phase=caffe.TRAIN, mirror=True, seed=5), batch)
+    flipped = [bool(np.array_equal(o[0], img[0, 0, :, ::-1])) for o in out]
+    plain = [bool(np.array_equal(o[0], img[0, 0])) for o in out]
+    assert all(f or p for f, p in zip(flipped, plain)) and 20 < sum(flipped) < 80
+    out = run(transformer(phase=caffe.TEST, mirror=True, seed=5), batch)
+    assert all(np.array_equal(o[0], img[0, 0]) for o in out)
+
+
+def test_seeded_transforms_repeat():
+    batch = np.random.default_rng(0).integers(0, 255, (8, 1, 6, 6)).astype(np.uint8)
+    a = run(transformer(crop_size=4, mirror=True, seed=9), batch)
+    b = run(transformer(crop_size=4, mirror=True, seed=9), batch)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_state_replays_the_same_batches(tmp_path):
+    images = np.random.default_rng(1).integers(0, 255, (10, 1, 4, 4)).astype(np.uint8)
+    source = make_lmdb(tmp_path / "db", images, np.arange(10))
+    net = data_net(source, batch=3, transform="crop_size: 3 mirror: true")
+    net.forward()
+    state = net.layer_dict["d"].get_resume_state()
+    expected = [net.forward()["data"].copy() for _ in range(3)]
+    net.layer_dict["d"].set_resume_state(state)
+    replay = [net.forward()["data"].copy() for _ in range(3)]
+    for e, r in zip(expected, replay):
+        np.testing.assert_array_equal(e, r)
+
+
+def test_bad_data_errors(tmp_path):
+    with pytest.raises(NetspecError, match="does not exist"):
+        data_net(str(tmp_path / "missing"), 2)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(NetspecError, match="not an LMDB"):
+        data_net(str(tmp_path / "empty_dir"), 2)
+    images = [np.zeros((1, 2, 2), np.uint8)] * 3 + [np.zeros((1, 3, 3), np.uint8)]
+    source = make_lmdb(tmp_path / "mixed", images, [0, 1, 2, 3])
+    net = data_net(source, batch=4)
+    with pytest.raises(NetspecError, match=r"record 3 has shape \(1, 3, 3\).*first record has \(1, 2, 2\)"):
+        net.forward()
+    with pytest.raises(NetspecError, match="crop_size 5 is larger than the images"):
+        data_net(make_lmdb(tmp_path / "small", images[:1], [0]), 1, transform="crop_size: 5")
