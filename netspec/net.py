@@ -329,6 +329,12 @@ class Net:
                     return f"first non-finite gradient in backward of layer '{self._layer_names[i]}'"
         return "no non-finite value found in the net's blobs"
 
+    def set_input_arrays(self, data, labels):
+        """pycaffe: hand arrays to the net's first layer, which must be a MemoryData layer."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise NetspecError("set_input_arrays: the net's first layer is not a MemoryData layer")
+        self.layers[0].reset(data, labels)
+
     def clear_param_diffs(self):
         for blob, _, _ in self._learnable:
             blob.diff[...] = 0
@@ -353,7 +359,11 @@ class Net:
                 chunk[name] = part
             out = self.forward(blobs=blobs, **chunk)
             for name in outputs:
-                collected[name].extend(out[name].copy()[:min(batch, n - lo)])
+                value = out[name].copy()
+                if value.ndim == 0:
+                    collected[name].append(value)       # a loss: one value per batch
+                else:
+                    collected[name].extend(value[:min(batch, n - lo)])
         return {name: np.asarray(v) for name, v in collected.items()}
 
     # ------------------------------------------------------------ weights

@@ -157,3 +157,38 @@ def test_bad_data_errors(tmp_path):
         net.forward()
     with pytest.raises(NetspecError, match="crop_size 5 is larger than the images"):
         data_net(make_lmdb(tmp_path / "small", images[:1], [0]), 1, transform="crop_size: 5")
+
+
+def test_memory_data_serves_arrays_in_batches():
+    text = 'layer { name: "m" type: "MemoryData" top: "data" top: "label" ' \
+           'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }'
+    net = caffe.Net(parse_prototxt(text, caffe_pb2.NetParameter()), caffe.TEST)
+    with pytest.raises(NetspecError, match="call net.set_input_arrays"):
+        net.forward()
+    data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    net.set_input_arrays(data, np.array([1, 2, 3, 4]))
+    net.forward()
+    net.forward()
+    out = net.forward()
+    np.testing.assert_array_equal(out["data"], data[:2])      # wrapped after 4 items
+    np.testing.assert_array_equal(out["label"], [1, 2])
+    with pytest.raises(NetspecError, match="multiple of batch_size"):
+        net.set_input_arrays(data[:3], np.arange(3))
+
+
+def test_image_data_reads_a_list_of_images(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[..., 0] = 200                                          # red
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb[..., ::-1].copy()).save(tmp_path / "b.png")   # blue
+    (tmp_path / "list.txt").write_text("a.png 3\nb.png 7\n")
+    text = f'''layer {{ name: "im" type: "ImageData" top: "data" top: "label"
+        image_data_param {{ source: "{tmp_path / 'list.txt'}" root_folder: "{tmp_path}/" batch_size: 2 }} }}'''
+    net = caffe.Net(parse_prototxt(text, caffe_pb2.NetParameter()), caffe.TEST)
+    out = net.forward()
+    assert out["data"].shape == (2, 3, 3, 4)
+    # BGR order as in Caffe: a red image has its values in channel 2, a blue one in channel 0.
+    assert out["data"][0, 2].max() == 200 and out["data"][0, 0].max() == 0
+    assert out["data"][1, 0].max() == 200
+    np.testing.assert_array_equal(out["label"], [3, 7])

@@ -1,10 +1,12 @@
 """Layers that bring data into a net: Input, DummyData, Data (LMDB), MemoryData, ImageData."""
+import os
 import queue
 import threading
 
 import numpy as np
 
 from ..datasets.lmdb_io import LMDBCursor, datum_to_array, parse_datum
+from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from ..rng import get_rng
@@ -194,3 +196,117 @@ class Data(Layer):
         self.transformer.set_state(state["rng"])
         self._consumed = self._state()
         self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
+
+
+@register("MemoryData")
+class MemoryData(Layer):
+    """Batches from arrays handed over from Python (pycaffe's `net.set_input_arrays(data, labels)`)."""
+    num_bottoms = 0
+    num_tops = 2
+    is_data = True
+
+    def setup(self, bottom, top):
+        p = self.layer_param.memory_data_param
+        if p.batch_size <= 0:
+            raise self.error("memory_data_param batch_size must be positive")
+        self.shape = (p.batch_size, p.channels, p.height, p.width)
+        self.data, self.labels, self.pos = None, None, 0
+
+    def reset(self, data, labels):
+        data = np.ascontiguousarray(data, np.float32)
+        labels = np.asarray(labels, np.float32).reshape(len(labels))
+        if data.ndim != 4 or data.shape[1:] != self.shape[1:]:
+            raise self.error(f"input arrays have shape {data.shape}; the layer expects (N, {self.shape[1]}, "
+                             f"{self.shape[2]}, {self.shape[3]})")
+        if len(data) != len(labels):
+            raise self.error(f"{len(data)} data items but {len(labels)} labels")
+        if len(data) % self.shape[0]:
+            raise self.error(f"the number of items ({len(data)}) must be a multiple of batch_size "
+                             f"({self.shape[0]})")
+        self.data, self.labels, self.pos = data, labels, 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.shape)
+        top[1].reshape(self.shape[:1])
+
+    def forward(self, bottom, top):
+        if self.data is None:
+            raise self.error("no data: call net.set_input_arrays(data, labels) before forward")
+        n = self.shape[0]
+        top[0].data[...] = self.data[self.pos:self.pos + n]
+        top[1].data[...] = self.labels[self.pos:self.pos + n]
+        self.pos = (self.pos + n) % len(self.data)
+
+
+def _load_image(path, color, new_height, new_width):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise NetspecError("ImageData needs an image library: pip install pillow") from None
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB" if color else "L")
+            if new_height and new_width:
+                img = img.resize((new_width, new_height), Image.BILINEAR)
+            arr = np.asarray(img, np.uint8)
+    except OSError as e:
+        raise NetspecError(f"cannot read image {path}: {e}") from None
+    # Caffe (OpenCV) stores colour images as BGR, channel-major.
+    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
+
+
+@register("ImageData")
+class ImageData(Layer):
+    """Images listed in a text file (`path label` per line), read with Pillow, as Caffe's ImageData."""
+    num_bottoms = 0
+    num_tops = (1, 2)
+    is_data = True
+
+    def setup(self, bottom, top):
+        p = self.layer_param.image_data_param
+        try:
+            with open(p.source) as f:
+                lines = [line.rsplit(None, 1) for line in f if line.strip()]
+        except OSError as e:
+            raise self.error(f"cannot read image list {p.source}: {e.strerror}") from None
+        try:
+            self.items = [(os.path.join(p.root_folder, name), int(label)) for name, label in lines]
+        except ValueError:
+            raise self.error(f"{p.source}: each line must be `path label` with an integer label") from None
+        if not self.items:
+            raise self.error(f"image list {p.source} is empty")
+        self.rng = np.random.default_rng(int(get_rng().integers(2 ** 63)))
+        if p.shuffle:
+            self.rng.shuffle(self.items)
+        self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
+        first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
+        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name)
+        self.transformer.check(*first.shape)
+        self.image_shape = first.shape
+        self.shape = (p.batch_size,) + self.transformer.output_shape(*first.shape)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.shape)
+        if len(top) > 1:
+            top[1].reshape(self.shape[:1])
+
+    def forward(self, bottom, top):
+        p = self.layer_param.image_data_param
+        batch = np.empty((self.shape[0],) + self.image_shape, np.uint8)
+        labels = np.empty(self.shape[0], np.float32)
+        for i in range(self.shape[0]):
+            path, label = self.items[self.pos]
+            img = _load_image(path, p.is_color, p.new_height, p.new_width)
+            if img.shape != self.image_shape:
+                raise self.error(f"image {path} has shape {img.shape}, the first image has {self.image_shape} "
+                                 "(set new_height and new_width to resize)")
+            batch[i], labels[i] = img, label
+            self.pos += 1
+            if self.pos == len(self.items):
+                self.pos = 0
+                if p.shuffle:
+                    self.rng.shuffle(self.items)
+        self.transformer(batch, top[0].data)
+        if len(top) > 1:
+            top[1].data[...] = labels
