@@ -26,18 +26,52 @@ class GlogFormatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+class _Handler(logging.StreamHandler):
+    """A stream handler that first clears a progress line, if one is showing."""
+
+    def emit(self, record):
+        _clear_progress()
+        super().emit(record)
+
+
 logger = logging.getLogger("netspec")
 logger.propagate = False
+_progress = {"stream": None, "shown": False, "last": 0.0}
 
 
 def configure(stream=None, level=logging.INFO):
-    """Send glog-formatted lines to `stream` (stderr by default, as glog does)."""
+    """Send glog-formatted lines to `stream` (stderr by default, as glog does).
+
+    A progress line is shown only when that stream is an interactive terminal,
+    never in a log written to a file or a pipe.
+    """
     for h in list(logger.handlers):
         logger.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    stream = stream or sys.stderr
+    handler = _Handler(stream)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)
+    interactive = hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
+    _progress.update(stream=stream if interactive else None, shown=False)
+
+
+def progress(text, every=0.2):
+    """Show `text` on a transient status line (interactive terminals only, at most every `every` s)."""
+    stream = _progress["stream"]
+    now = time.monotonic()
+    if stream is None or now - _progress["last"] < every:
+        return
+    _progress["last"] = now
+    stream.write("\r\x1b[K" + text)
+    stream.flush()
+    _progress["shown"] = True
+
+
+def _clear_progress():
+    if _progress["shown"] and _progress["stream"] is not None:
+        _progress["stream"].write("\r\x1b[K")
+        _progress["shown"] = False
 
 
 def info(message, source="netspec.py:0"):

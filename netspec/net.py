@@ -71,6 +71,7 @@ class Net:
     # ------------------------------------------------------------ construction
     def _init(self, param, state):
         self.name = param.name
+        self.debug_info = param.debug_info
         self.param = param
         filtered = insert_splits(filter_net(param, state))
         self.blobs = OrderedDict()
@@ -261,6 +262,8 @@ class Net:
             for blob, w in self._loss_weights[i]:
                 blob.diff[...] = w
                 loss += w * float(blob.data.sum(dtype=np.float64))
+            if self.debug_info:
+                self._debug(i, "Forward")
         return loss
 
     def backward_from_to(self, start=None, end=0):
@@ -268,6 +271,29 @@ class Net:
         for i in range(start, end - 1, -1):
             if self._layer_need_backward[i]:
                 self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+                if self.debug_info:
+                    self._debug(i, "Backward")
+
+    def _debug(self, i, direction):
+        """Caffe's debug_info lines: mean absolute value of each blob a layer touched."""
+        name, layer = self._layer_names[i], self.layers[i]
+        mean_abs = lambda a: float(np.abs(a).mean()) if a.size else 0.0  # noqa: E731
+        if direction == "Forward":
+            for top_name, blob in zip(layer.layer_param.top, self._tops[i]):
+                glog.info(f"    [Forward] Layer {name}, top blob {top_name} data: {mean_abs(blob.data):g}",
+                          "net.cpp:604")
+            for j, blob in enumerate(layer.blobs):
+                glog.info(f"    [Forward] Layer {name}, param blob {j} data: {mean_abs(blob.data):g}",
+                          "net.cpp:616")
+        else:
+            for bottom_name, blob, need in zip(layer.layer_param.bottom, self._bottoms[i],
+                                               self._bottom_need_backward[i]):
+                if need:
+                    glog.info(f"    [Backward] Layer {name}, bottom blob {bottom_name} diff: "
+                              f"{mean_abs(blob.diff):g}", "net.cpp:632")
+            for j, blob in enumerate(layer.blobs):
+                glog.info(f"    [Backward] Layer {name}, param blob {j} diff: {mean_abs(blob.diff):g}",
+                          "net.cpp:643")
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """pycaffe's forward: set inputs from kwargs, run, return {output: data}."""

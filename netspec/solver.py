@@ -190,6 +190,7 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
@@ -206,6 +207,10 @@ class Solver:
                 self._log_outputs(self.net, "Train", "solver.cpp:259")
             self.apply_update()
             self.iter += 1
+            if p.display:
+                done = self.iter % p.display or p.display
+                glog.progress(f"  iteration {self.iter}/{p.max_iter}: {done}/{p.display} of this display "
+                              f"interval, loss {self._smoothed_loss:.4g}")
             request = self.action_request() if self.action_request else "none"
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                 self.snapshot()
@@ -301,6 +306,7 @@ class Solver:
                 glog.info("Test interrupted.", "solver.cpp:364")
                 return None
             loss = net.forward_prefilled()
+            glog.progress(f"  testing net #{index}: batch {_ + 1}/{n}")
             if p.test_compute_loss:
                 total_loss += loss
             for name in net.outputs:
