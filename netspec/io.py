@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from .datasets.lmdb_io import array_to_datum, datum_to_array  # noqa: F401  (part of caffe.io)
 from .errors import NetspecError
 from .proto import caffe_pb2
-from .weights import array_to_blob, blob_to_array, proto_shape
+from .weights import array_to_blob, blob_to_array
 
 # ITU-R 709 luma weights, what skimage's rgb2gray (and so pycaffe's load_image(color=False)) uses.
 _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
@@ -29,14 +29,7 @@ _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
 
 def blobproto_to_array(blob, return_diff=False):
     """The blob's data (or diff) as an array of the blob's shape (legacy 4-D shapes too)."""
-    if not return_diff:
-        return blob_to_array(blob)
-    shape = proto_shape(blob)
-    values = blob.double_diff if len(blob.double_diff) else blob.diff
-    arr = np.asarray(values, dtype=np.float32)
-    if arr.size != int(np.prod(shape)):
-        raise NetspecError(f"blob with shape {shape} holds {arr.size} diff values, expected {int(np.prod(shape))}")
-    return arr.reshape(shape)
+    return blob_to_array(blob, diff=return_diff)
 
 
 def array_to_blobproto(arr, diff=None):

@@ -6,6 +6,7 @@ by name. Every malformed file becomes a ParseError reading `path:line:col: messa
 """
 import os
 import re
+import tempfile
 
 import numpy as np
 import yaml
@@ -203,55 +204,63 @@ def read_binary_message(path, message):
     return message
 
 
+def _read_upgraded(path_or_param, message_class, upgrade):
+    if isinstance(path_or_param, message_class):
+        message = message_class()
+        message.CopyFrom(path_or_param)
+        source = f"<{message_class.DESCRIPTOR.name}>"
+    else:
+        source = os.fspath(path_or_param)
+        message = read_text_message(source, message_class())
+    return upgrade(message, source)
+
+
 def read_net(path_or_param):
     """A NetParameter from a path (prototxt/YAML) or a NetParameter, upgraded from old formats."""
     from .upgrade import upgrade_net
-    if isinstance(path_or_param, caffe_pb2.NetParameter):
-        net = caffe_pb2.NetParameter()
-        net.CopyFrom(path_or_param)
-        source = "<NetParameter>"
-    else:
-        source = os.fspath(path_or_param)
-        net = read_text_message(source, caffe_pb2.NetParameter())
-    return upgrade_net(net, source)
+    return _read_upgraded(path_or_param, caffe_pb2.NetParameter, upgrade_net)
 
 
 def read_solver(path_or_param):
+    """A SolverParameter from a path (prototxt/YAML) or a SolverParameter, upgraded from old formats."""
     from .upgrade import upgrade_solver
-    if isinstance(path_or_param, caffe_pb2.SolverParameter):
-        solver = caffe_pb2.SolverParameter()
-        solver.CopyFrom(path_or_param)
-        source = "<SolverParameter>"
-    else:
-        source = os.fspath(path_or_param)
-        solver = read_text_message(source, caffe_pb2.SolverParameter())
-    return upgrade_solver(solver, source)
+    return _read_upgraded(path_or_param, caffe_pb2.SolverParameter, upgrade_solver)
 
 
 def write_atomically(path, data):
-    """Write bytes so that a crash leaves either the old file or the new one, never a torn one."""
+    """Write bytes so that a crash leaves either the old file or the new one, never a torn one.
+
+    The bytes go to a uniquely named temporary file in the same folder, which is
+    flushed, synced and then renamed over `path` (rename is atomic on POSIX).
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") from None
+        if isinstance(e, OSError):
+            raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") \
+                from None
+        raise
     try:
         # Make the rename itself durable.
-        fd = os.open(directory, os.O_RDONLY)
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            os.fsync(dir_fd)
         finally:
-            os.close(fd)
+            os.close(dir_fd)
     except OSError:
         pass
 

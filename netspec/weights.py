@@ -12,12 +12,17 @@ def proto_shape(bp):
     return tuple(legacy) if any(legacy) else (len(bp.data) or len(bp.double_data),)
 
 
-def blob_to_array(bp):
+def blob_to_array(bp, diff=False):
+    """A BlobProto's data (or diff) as a float32 array of the blob's shape."""
     shape = proto_shape(bp)
-    values = bp.double_data if len(bp.double_data) else bp.data
+    if diff:
+        values = bp.double_diff if len(bp.double_diff) else bp.diff
+    else:
+        values = bp.double_data if len(bp.double_data) else bp.data
     arr = np.asarray(values, dtype=np.float32)
     if arr.size != int(np.prod(shape)):
-        raise NetspecError(f"blob with shape {shape} holds {arr.size} values, expected {int(np.prod(shape))}")
+        what = "diff values" if diff else "values"
+        raise NetspecError(f"blob with shape {shape} holds {arr.size} {what}, expected {int(np.prod(shape))}")
     return arr.reshape(shape)
 
 

@@ -12,7 +12,8 @@ from google.protobuf.message import DecodeError
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from .lmdb_io import make_temp_beside, open_lmdb_readonly, parse_datum
+from ..schema import write_atomically
+from .lmdb_io import open_lmdb_readonly, parse_datum
 
 CHUNK = 1024   # Datums summed per numpy call
 
@@ -36,7 +37,7 @@ def compute_image_mean(lmdb_path, out_binaryproto=None):
         glog.info(f"mean_value channel [{c}]: {value:g}", "compute_image_mean.cpp:0")
     if out_binaryproto is not None:
         glog.info(f"Write to {out_binaryproto}", "compute_image_mean.cpp:0")
-        write_file_atomically(out_binaryproto, blob.SerializeToString())
+        write_atomically(out_binaryproto, blob.SerializeToString())
     return blob
 
 
@@ -77,31 +78,6 @@ def _sum_datums(lmdb_path, cursor):
         count += 1
     flush()
     return total, count, shape
-
-
-def write_file_atomically(path, payload):
-    """Write bytes to path via a synced temporary file renamed over it: never a half-written file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        tmp = make_temp_beside(path, "tmp")
-    except OSError as e:
-        raise NetspecError(f"cannot write '{path}': {e.strerror or e}") from None
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_mean_binaryproto(path):
