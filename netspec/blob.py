@@ -3,6 +3,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .errors import NetspecError
+
 # Blobs are float32, as in Caffe; the gradient checker switches to float64 so
 # that finite differences are exact enough to compare against.
 _dtype = [np.float32]
@@ -16,6 +18,27 @@ def precision(dtype):
         yield
     finally:
         _dtype.pop()
+
+
+def available_memory():
+    """Bytes the OS says a new allocation can still get (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class BlobTooLarge(NetspecError):
+    """A blob would not fit in memory; the net turns this into an error naming the layer."""
+
+    def __init__(self, shape, needed, available):
+        self.shape, self.needed, self.available = shape, needed, available
+        super().__init__(f"blob of shape {shape} needs {needed / 2**30:.2f} GiB for data and diff, "
+                         f"but only {available / 2**30:.2f} GiB of memory is available")
 
 
 class Blob:
@@ -42,11 +65,23 @@ class Blob:
             raise ValueError(f"negative dimension in blob shape {shape}")
         count = int(np.prod(shape, dtype=np.int64))
         if count > self._data.size:
-            self._data = np.zeros(count, self.dtype)
-            self._diff = np.zeros(count, self.dtype)
+            self._allocate(shape, count)
         # Always re-view: this also undoes an earlier share_data/share_diff.
         self.data = self._data[:count].reshape(shape)
         self.diff = self._diff[:count].reshape(shape)
+
+    def _allocate(self, shape, count):
+        # Refuse up front what would not fit: numpy's lazily zeroed pages would otherwise end in
+        # an out-of-memory kill at first touch instead of an error.
+        needed = 2 * count * np.dtype(self.dtype).itemsize
+        available = available_memory() if needed > 2**28 else None
+        if available is not None and needed > available:
+            raise BlobTooLarge(shape, needed, available)
+        try:
+            self._data = np.zeros(count, self.dtype)
+            self._diff = np.zeros(count, self.dtype)
+        except MemoryError:
+            raise BlobTooLarge(shape, needed, available or 0) from None
 
     def share_data(self, other):
         """View another blob's data in this blob's shape (Split, Flatten, Reshape): no copy."""

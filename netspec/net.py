@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import glog, layers as _layers  # noqa: F401  (importing layers fills the registry)
-from .blob import Blob
+from .blob import Blob, BlobTooLarge
 from .errors import NetspecError
 from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
@@ -129,8 +129,14 @@ class Net:
                     self.inputs.append(name)
             check_blob_counts(layer, bottoms, tops)
             glog.info(f"Setting up {layer_param.name}", "net.cpp:129")
-            layer.setup(bottoms, tops)
-            layer.reshape(bottoms, tops)
+            try:
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+            except BlobTooLarge as e:
+                so_far = sum(b.count for b in self.blobs.values()) * 4
+                raise NetspecError(
+                    f"layer '{layer_param.name}' ({layer_param.type}): {e}. Memory required for data up to "
+                    f"this layer: {so_far + e.needed // 2} bytes; reduce batch_size or the input size") from None
             weights = self._set_loss_weights(layer, tops)
             for name, blob in zip(layer_param.top, tops):
                 glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
