@@ -1,0 +1,481 @@
+"""Convolution, Deconvolution, Pooling and SPP, with Caffe's parameters and shape rules.
+
+The arithmetic lives in im2col.py: each convolution is one (grouped) GEMM over the
+whole batch, pooling is a pair of strided passes over NCHW.
+"""
+import math
+
+import numpy as np
+
+from .. import fillers
+from ..proto import caffe_pb2
+from ..rng import get_rng
+from .base import Layer, register
+from .im2col import ConvGeometry, WindowPool, scratch
+
+_POOL = caffe_pb2.PoolingParameter
+_METHODS = {_POOL.MAX: "max", _POOL.AVE: "ave", _POOL.STOCHASTIC: "stochastic"}
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _add_weight_grad(dy, x, acc):
+    """acc (G, A, B) += dy (.., G, A, L) x (.., G, B, L)^T, summed over any leading sample axis."""
+    if dy.ndim == 3:
+        # One GEMM; (x dy^T)^T is the faster orientation for these shapes.
+        acc += np.matmul(x, dy.transpose(0, 2, 1)).transpose(0, 2, 1)
+    else:
+        acc += np.matmul(dy, x.transpose(0, 1, 3, 2)).sum(axis=0)
+
+
+class _ConvBase(Layer):
+    """What Convolution and Deconvolution share: parameters, checks, weights, geometry."""
+    num_bottoms = (1, None)
+    num_tops = (1, None)
+    transposed = False          # Deconvolution: the image side of im2col is the top
+
+    def setup(self, bottom, top):
+        p = self.layer_param.convolution_param
+        if len(top) != len(bottom):
+            raise self.error(f"needs as many tops as bottoms (bottom i -> top i), got {len(bottom)} bottoms "
+                             f"and {len(top)} tops")
+        shape = bottom[0].shape
+        ndim = len(shape)
+        if not -ndim <= p.axis < ndim:
+            raise self.error(f"axis {p.axis} is out of range for bottom shape {_shape_str(shape)}")
+        self.axis = p.axis % ndim
+        self.num_spatial = ndim - self.axis - 1
+        if self.num_spatial < 1:
+            raise self.error(f"bottom shape {_shape_str(shape)} has no spatial axes after the channel axis "
+                             f"{self.axis}; use InnerProduct for that")
+        self.kernel = self._per_axis(p, "kernel_size", "kernel_h", "kernel_w", None)
+        self.stride = self._per_axis(p, "stride", "stride_h", "stride_w", 1)
+        self.pad = self._per_axis(p, "pad", "pad_h", "pad_w", 0)
+        self.dilation = self._per_axis(p, "dilation", None, None, 1)
+        for name, values in (("kernel size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
+            if min(values) <= 0:
+                raise self.error(f"{name} must be nonzero, got {tuple(values)}")
+        self.channels = shape[self.axis]
+        self.num_output = p.num_output
+        self.group = p.group
+        if self.num_output <= 0:
+            raise self.error("num_output must be given and positive")
+        if self.group <= 0:
+            raise self.error("group must be positive")
+        if self.channels % self.group:
+            raise self.error(f"group {self.group} does not divide the {self.channels} input channels "
+                             f"(bottom shape {_shape_str(shape)})")
+        if self.num_output % self.group:
+            raise self.error(f"group {self.group} does not divide num_output {self.num_output}")
+        # Caffe's weight layout: (out, in / group, *kernel), with in/out swapped for Deconvolution.
+        conv_out, conv_in = ((self.channels, self.num_output) if self.transposed
+                             else (self.num_output, self.channels))
+        self.add_param_blob((conv_out, conv_in // self.group) + tuple(self.kernel))
+        fillers.fill(p.weight_filler, self.blobs[0].data)
+        self.bias_term = p.bias_term
+        if self.bias_term:
+            self.add_param_blob((self.num_output,))
+            fillers.fill(p.bias_filler, self.blobs[1].data)
+        self.geom = None
+        self._saved = {}
+
+    def _per_axis(self, p, name, h_name, w_name, default):
+        """Caffe's per-spatial-axis values: `name` once or once per axis, or the 2-D _h/_w spellings."""
+        values = list(getattr(p, name))
+        if h_name and (p.HasField(h_name) or p.HasField(w_name)):
+            if self.num_spatial != 2:
+                raise self.error(f"{h_name}/{w_name} can only be used for 2-D convolution; the bottom has "
+                                 f"{self.num_spatial} spatial axes")
+            if values:
+                raise self.error(f"give either {name} or {h_name}/{w_name}, not both")
+            if default is None and not (p.HasField(h_name) and p.HasField(w_name)):
+                raise self.error(f"{h_name} and {w_name} must be given together")
+            return [getattr(p, h_name), getattr(p, w_name)]
+        if not values:
+            if default is None:
+                raise self.error(f"{name} is required (or {h_name} and {w_name})")
+            return [default] * self.num_spatial
+        if len(values) not in (1, self.num_spatial):
+            raise self.error(f"{name} must be given once or once per spatial axis ({self.num_spatial}), "
+                             f"got {len(values)} values")
+        return values * self.num_spatial if len(values) == 1 else values
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise self.error(f"bottom shape {_shape_str(shape)} has {len(shape)} axes; the layer was set up "
+                             f"for {self.axis + 1 + self.num_spatial}")
+        if shape[self.axis] != self.channels:
+            raise self.error(f"bottom shape {_shape_str(shape)} has {shape[self.axis]} channels on axis "
+                             f"{self.axis}; the weights expect {self.channels}")
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have one shape: bottom[0] {_shape_str(shape)} vs "
+                                 f"bottom[{i}] {_shape_str(b.shape)}")
+        self.num = math.prod(shape[:self.axis])
+        spatial = shape[self.axis + 1:]
+        geometry = (self.kernel, self.stride, self.pad, self.dilation)
+        for a, size in enumerate(spatial):
+            extent = self.dilation[a] * (self.kernel[a] - 1) + 1
+            if not self.transposed and extent > size + 2 * self.pad[a]:
+                raise self.error(
+                    f"kernel extent {extent} (kernel {self.kernel[a]}, dilation {self.dilation[a]}) is larger "
+                    f"than the padded input {size + 2 * self.pad[a]} (size {size} + 2 * pad {self.pad[a]}) on "
+                    f"spatial axis {a} of bottom shape {_shape_str(shape)}")
+        if self.transposed:
+            out = tuple(s * (n - 1) + d * (k - 1) + 1 - 2 * p
+                        for n, k, s, p, d in zip(spatial, *geometry))
+            if min(out) <= 0:
+                raise self.error(f"output shape {out} is empty for bottom shape {_shape_str(shape)} "
+                                 f"(kernel {tuple(self.kernel)}, stride {tuple(self.stride)}, pad {tuple(self.pad)})")
+            self.geom = ConvGeometry(self.num, self.num_output, out, *geometry)
+            self.in_spatial = tuple(spatial)
+        else:
+            self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry)
+            out = self.geom.out
+        top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
+        for t in top:
+            t.reshape(top_shape)
+
+    def _weights(self):
+        # Read the blob every time: the net may have swapped in a shared Blob.
+        w = self.blobs[0].data
+        return w.reshape(self.group, w.shape[0] // self.group, -1)
+
+    def _weight_diff(self):
+        d = self.blobs[0].diff
+        return d.reshape(self.group, d.shape[0] // self.group, -1)
+
+
+@register("Convolution")
+class Convolution(_ConvBase):
+    """Caffe's Convolution: im2col + (grouped) GEMM over the whole batch per bottom.
+
+    Without groups the bias rides in the GEMM: the columns carry a constant row of ones
+    and the weights a bias column, so the bias costs no pass of its own, and its gradient
+    comes out of the weight-gradient GEMM.
+    """
+
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        self._fold_bias = self.bias_term and self.group == 1
+
+    def _col_buffer(self, name, num, dtype):
+        g = self.geom
+        rows = g.rows + (1 if self._fold_bias else 0)
+        shape = (rows, g.out_count * num) if g.batch_inner else (num, rows, g.out_count)
+        # The ones row is written once, when the buffer is made; im2col fills the rows above it.
+        return scratch(self, name, shape, dtype, fill=1)
+
+    def _im2col(self, image, col):
+        g = self.geom
+        g.im2col(image, col[:g.rows] if g.batch_inner else col[:, :g.rows])
+
+    def _bottom_image(self, b):
+        g = self.geom
+        return g.load_image(self, "image", b.data.reshape((g.num, g.channels) + g.spatial))
+
+    def forward(self, bottom, top):
+        g = self.geom
+        dtype = bottom[0].data.dtype
+        w = self._weights()
+        bias = self.blobs[1].data if self.bias_term else None
+        if self._fold_bias:
+            w_ext = scratch(self, "w_ext", (1, self.num_output, g.rows + 1), dtype)
+            w_ext[0, :, :-1] = w[0]
+            w_ext[0, :, -1] = bias
+            w, bias = w_ext, None
+        keep = g.keeps_columns(g.rows + 1)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            image = self._bottom_image(b)
+            y = t.data.reshape(g.num, self.num_output, g.out_count)
+            if g.batch_inner:
+                col = self._col_buffer(f"col{i}", g.num, dtype)
+                self._im2col(image, col)
+                out = g.out_cols(self, "out", y)
+                np.matmul(w, g.grouped(col, self.group), out=g.grouped(out, self.group))
+                g.finish_cols(out, y, bias)
+            else:
+                # Part by part (samples), so each part's columns are still in cache for its GEMM.
+                parts = g.sample_parts()
+                col = self._col_buffer(f"col{i}" if keep else "col_part", g.num if keep else parts[0].stop, dtype)
+                for part in parts:
+                    cols = col[part] if keep else col[:part.stop - part.start]
+                    self._im2col(image[part], cols)
+                    np.matmul(w, g.grouped(cols, self.group), out=g.grouped(y[part], self.group))
+                if bias is not None:
+                    y += bias[:, None]
+            self._saved[i] = col if keep else None      # backward reuses this forward's columns
+
+    def backward(self, top, propagate_down, bottom):
+        g = self.geom
+        dtype = top[0].diff.dtype
+        fold = self._fold_bias
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.diff.reshape(g.num, self.num_output, g.out_count)
+            if fold:
+                acc = scratch(self, "w_ext_grad", (1, self.num_output, g.rows + 1), dtype)
+                acc.fill(0)
+            else:
+                acc = self._weight_diff()
+                if self.bias_term:
+                    self.blobs[1].diff += dy.sum(axis=(0, 2))
+            dx = b.diff.reshape((g.num, g.channels) + g.spatial)
+            dimage = g.grad_image(self, "dimage", dx) if propagate_down[i] else None
+            col = self._saved.get(i)
+            if g.batch_inner:
+                if col is None:   # backward without a forward
+                    col = self._col_buffer(f"col{i}", g.num, dtype)
+                    self._im2col(self._bottom_image(b), col)
+                dt = g.grouped(g.as_cols(self, "dtop", dy), self.group)
+                _add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
+                if dimage is not None:
+                    self._data_grad_batch_inner(dt, dimage, dtype)
+            else:
+                image = self._bottom_image(b) if col is None else None
+                parts = g.sample_parts()
+                if dimage is not None:
+                    dimage.fill(0)
+                    wt = self._weights().transpose(0, 2, 1)     # (G, Kg, M/G)
+                    dcol = scratch(self, "dcol", (parts[0].stop, g.rows, g.out_count), dtype)
+                for part in parts:
+                    if image is None:
+                        cols = col[part]
+                    else:   # columns not kept: build this part's again
+                        cols = self._col_buffer("col_part", parts[0].stop, dtype)[:part.stop - part.start]
+                        self._im2col(image[part], cols)
+                    dt = g.grouped(dy[part], self.group)
+                    _add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
+                    if dimage is not None:
+                        d = dcol[:part.stop - part.start]
+                        np.matmul(wt, dt, out=g.grouped(d, self.group))
+                        g.add_windows(d, dimage[part])
+            if fold:
+                self._weight_diff()[0] += acc[0, :, :-1]
+                self.blobs[1].diff += acc[0, :, -1]
+            if dimage is not None:
+                g.store_image(dimage, dx)
+
+    def _data_grad_batch_inner(self, dt, dimage, dtype):
+        """dimage <- col2im(W^T dtop), a block of channels at a time so each block's columns stay in cache."""
+        g = self.geom
+        wt = self._weights().transpose(0, 2, 1)         # (G, Kg, M/G)
+        parts = g.channel_parts(self.group)
+        dimage.fill(0)
+        for part in parts:
+            if part != slice(None):                     # one group: rows of a block of channels
+                wt_part = wt[:, part.start * g.kernel_count:part.stop * g.kernel_count]
+            else:
+                wt_part = wt
+            shape = wt_part.shape[:2] + (dt.shape[-1],)
+            if part is parts[0]:
+                buf = scratch(self, "dcol", (math.prod(shape),), dtype)
+            dcol = buf[:math.prod(shape)].reshape(shape)
+            np.matmul(wt_part, dt, out=dcol)
+            g.add_windows(dcol, dimage[part])
+
+
+@register("Deconvolution")
+class Deconvolution(_ConvBase):
+    """Caffe's Deconvolution: the transpose of Convolution (its forward is convolution's backward)."""
+    transposed = True
+
+    def forward(self, bottom, top):
+        g = self.geom
+        dtype = bottom[0].data.dtype
+        w = self._weights()
+        dcol = scratch(self, "dcol", g.cols_shape(g.rows, g.out_count), dtype)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            xc = g.as_cols(self, f"xcols{i}", b.data.reshape(g.num, self.channels, g.out_count))
+            self._saved[i] = xc
+            np.matmul(w.transpose(0, 2, 1), g.grouped(xc, self.group), out=g.grouped(dcol, self.group))
+            y = t.data.reshape((g.num, self.num_output) + g.spatial)
+            image = g.grad_image(self, "image", y)
+            g.col2im(dcol, image)
+            g.store_image(image, y)
+            if self.bias_term:
+                y3 = y.reshape(g.num, self.num_output, -1)
+                y3 += self.blobs[1].data[:, None]
+
+    def backward(self, top, propagate_down, bottom):
+        g = self.geom
+        dtype = top[0].diff.dtype
+        col = scratch(self, "col", g.cols_shape(g.rows, g.out_count), dtype)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.diff.reshape((g.num, self.num_output) + g.spatial)
+            if self.bias_term:
+                self.blobs[1].diff += dy.reshape(g.num, self.num_output, -1).sum(axis=(0, 2))
+            g.im2col(g.load_image(self, "dimage", dy), col)
+            xc = self._saved.get(i)
+            if xc is None:
+                xc = g.as_cols(self, f"xcols{i}", b.data.reshape(g.num, self.channels, g.out_count))
+            col_g = g.grouped(col, self.group)
+            _add_weight_grad(g.grouped(xc, self.group), col_g, self._weight_diff())
+            if propagate_down[i]:
+                dx = b.diff.reshape(g.num, self.channels, g.out_count)
+                out = g.out_cols(self, "dxcols", dx)
+                np.matmul(self._weights(), col_g, out=g.grouped(out, self.group))
+                g.finish_cols(out, dx)
+
+
+# ---- pooling -------------------------------------------------------------------------------
+
+def pooled_size(size, kernel, stride, pad, ceil_mode):
+    """Caffe's pooled length: ceil (or floor) of (size + 2p - k) / s, plus 1; a last window
+    starting in the bottom/right padding is dropped."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _check_pool_geometry(layer, method, kernel, stride, pad, where=""):
+    if min(kernel) <= 0:
+        raise layer.error(f"{where}kernel size must be nonzero, got {tuple(kernel)}")
+    if min(stride) <= 0:
+        raise layer.error(f"{where}stride must be nonzero, got {tuple(stride)}")
+    if any(pad):
+        if method == "stochastic":
+            raise layer.error(f"{where}padding is implemented only for MAX and AVE pooling, got pad {tuple(pad)}")
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise layer.error(f"{where}pad {tuple(pad)} must be smaller than the kernel {tuple(kernel)}")
+
+
+def _make_pool(layer, method, shape, kernel, stride, pad, ceil_mode, dtype, where=""):
+    out = tuple(pooled_size(s, k, t, p, ceil_mode) for s, k, t, p in zip(shape[2:], kernel, stride, pad))
+    if min(out) <= 0:
+        raise layer.error(f"{where}pooling output is empty: bottom shape {_shape_str(shape)}, kernel "
+                          f"{tuple(kernel)}, stride {tuple(stride)}, pad {tuple(pad)}")
+    return WindowPool(method, shape, kernel, stride, pad, out, dtype)
+
+
+@register("Pooling")
+class Pooling(Layer):
+    """Caffe's Pooling: MAX (optional second top: the argmax as h * W + w), AVE, STOCHASTIC."""
+    num_bottoms = 1
+    num_tops = (1, 2)
+
+    def setup(self, bottom, top):
+        p = self.layer_param.pooling_param
+        self.method = _METHODS[p.pool]
+        if len(top) > 1 and self.method != "max":
+            raise self.error("a second top (the argmax mask) is only produced by MAX pooling")
+        self.global_pooling = p.global_pooling
+        has_k, has_kh, has_kw = p.HasField("kernel_size"), p.HasField("kernel_h"), p.HasField("kernel_w")
+        if self.global_pooling:
+            if has_k or has_kh or has_kw:
+                raise self.error("global_pooling takes the kernel from the bottom; do not give kernel_size")
+        else:
+            if has_k and (has_kh or has_kw):
+                raise self.error("give either kernel_size or kernel_h/kernel_w, not both")
+            if not has_k and not (has_kh and has_kw):
+                raise self.error("kernel_size (or both kernel_h and kernel_w) is required")
+        self.kernel = [p.kernel_size] * 2 if has_k else [p.kernel_h, p.kernel_w]
+        self.pad = self._pair(p, "pad", [p.pad] * 2, [p.pad_h, p.pad_w])
+        self.stride = self._pair(p, "stride", [p.stride] * 2, [p.stride_h, p.stride_w])
+        if self.global_pooling and (any(self.pad) or self.stride != [1, 1]):
+            raise self.error(f"global_pooling needs pad 0 and stride 1, got pad {tuple(self.pad)} "
+                             f"stride {tuple(self.stride)}")
+        self.ceil_mode = p.round_mode == _POOL.CEIL
+        self.pool = None
+
+    def _pair(self, p, name, single, pair):
+        has_h, has_w = p.HasField(name + "_h"), p.HasField(name + "_w")
+        if has_h or has_w:
+            if p.HasField(name) or not (has_h and has_w):
+                raise self.error(f"give either {name} or both {name}_h and {name}_w")
+            return pair
+        return single
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise self.error(f"bottom must have 4 axes (num, channels, height, width), got shape {_shape_str(shape)}")
+        kernel = list(shape[2:]) if self.global_pooling else self.kernel
+        _check_pool_geometry(self, self.method, kernel, self.stride, self.pad)
+        dtype = bottom[0].data.dtype
+        pool = self.pool
+        if pool is None or (pool.num, pool.channels, pool.height, pool.width) != shape or pool.dtype != dtype:
+            self.pool = _make_pool(self, self.method, shape, kernel, self.stride, self.pad, self.ceil_mode, dtype)
+        for t in top:
+            t.reshape(shape[:2] + (self.pool.oh, self.pool.ow))
+
+    def forward(self, bottom, top):
+        mask = top[1].data if len(top) > 1 else None
+        self.pool.forward(bottom[0].data, top[0].data, mask, train=self.phase == caffe_pb2.TRAIN, rng=get_rng())
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self.pool.backward(top[0].diff, bottom[0].diff, train=self.phase == caffe_pb2.TRAIN)
+
+
+@register("SPP")
+class SPP(Layer):
+    """Spatial pyramid pooling: level l pools into 2^l x 2^l bins; outputs flattened and concatenated.
+
+    With pyramid_height 1 the top is the single pooling output (N, C, 1, 1), as in Caffe.
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.spp_param
+        self.height = p.pyramid_height
+        if self.height <= 0:
+            raise self.error("pyramid_height must be given and positive")
+        self.method = _METHODS[p.pool]
+        self.levels = []
+        self.key = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise self.error(f"bottom must have 4 axes (num, channels, height, width), got shape {_shape_str(shape)}")
+        dtype = bottom[0].data.dtype
+        if self.key != (shape, dtype):
+            self.levels = []
+            for level in range(self.height):
+                bins = 2 ** level
+                kernel = [-(-size // bins) for size in shape[2:]]
+                pad = [(k * bins - size + 1) // 2 for k, size in zip(kernel, shape[2:])]
+                where = f"pyramid level {level} ({bins}x{bins} bins over {shape[2]}x{shape[3]}): "
+                _check_pool_geometry(self, self.method, kernel, kernel, pad, where)
+                self.levels.append(_make_pool(self, self.method, shape, kernel, kernel, pad, True, dtype, where))
+            self.key = (shape, dtype)
+        if self.height == 1:
+            top[0].reshape(shape[:2] + (self.levels[0].oh, self.levels[0].ow))
+        else:
+            top[0].reshape(shape[0], sum(shape[1] * lv.oh * lv.ow for lv in self.levels))
+
+    def _slices(self, top_array):
+        num, start = top_array.shape[0], 0
+        for lv in self.levels:
+            width = lv.channels * lv.oh * lv.ow
+            yield lv, top_array.reshape(num, -1)[:, start:start + width]
+            start += width
+
+    def forward(self, bottom, top):
+        train = self.phase == caffe_pb2.TRAIN
+        for k, (lv, part) in enumerate(self._slices(top[0].data)):
+            out = scratch(self, f"out{k}", (lv.num, lv.channels, lv.oh, lv.ow), bottom[0].data.dtype)
+            lv.forward(bottom[0].data, out, train=train, rng=get_rng())
+            np.copyto(part, out.reshape(lv.num, -1))
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        train = self.phase == caffe_pb2.TRAIN
+        dx = bottom[0].diff
+        dtype = dx.dtype
+        for k, (lv, part) in enumerate(self._slices(top[0].diff)):
+            dtop = scratch(self, f"dtop{k}", (lv.num, lv.channels, lv.oh, lv.ow), dtype)
+            np.copyto(dtop.reshape(lv.num, -1), part)
+            if k == 0:
+                lv.backward(dtop, dx, train=train)
+            else:
+                tmp = scratch(self, "dx_level", dx.shape, dtype)
+                lv.backward(dtop, tmp, train=train)
+                dx += tmp
