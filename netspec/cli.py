@@ -84,18 +84,25 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
         raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
     from .schema import read_solver
     from .solver import Solver
+    from .parallel import from_environment
+    mpi = from_environment()        # MPI: this rank's DataParallel under `mpirun -n N` (N > 1), else None
     param = read_solver(solver)
     if level is not None:
         param.train_state.level = level
     for s in _split_list(stage):
         param.train_state.stage.append(s)
+    if mpi is not None:
+        mpi.prepare(param)
     s = Solver(solver, param)
-    for w in _split_list([weights] if weights else []):
+    # MPI: rank 0 alone reads --weights; the others get its weights when solving starts.
+    for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
         glog.info(f"Finetuning from {w}", "caffe.cpp:175")
         s.net.copy_from(w)
     signals = _Signals(sigint_effect, sighup_effect)
     signals.install()
     s.action_request = signals
+    if mpi is not None:
+        mpi.attach(s)
     glog.info("Starting Optimization", "caffe.cpp:248")
     s.solve(snapshot)
 
@@ -205,7 +212,12 @@ def run(command, argv=None, prog_name="netspec"):
     verbose = "--verbose" in argv
     glog.configure()
     try:
-        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        try:
+            command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        except BaseException as e:      # MPI: a failing rank ends the whole job (no-op in one process)
+            from .parallel import abort_job
+            abort_job(e, verbose)
+            raise
     except click.exceptions.Abort:
         click.echo("netspec: interrupted", err=True)
         sys.exit(130)

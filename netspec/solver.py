@@ -42,6 +42,7 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
+        self.parallel = None              # netspec.parallel.DataParallel when training on several MPI ranks
         self.requested_early_exit = False
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
         self._resumed_losses = None
@@ -195,6 +196,8 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
             loss /= p.iter_size
+            if self.parallel is not None:     # MPI: average gradients (and the loss) over the ranks
+                loss = self.parallel.reduce_gradients(loss)
             if not np.isfinite(loss):
                 raise NetspecError(self._divergence_message(loss))
             self._update_smoothed_loss(loss)
@@ -269,7 +272,9 @@ class Solver:
         glog.info(f"Solving {self.net.name}", "solver.cpp:289")
         glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
         self.requested_early_exit = False
-        if resume_file:
+        if self.parallel is not None:         # MPI: rank 0 restores; every rank starts from its state
+            self.parallel.start(self, resume_file)
+        elif resume_file:
             glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
@@ -280,6 +285,8 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_prefilled()
+            if self.parallel is not None:     # MPI: the mean over the ranks, as in training
+                loss = self.parallel.average(loss)
             self._update_smoothed_loss(loss)
             glog.info(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}", "solver.cpp:325")
         if p.test_interval and self.iter % p.test_interval == 0:
@@ -330,6 +337,11 @@ class Solver:
                 "loss_index_base": int(self._loss_start)}
 
     def snapshot(self):
+        resume = self._resume_payload()
+        if self.parallel is not None:         # MPI: all ranks' data cursors go into rank 0's file
+            resume = self.parallel.gather_resume(resume)
+            if resume is None:                # not rank 0: rank 0 alone writes
+                return None
         model_path, state_path = snapshot_paths(self.param.snapshot_prefix, self.iter)
         glog.info(f"Snapshotting to binary proto file {model_path}", "solver.cpp:454")
         self.net.save(model_path)
@@ -339,7 +351,7 @@ class Solver:
         for k in range(self.rule.num_histories):
             for history in self._histories:
                 array_to_blob(history[k], state.history.add())
-        write_solverstate(state_path, state, self._resume_payload())
+        write_solverstate(state_path, state, resume)
         return model_path, state_path
 
     def restore(self, state_path):

@@ -120,6 +120,7 @@ class Data(Layer):
     num_bottoms = 0
     num_tops = (1, 2)
     is_data = True
+    _stride = 1          # MPI data parallelism (set_stride): rank r of N reads records r, r+N, r+2N, ...
 
     def setup(self, bottom, top):
         p = self.layer_param.data_param
@@ -152,17 +153,17 @@ class Data(Layer):
     def _next_batch(self):
         """Read, check and transform one batch (runs in the prefetch thread)."""
         src = self.layer_param.data_param.source
-        start = self.cursor.position
-        datums = [parse_datum(v, f"{src} record {(start + i) % len(self.cursor)}")
-                  for i, v in enumerate(self.cursor.next_values(self.batch_size))]
+        start, stride = self.cursor.position, self._stride
+        datums = [parse_datum(v, f"{src} record {(start + i * stride) % len(self.cursor)}")
+                  for i, v in enumerate(self._read_values())]
         c, h, w = self.datum_shape
         size = c * h * w
         for i, d in enumerate(datums):
             if d.encoded:
-                raise self.error(f"{src} record {(start + i) % len(self.cursor)} is encoded (JPEG/PNG); "
+                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} is encoded (JPEG/PNG); "
                                  "netspec reads raw Datum pixels only")
             if (d.channels, d.height, d.width) != self.datum_shape or (len(d.data) or len(d.float_data)) != size:
-                raise self.error(f"{src} record {(start + i) % len(self.cursor)} has shape "
+                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} has shape "
                                  f"({d.channels}, {d.height}, {d.width}) with "
                                  f"{len(d.data) or len(d.float_data)} values; the first record has "
                                  f"{self.datum_shape}")
@@ -196,6 +197,26 @@ class Data(Layer):
         self.transformer.set_state(state["rng"])
         self._consumed = self._state()
         self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
+
+    # --- MPI data parallelism (netspec.parallel) ---
+    def _read_values(self):
+        if self._stride == 1:
+            return self.cursor.next_values(self.batch_size)
+        values = []
+        for _ in range(self.batch_size):
+            values += self.cursor.next_values(1)
+            self.cursor.skip(self._stride - 1)
+        return values
+
+    def set_stride(self, stride, state):
+        """Read every `stride`-th record from now on, resuming from `state` (a get_resume_state() dict).
+
+        With N ranks, rank r starts at the shared position + r, so in each iteration
+        the ranks together read the N x batch_size records one process would.
+        """
+        self._stride = int(stride)
+        self.set_resume_state(state)
+    # --- end MPI ---
 
 
 @register("MemoryData")
