@@ -94,7 +94,9 @@ class Net:
             if not layer_param.HasField("phase"):
                 layer_param.phase = state.phase
             if layer_param.name in names_seen:
-                raise NetspecError(f"duplicate layer name '{layer_param.name}': layer names must be unique")
+                # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
+                # matched by name, so it is refused below only for layers that carry parameters.
+                glog.warning(f"duplicate layer name '{layer_param.name}'", "net.cpp:90")
             names_seen.add(layer_param.name)
             glog.info(f"Creating Layer {layer_param.name}", "net.cpp:84")
             layer = create_layer(layer_param)
@@ -141,6 +143,9 @@ class Net:
             for name, blob in zip(layer_param.top, tops):
                 glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
             self._attach_params(layer, layer_param)
+            if layer_param.name in self._layer_names and (layer.blobs or self.layer_dict_partial(layer_param.name)):
+                raise NetspecError(f"duplicate layer name '{layer_param.name}': layers with parameters must have "
+                                   "unique names (weights are copied by layer name)")
 
             need_backward = any(need) and not layer.is_data
             for j, blob in enumerate(layer.blobs):
@@ -163,6 +168,10 @@ class Net:
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         mem = sum(b.count for b in self.blobs.values()) * 4
         glog.info(f"Memory required for data: {mem}", "net.cpp:255")
+
+    def layer_dict_partial(self, name):
+        """Whether an already built layer of this name has parameters."""
+        return any(n == name and l.blobs for n, l in zip(self._layer_names, self.layers))
 
     def _set_loss_weights(self, layer, tops):
         lp = layer.layer_param

@@ -223,8 +223,10 @@ def test_forward_all_batches_larger_inputs():
     ('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
      'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }',
      r"layer 'b' \(Input\): top blob 'x' is produced by more than one layer"),
-    ('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
-     'layer { name: "a" type: "ReLU" bottom: "x" top: "y" }', r"duplicate layer name 'a'"),
+    ('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+     'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }\n'
+     'layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 2 } }',
+     r"duplicate layer name 'ip': layers with parameters must have unique names"),
     ('layer { name: "a" type: "Input" top: "x" include { phase: TRAIN } exclude { phase: TEST } '
      'input_param { shape { dim: 1 } } }', r"layer 'a' \(Input\): specify either include rules or exclude"),
 ])

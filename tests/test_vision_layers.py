@@ -136,6 +136,8 @@ CONV_CASES = [
     ("num_output: 4 kernel_size: 2 kernel_size: 3 dilation: 1 dilation: 2 stride: 2 stride: 1 group: 2 "
      "bias_term: false", (3, 4, 6, 8), (2, 1), (0, 0), (1, 2), 2),
     ("num_output: 3 kernel_size: 3 group: 3 pad: 1", (2, 3, 5, 5), (1, 1), (1, 1), (1, 1), 3),   # depthwise
+    ("num_output: 4 kernel_size: 1", (2, 3, 5, 6), (1, 1), (0, 0), (1, 1), 1),                   # pointwise
+    ("num_output: 4 kernel_size: 1 group: 2 bias_term: false", (2, 4, 3, 5), (1, 1), (0, 0), (1, 1), 2),
 ]
 
 
@@ -220,8 +222,9 @@ def test_convolution_skips_bottom_gradient_and_adds_param_gradients():
         np.testing.assert_allclose(p.diff, 2 * g)
 
 
-def test_convolution_backward_without_forward(layout):
-    text = conv("num_output: 3 kernel_size: 3 pad: 1")
+@pytest.mark.parametrize("params", ["num_output: 3 kernel_size: 3 pad: 1", "num_output: 3 kernel_size: 1"])
+def test_convolution_backward_without_forward(layout, params):
+    text = conv(params)
     x, dy = R.standard_normal((2, 2, 5, 5)), R.standard_normal((2, 3, 5, 5))
     grads = []
     for run_forward in (True, False):

@@ -8,9 +8,10 @@
     structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
     norm.py       BatchNorm, Scale, Bias, LRN, MVN
     python.py     user layers (`type: "Python"`)
+    recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, vision, common, neuron, loss, structure, norm, python  # noqa: F401,E402
+from . import data, vision, common, neuron, loss, structure, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):

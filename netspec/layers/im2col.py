@@ -197,7 +197,9 @@ class ConvGeometry:
     def im2col(self, image, col):
         """col (column array with C*prod(kernel) rows, possibly a row slice) <- every kernel window of image."""
         view = self.col_view(image)
-        np.copyto(np.reshape(col, view.shape, copy=False), view)
+        target = col.reshape(view.shape)       # only splits axes, so always a view of col
+        assert np.may_share_memory(target, col)
+        np.copyto(target, view)
 
     def col2im(self, col, image):
         """image <- the columns added back at their windows (image is overwritten)."""

@@ -160,7 +160,9 @@ class Convolution(_ConvBase):
 
     def setup(self, bottom, top):
         super().setup(bottom, top)
-        self._fold_bias = self.bias_term and self.group == 1
+        # A 1x1 kernel with stride 1 and no pad: the stacked columns are the bottom itself.
+        self._pointwise = (max(self.kernel) == 1 and max(self.stride) == 1 and max(self.pad) == 0)
+        self._fold_bias = self.bias_term and self.group == 1 and not self._pointwise
 
     def _col_buffer(self, name, num, dtype):
         g = self.geom
@@ -197,6 +199,11 @@ class Convolution(_ConvBase):
                 out = g.out_cols(self, "out", y)
                 np.matmul(w, g.grouped(col, self.group), out=g.grouped(out, self.group))
                 g.finish_cols(out, y, bias)
+            elif self._pointwise:
+                col = image.reshape(g.num, g.channels, g.out_count)
+                np.matmul(w, g.grouped(col, self.group), out=g.grouped(y, self.group))
+                if bias is not None:
+                    y += bias[:, None]
             else:
                 # Part by part (samples), so each part's columns are still in cache for its GEMM.
                 parts = g.sample_parts()
@@ -207,7 +214,7 @@ class Convolution(_ConvBase):
                     np.matmul(w, g.grouped(cols, self.group), out=g.grouped(y[part], self.group))
                 if bias is not None:
                     y += bias[:, None]
-            self._saved[i] = col if keep else None      # backward reuses this forward's columns
+            self._saved[i] = col if keep or self._pointwise else None   # backward reuses these columns
 
     def backward(self, top, propagate_down, bottom):
         g = self.geom
@@ -234,6 +241,8 @@ class Convolution(_ConvBase):
                 if dimage is not None:
                     self._data_grad_batch_inner(dt, dimage, dtype)
             else:
+                if col is None and self._pointwise:
+                    col = self._bottom_image(b).reshape(g.num, g.channels, g.out_count)
                 image = self._bottom_image(b) if col is None else None
                 parts = g.sample_parts()
                 if dimage is not None:
