@@ -5,6 +5,8 @@ insert Splits, then create each layer, wire its bottoms and tops, run its
 setup and reshape, attach parameters (sharing those with the same ParamSpec
 name), and finally decide which layers need backward at all.
 """
+import difflib
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -35,9 +37,9 @@ def _parse_phase(phase):
 def create_layer(layer_param):
     cls = LAYER_REGISTRY.get(layer_param.type)
     if cls is None:
-        known = ", ".join(sorted(LAYER_REGISTRY))
-        raise NetspecError(f"layer '{layer_param.name}': unknown layer type '{layer_param.type}' "
-                           f"(registered types: {known})")
+        near = difflib.get_close_matches(layer_param.type, LAYER_REGISTRY, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"registered types: {', '.join(sorted(LAYER_REGISTRY))}"
+        raise NetspecError(f"layer '{layer_param.name}': unknown layer type '{layer_param.type}' ({hint})")
     return cls(layer_param)
 
 
@@ -45,7 +47,7 @@ class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
     `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None):
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None):
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -56,7 +58,7 @@ class Net:
             raise TypeError("Net needs a phase: netspec.TRAIN or netspec.TEST")
         self.phase = _parse_phase(phase)
         param = read_net(model)
-        self.source = model if isinstance(model, str) else "<NetParameter>"
+        self.source = source or (os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
         state = caffe_pb2.NetState()
         state.CopyFrom(param.state)
         state.phase = self.phase
@@ -64,9 +66,18 @@ class Net:
             state.level = level
         for s in stages or ():
             state.stage.append(s)
-        self._init(param, state)
+        try:
+            self._init(param, state)
+        except NetspecError as e:
+            raise self._located(e) from e
         if weights:
             self.copy_from(weights)
+
+    def _located(self, e):
+        """The error with the net's file in front (once)."""
+        if not self.source or str(e).startswith(f"{self.source}:"):
+            return e
+        return NetspecError(f"{self.source}: {e}")
 
     # ------------------------------------------------------------ construction
     def _init(self, param, state):
@@ -89,6 +100,7 @@ class Net:
         self._param_display = []         # (layer name, index) of each learnable
         available = set()
         names_seen = set()
+        producer = {}                    # blob name -> the layer that made it
 
         for layer_param in filtered.layer:
             if not layer_param.HasField("phase"):
@@ -103,8 +115,7 @@ class Net:
             bottoms, need = [], []
             for j, name in enumerate(layer_param.bottom):
                 if name not in self.blobs:
-                    raise NetspecError(f"layer '{layer_param.name}' ({layer_param.type}): unknown bottom blob "
-                                       f"'{name}' (no earlier layer produces it)")
+                    raise self._missing_bottom(layer_param, name, filtered, param, state)
                 glog.info(f"{layer_param.name} <- {name}", "net.cpp:406")
                 bottoms.append(self.blobs[name])
                 available.discard(name)
@@ -119,12 +130,16 @@ class Net:
                     glog.info(f"{layer_param.name} -> {name} (in-place)", "net.cpp:410")
                     tops.append(self.blobs[name])
                 elif name in self.blobs:
-                    raise NetspecError(f"layer '{layer_param.name}' ({layer_param.type}): top blob '{name}' "
-                                       "is produced by more than one layer")
+                    where = f"layer '{layer_param.name}' ({layer_param.type})"
+                    if list(layer_param.top).count(name) > 1:
+                        raise NetspecError(f"{where}: top blob '{name}' appears twice among its tops")
+                    raise NetspecError(f"{where}: top blob '{name}' is already produced by layer '{producer[name]}' "
+                                       "(only an in-place layer, with the blob as its bottom too, may write it again)")
                 else:
                     glog.info(f"{layer_param.name} -> {name}", "net.cpp:452")
                     blob = Blob()
                     self.blobs[name] = blob
+                    producer[name] = layer_param.name
                     tops.append(blob)
                 available.add(name)
                 if layer_param.type == "Input":
@@ -172,6 +187,23 @@ class Net:
     def layer_dict_partial(self, name):
         """Whether an already built layer of this name has parameters."""
         return any(n == name and l.blobs for n, l in zip(self._layer_names, self.layers))
+
+    def _missing_bottom(self, lp, name, filtered, param, state):
+        where = f"layer '{lp.name}' ({lp.type})"
+        done = set(self._layer_names) | {lp.name}
+        later = [l.name for l in filtered.layer if name in l.top and l.name not in done]
+        if later:
+            return NetspecError(f"{where}: bottom blob '{name}' is produced only by the later layer '{later[0]}' "
+                                "(layers run in file order; a blob must be produced before it is used)")
+        kept = {l.name for l in filtered.layer}
+        dropped = [l.name for l in param.layer if name in l.top and l.name not in kept]
+        if dropped:
+            return NetspecError(f"{where}: unknown bottom blob '{name}' (layer '{dropped[0]}' produces it but is "
+                                f"not in the {caffe_pb2.Phase.Name(state.phase)} net: check its include/exclude "
+                                "rules)")
+        near = difflib.get_close_matches(name, list(self.blobs), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return NetspecError(f"{where}: unknown bottom blob '{name}' (no earlier layer produces it{hint})")
 
     def _set_loss_weights(self, layer, tops):
         lp = layer.layer_param
@@ -270,24 +302,30 @@ class Net:
         """Run layers start..end (indices); return the weighted loss."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
-        for i in range(start, end + 1):
-            layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            for blob, w in self._loss_weights[i]:
-                blob.diff[...] = w
-                loss += w * float(blob.data.sum(dtype=np.float64))
-            if self.debug_info:
-                self._debug(i, "Forward")
+        try:
+            for i in range(start, end + 1):
+                layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
+                layer.reshape(bottom, top)
+                layer.forward(bottom, top)
+                for blob, w in self._loss_weights[i]:
+                    blob.diff[...] = w
+                    loss += w * float(blob.data.sum(dtype=np.float64))
+                if self.debug_info:
+                    self._debug(i, "Forward")
+        except NetspecError as e:
+            raise self._located(e) from e
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
-        for i in range(start, end - 1, -1):
-            if self._layer_need_backward[i]:
-                self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
-                if self.debug_info:
-                    self._debug(i, "Backward")
+        try:
+            for i in range(start, end - 1, -1):
+                if self._layer_need_backward[i]:
+                    self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+                    if self.debug_info:
+                        self._debug(i, "Backward")
+        except NetspecError as e:
+            raise self._located(e) from e
 
     def _debug(self, i, direction):
         """Caffe's debug_info lines: mean absolute value of each blob a layer touched."""
@@ -429,6 +467,9 @@ class Net:
             trained, where = source, "<NetParameter>"
         else:
             where = str(source)
+            if where.endswith(".solverstate"):
+                raise NetspecError(f"{where}: --weights takes a .caffemodel file; a .solverstate holds the solver's "
+                                   "history (use --snapshot to resume from it)")
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             from .upgrade import upgrade_net
             trained = upgrade_net(trained, where)

@@ -4,6 +4,7 @@ Prototxt goes through protobuf's own text_format. YAML is a second spelling of
 the same schema: a mapping per message, lists for repeated fields, enum values
 by name. Every malformed file becomes a ParseError reading `path:line:col: message`.
 """
+import difflib
 import os
 import re
 import tempfile
@@ -52,8 +53,74 @@ def parse_prototxt(text, message, path="<string>"):
         m = _TEXT_ERROR.match(msg)
         if m:
             line, col, msg = int(m.group(1)), int(m.group(2)), m.group(3)
-        raise ParseError(path, line, col, msg.strip()) from None
+        raise ParseError(path, line, col, _explain_text_error(msg.strip(), text, line, col)) from None
     return message
+
+
+_POOL = caffe_pb2.DESCRIPTOR.pool
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"\.$')
+_NO_ENUM_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)\.$')
+
+
+def _near_field(message_name, field, msg):
+    """protobuf's unknown-field message, with the field the user probably meant."""
+    try:
+        names = list(_POOL.FindMessageTypeByName(message_name).fields_by_name)
+    except KeyError:
+        return msg
+    near = difflib.get_close_matches(field, names, n=1)
+    return f'{msg[:-1]} (did you mean "{near[0]}"?)' if near else msg
+
+
+def _unclosed_block(text):
+    """`name {` and the line of the innermost block still open at the end of the text, or None."""
+    stack, line, i = [], 1, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        elif c in "\"'":
+            j = i + 1
+            while j < len(text) and text[j] not in (c, "\n"):
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        elif c == "{":
+            name = re.search(r"(\w+)\s*:?\s*$", text[:i])
+            stack.append((f"{name.group(1) if name else ''} {{".strip(), line))
+        elif c == "}" and stack:
+            stack.pop()
+        i += 1
+    return stack[-1] if stack else None
+
+
+def _explain_text_error(msg, text, line, col):
+    """protobuf's message plus the hint that locates or explains it."""
+    m = _NO_FIELD.search(msg)
+    if m:
+        return msg[:m.start()] + _near_field(m.group(1), m.group(2), m.group(0))
+    m = _NO_ENUM_VALUE.search(msg)
+    if m:
+        try:
+            values = ", ".join(v.name for v in _POOL.FindEnumTypeByName(m.group(1)).values)
+            return f"{msg[:-1]} (expected one of: {values})"
+        except KeyError:
+            return msg
+    rest = [s.strip() for s in text.split("\n")[line:]]
+    if msg == 'Expected "}".' and all(not s or s.startswith("#") for s in rest):
+        block = _unclosed_block(text)
+        if block:
+            return f"Expected \"}}\" at the end of the file: the block '{block[0]}' opened at line {block[1]} is never closed"
+    m = re.search(r"Value out of range: -", msg)
+    if m and line:
+        field = re.search(r"(\w+)\s*:\s*$", text.splitlines()[line - 1][:col - 1])
+        if field:
+            return f"{msg} (field '{field.group(1)}' takes no negative values)"
+    return msg
 
 
 # ------------------------------------------------------------------ YAML
@@ -108,7 +175,7 @@ def _merge_yaml(node, message, path):
         field = fields.get(name)
         if field is None:
             line, col = _mark(key_node)
-            raise ParseError(path, line, col, f'Message type "{owner}" has no field named "{name}".')
+            raise ParseError(path, line, col, _near_field(owner, name, f'Message type "{owner}" has no field named "{name}".'))
         items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
         if not field.is_repeated and isinstance(value_node, yaml.SequenceNode):
             line, col = _mark(value_node)
@@ -140,7 +207,18 @@ def parse_yaml(text, message, path="<string>"):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise ParseError(path, line, col, f"malformed YAML: {e.problem or e.context}") from None
+        msg = f"malformed YAML: {e.problem or e.context}"
+        ctx = e.context_mark
+        if e.problem and e.context and ctx and (ctx.line, ctx.column) != (mark.line, mark.column):
+            msg += f" ({e.context} started at {ctx.line + 1}:{ctx.column + 1})"
+        if mark and text[mark.index:mark.index + 1] == "\t":
+            msg += " (a tab: indent YAML with spaces)"
+        raise ParseError(path, line, col, msg) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise ParseError(path, line, col, f"malformed YAML: unacceptable character #x{e.character:04x}: "
+                         f"{e.reason}") from None
     except yaml.YAMLError as e:
         raise ParseError(path, 0, 0, f"malformed YAML: {e}") from None
     if root is None:
@@ -199,6 +277,14 @@ def read_binary_message(path, message):
     try:
         message.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            suffix = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
+            raise NetspecError(f"{path}: a text file, not a binary {message.DESCRIPTOR.name} "
+                               f"({suffix.get(message.DESCRIPTOR.name, 'binary protobuf')})") from None
         raise NetspecError(f"{path}: not a valid binary {message.DESCRIPTOR.name} "
                            f"(truncated or corrupted file: {e})") from None
     return message

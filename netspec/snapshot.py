@@ -53,6 +53,9 @@ def read_solverstate(path):
         raise NetspecError(f"{path}: --snapshot takes a .solverstate file; a .caffemodel holds only weights "
                            "(use --weights to start from it)")
     state = read_binary_message(path, caffe_pb2.SolverState())
+    if isinstance(state.learned_net, bytes):
+        # protobuf hands back bytes for a string field that is not valid UTF-8
+        raise NetspecError(f"{path}: the weights file name it records is not valid UTF-8 (corrupted file?)")
     with open(path, "rb") as f:
         extra = ResumeState()
         try:

@@ -90,6 +90,12 @@ class Solver:
         probe = f"{prefix}_iter_probe.tempfile"
         try:
             folder = os.path.dirname(prefix)
+            blocker = folder
+            while blocker and not os.path.exists(blocker):
+                blocker = os.path.dirname(blocker)
+            if blocker and not os.path.isdir(blocker):
+                raise NetspecError(f"{self.source}: cannot write snapshots to prefix '{prefix}': '{blocker}' is a "
+                                   "file, not a directory")
             if folder and not os.path.isdir(folder):
                 os.makedirs(folder)      # friendlier than Caffe, which fails on a missing folder
                 glog.info(f"Created snapshot folder {folder}", "solver.cpp:60")
@@ -100,29 +106,37 @@ class Solver:
             raise NetspecError(f"{self.source}: cannot write snapshots to prefix '{prefix}' ({e.strerror}); "
                                "make sure the directory exists and is writable") from None
 
+    def _read_net_file(self, field, path):
+        if not os.path.exists(path):
+            raise NetspecError(f"{self.source}: {field} file '{path}' does not exist (paths in a solver are relative "
+                               "to the working directory)")
+        return read_net(path), path
+
     def _net_param(self, field_param, field_file):
+        """(NetParameter, the name errors in it go by)."""
         p = self.param
         if p.HasField(field_param):
-            return read_net(getattr(p, field_param))
-        return read_net(getattr(p, field_file))
+            return read_net(getattr(p, field_param)), f"{self.source} ({field_param})"
+        return self._read_net_file(field_file, getattr(p, field_file))
 
     def _make_train_net(self):
         p = self.param
         if p.HasField("train_net_param") or p.HasField("train_net"):
-            net_param = self._net_param("train_net_param", "train_net")
+            net_param, source = self._net_param("train_net_param", "train_net")
         else:
-            net_param = self._net_param("net_param", "net")
+            net_param, source = self._net_param("net_param", "net")
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.MergeFrom(p.train_state)
         state.phase = caffe_pb2.TRAIN
         net_param.state.CopyFrom(state)
         glog.info("Creating training net.", "solver.cpp:91")
-        return Net(net_param, caffe_pb2.TRAIN)
+        return Net(net_param, caffe_pb2.TRAIN, source=source)
 
     def _make_test_nets(self):
         p, where = self.param, self.source
-        specific = [read_net(n) for n in p.test_net_param] + [read_net(f) for f in p.test_net]
+        specific = ([(read_net(n), f"{where} (test_net_param)") for n in p.test_net_param]
+                    + [self._read_net_file("test_net", f) for f in p.test_net])
         generic = p.HasField("net") or p.HasField("net_param")
         if generic:
             if len(p.test_iter) < len(specific):
@@ -142,7 +156,7 @@ class Solver:
             raise NetspecError(f"{where}: test nets are defined but test_interval is {p.test_interval}; "
                                "set a positive test_interval")
         nets = []
-        for i, net_param in enumerate(specific):
+        for i, (net_param, source) in enumerate(specific):
             state = caffe_pb2.NetState()
             state.CopyFrom(net_param.state)
             if p.test_state:
@@ -152,7 +166,7 @@ class Solver:
             param.CopyFrom(net_param)
             param.state.CopyFrom(state)
             glog.info(f"Creating test net (#{i}) specified by {where}", "solver.cpp:181")
-            net = Net(param, caffe_pb2.TEST)
+            net = Net(param, caffe_pb2.TEST, source=source)
             net.share_with(self.net)
             nets.append(net)
         return nets
@@ -377,7 +391,11 @@ class Solver:
                 history[k][...] = arr.reshape(history[k].shape)
         self.iter, self.current_step = state.iter, state.current_step
         if resume:
-            self._apply_resume(resume)
+            try:
+                self._apply_resume(resume)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                glog.warning(f"{state_path}: its netspec resume data is damaged ({type(e).__name__}: {e}); resuming "
+                             "without the exact random state, data positions and loss window", "solver.cpp:470")
 
     def _apply_resume(self, resume):
         rng.set_state(resume["rng"])

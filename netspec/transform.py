@@ -13,32 +13,36 @@ from .proto import caffe_pb2
 
 
 class Transformer:
-    def __init__(self, param, phase, seed, layer_name="data"):
+    def __init__(self, param, phase, seed, layer_name="data", where=None):
         self.param, self.phase, self.layer_name = param, phase, layer_name
+        self.where = where or f"layer '{layer_name}'"     # how errors name the layer
         self.rng = np.random.default_rng(seed)
         self.mean = None
         if param.mean_file and len(param.mean_value):
-            raise NetspecError(f"layer '{layer_name}': transform_param sets both mean_file and mean_value; "
+            raise NetspecError(f"{self.where}: transform_param sets both mean_file and mean_value; "
                                "use one")
         if param.mean_file:
             from .datasets.image_mean import load_mean_binaryproto
-            self.mean = load_mean_binaryproto(param.mean_file).astype(np.float32)
+            try:
+                self.mean = load_mean_binaryproto(param.mean_file).astype(np.float32)
+            except NetspecError as e:
+                raise NetspecError(f"{self.where}: {e}") from None
         self.mean_values = np.asarray(param.mean_value, np.float32)
 
     def output_shape(self, channels, height, width):
         crop = self.param.crop_size
         if crop and (crop > height or crop > width):
-            raise NetspecError(f"layer '{self.layer_name}': crop_size {crop} is larger than the images "
+            raise NetspecError(f"{self.where}: crop_size {crop} is larger than the images "
                                f"({height}x{width})")
         return (channels, crop or height, crop or width)
 
     def check(self, channels, height, width):
         """Fail at setup, not mid-training, when the mean does not fit the data."""
         if self.mean is not None and self.mean.shape != (channels, height, width):
-            raise NetspecError(f"layer '{self.layer_name}': mean_file {self.param.mean_file} has shape "
+            raise NetspecError(f"{self.where}: mean_file {self.param.mean_file} has shape "
                                f"{self.mean.shape}, the data has ({channels}, {height}, {width})")
         if len(self.mean_values) not in (0, 1, channels):
-            raise NetspecError(f"layer '{self.layer_name}': {len(self.mean_values)} mean_value entries for "
+            raise NetspecError(f"{self.where}: {len(self.mean_values)} mean_value entries for "
                                f"{channels} channels (give 1 or one per channel)")
         self.output_shape(channels, height, width)
 

@@ -104,5 +104,5 @@ def make_rule(param, where="solver"):
     if kind not in RULES:
         raise NetspecError(f"{where}: unknown solver type '{kind}' (one of: {', '.join(RULES)})")
     if kind == "AdaGrad" and param.momentum != 0:
-        raise NetspecError(f"{where}: AdaGrad takes no momentum (Caffe requires momentum 0), got {param.momentum}")
+        raise NetspecError(f"{where}: AdaGrad takes no momentum (Caffe requires momentum 0), got {param.momentum:g}")
     return RULES[kind](param)

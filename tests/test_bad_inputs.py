@@ -13,11 +13,7 @@ CLI runs cost ~0.5 s of start-up each: the default suite runs the CLI form of th
 cases marked cli_default (at least one per kind) and `-m slow` all of them, and
 the selected runs start together, a few subprocesses at a time, the first time a
 CLI test asks for its result.
-
-A case whose `fix` lists proposed changes is a strict xfail: it fails today only
-on the message (or on the crash it names), and must pass once the fix is made.
 """
-import builtins
 import contextlib
 import os
 import shutil
@@ -37,16 +33,16 @@ CASES_DIR = os.path.join(HERE, "bad_inputs")
 MANIFEST = os.path.join(CASES_DIR, "cases.yaml")
 CLI_PREFIX = {1: "netspec: error: ", 2: "Error: "}      # exit 2 is click's usage error format
 CLI_TIMEOUT = 120
-FIELDS = {"name", "dir", "kind", "cli", "api", "exit", "error", "generate", "fix", "crash", "cli_default"}
+FIELDS = {"name", "dir", "kind", "cli", "api", "exit", "error", "generate", "cli_default"}
 
 
 def load_manifest():
     with open(MANIFEST, encoding="utf-8") as f:
         manifest = yaml.safe_load(f)
-    return manifest["fixes"], manifest["cases"]
+    return manifest["cases"]
 
 
-FIXES, CASES = load_manifest()
+CASES = load_manifest()
 
 
 # ------------------------------------------------------------------ fixtures the cases need
@@ -195,19 +191,8 @@ class ApiRun:
                     cursor.close()
 
 
-def _marks(case):
-    """A case with proposed fixes is a strict xfail: it must start passing once they are made."""
-    ids = case.get("fix") or []
-    if not ids:
-        return []
-    reason = "; ".join(f"{i}: {FIXES[i]['title']}" for i in ids)
-    # Only a wrong message (or a traceback on the CLI) is the expected failure, plus the crash a case names.
-    raises = (AssertionError,) + ((getattr(builtins, case["crash"]),) if case.get("crash") else ())
-    return [pytest.mark.xfail(strict=True, raises=raises, reason=reason)]
-
-
 def _api_params():
-    return [pytest.param(c, id=c["name"], marks=_marks(c)) for c in CASES if c.get("api")]
+    return [pytest.param(c, id=c["name"]) for c in CASES if c.get("api")]
 
 
 @pytest.mark.parametrize("case", _api_params())
@@ -244,7 +229,7 @@ def run_cli(args, cwd):
 
 def _cli_params():
     """Every case with a CLI form; those without cli_default run only with `-m slow` (start-up costs)."""
-    return [pytest.param(c, id=c["name"], marks=_marks(c) + ([] if c.get("cli_default") else [pytest.mark.slow]))
+    return [pytest.param(c, id=c["name"], marks=[] if c.get("cli_default") else [pytest.mark.slow])
             for c in CASES if c.get("cli")]
 
 
@@ -288,15 +273,8 @@ def test_manifest_is_well_formed():
         assert c.get("cli") or c.get("api"), c["name"]
         assert c.get("exit", 1) in (1, 2), c["name"]
         assert (c.get("exit", 1) == 2) == (not c.get("api")), f"{c['name']}: only usage errors lack an API form"
-        assert set(c.get("fix") or []) <= set(FIXES), f"{c['name']}: unknown fix ids"
-        if c.get("crash"):
-            assert c.get("fix") and isinstance(getattr(builtins, c["crash"], None), type), c["name"]
         for spec in c.get("generate") or []:
             assert len(spec) == 1 and next(iter(spec)) in GENERATORS, c["name"]
-    for fix in FIXES.values():
-        assert fix["title"] and fix["change"]
-    needed = {i for c in CASES for i in c.get("fix") or []}
-    assert needed | {i for i, f in FIXES.items() if f.get("found_by")} == set(FIXES), "a fix no case needs"
     # Every kind keeps at least one CLI run in the default suite.
     default = {c["kind"] for c in CASES if c.get("cli") and c.get("cli_default")}
     assert default == {c["kind"] for c in CASES if c.get("cli")}

@@ -227,7 +227,7 @@ def test_yaml_unknown_field_names_field_and_message(tmp_path):
     assert str(err).startswith(f"{path}:5:16: ")
     assert '"caffe.ReLUParameter"' in str(err) and '"slope"' in str(err)
     path, err = yaml_error(tmp_path, "nmae: n\n")
-    assert str(err) == f'{path}:1:1: Message type "caffe.NetParameter" has no field named "nmae".'
+    assert str(err) == f'{path}:1:1: Message type "caffe.NetParameter" has no field named "nmae" (did you mean "name"?)'
 
 
 def test_yaml_unknown_enum_value(tmp_path):

@@ -22,7 +22,6 @@ import os
 import re
 import resource
 import shutil
-import traceback
 
 import numpy as np
 import pytest
@@ -321,17 +320,6 @@ def _small_enough(param):
     return True
 
 
-# Known bugs, each covered by a strict-xfail case in tests/bad_inputs (and the fix its cases.yaml proposes).
-# They are counted, not failed, so a long run keeps looking for new ones. Delete each once its fix is in.
-_KNOWN_MULTILINE = re.compile(r"malformed YAML: unacceptable character #x[0-9a-f]{4}: .*\n  in ")   # F6
-_KNOWN_CRASHES = [
-    # F13: a weights file name that is not UTF-8 comes back from protobuf as bytes.
-    ("F13", "restore", lambda e: isinstance(e, TypeError) and "Can't mix strings and bytes" in str(e)),
-    # F14: a resume payload that is valid JSON of the wrong shape.
-    ("F14", "restore", lambda e: any(f.name == "_apply_resume" for f in traceback.extract_tb(e.__traceback__))),
-]
-
-
 def _outcome(target, call):
     """Run call(); record 'loaded' or 'NetspecError'; anything else propagates and fails the example."""
     try:
@@ -339,16 +327,8 @@ def _outcome(target, call):
     except NetspecError as e:
         message = str(e)
         assert message, "a NetspecError needs a message"
-        if "\n" in message:
-            assert _KNOWN_MULTILINE.search(message), f"a NetspecError must be one line: {e!r}"
-            OUTCOMES[target]["known bug: multi-line message (F6)"] += 1
+        assert "\n" not in message, f"a NetspecError must be one line: {e!r}"
         OUTCOMES[target]["NetspecError"] += 1
-        return None
-    except Exception as e:  # noqa: BLE001 - only the listed known bugs pass; the rest re-raise
-        known = [fix for fix, t, matches in _KNOWN_CRASHES if t == target and matches(e)]
-        if not known:
-            raise
-        OUTCOMES[target][f"known bug: {type(e).__name__} ({known[0]})"] += 1
         return None
     OUTCOMES[target]["loaded"] += 1
     return result
@@ -368,10 +348,8 @@ BUDGETS = [pytest.param(DEFAULT_EXAMPLES, False, id="default"),
 
 def _report(target):
     counts = OUTCOMES[target]
-    bugs = {k: v for k, v in counts.items() if k.startswith("known bug")}
-    crashes = sum(v for k, v in bugs.items() if "multi-line" not in k)
-    print(f"\n{target}: {counts['loaded'] + counts['NetspecError'] + crashes} inputs: {counts['loaded']} loaded, "
-          f"{counts['NetspecError']} refused with NetspecError" + (f"; {bugs}" if bugs else ""))
+    print(f"\n{target}: {counts['loaded'] + counts['NetspecError']} inputs: {counts['loaded']} loaded, "
+          f"{counts['NetspecError']} refused with NetspecError")
 
 
 # ------------------------------------------------------------------ the properties

@@ -103,8 +103,8 @@ def test_softmax_loss_all_ignored_gives_zero():
 def test_softmax_loss_label_out_of_range():
     labels = L4.copy()
     labels[1, 0, 0, 1] = 4
-    with pytest.raises(NetspecError, match=r"layer 'lossy' \(SoftmaxWithLoss\): label value 4 is out of range "
-                                           r"for 4 classes"):
+    with pytest.raises(NetspecError, match=r"layer 'lossy' \(SoftmaxWithLoss\): label value 4 in bottom bottom\[1\] "
+                                           r"is out of range for the 4 classes of bottom bottom\[0\] \(expected 0\.\.3\)"):
         forward('name: "lossy" type: "SoftmaxWithLoss"', [X4, labels])
 
 
@@ -151,7 +151,7 @@ def test_accuracy_spatial_axis():
 
 
 def test_accuracy_errors_and_no_backward():
-    with pytest.raises(NetspecError, match="label value 3 is out of range for 3 classes"):
+    with pytest.raises(NetspecError, match=r"label value 3 in bottom bottom\[1\] is out of range for the 3 classes .*\(expected 0\.\.2\)"):
         forward('type: "Accuracy"', [SCORES, np.array([0.0, 3.0, 1.0, 1.0])])
     with pytest.raises(NetspecError, match="top_k"):
         forward('type: "Accuracy" accuracy_param { top_k: 4 }', [SCORES, LABELS])
@@ -227,7 +227,7 @@ def test_hinge(norm, power):
     for kink in (-1.0, 1.0):                        # keep finite differences off the hinge
         x[np.abs(x - kink) < 1e-3] = kink + 0.01
     check_layer(text, [x, labels], check_bottoms=[0])
-    with pytest.raises(NetspecError, match="label value 5 is out of range for 5 classes"):
+    with pytest.raises(NetspecError, match=r"label value 5 in bottom bottom\[1\] is out of range for the 5 classes .*\(expected 0\.\.4\)"):
         forward(text, [x, np.array([0.0, 1.0, 5.0, 2.0])])
 
 
@@ -355,5 +355,5 @@ def test_infogain_errors(tmp_path):
         forward('type: "InfogainLoss"', [x, labels])
     with pytest.raises(NetspecError, match="3 classes need 3x3"):
         forward('type: "InfogainLoss"', [x, labels, np.eye(2)])
-    with pytest.raises(NetspecError, match="label value -2 is out of range"):
+    with pytest.raises(NetspecError, match=r"label value -2 in bottom bottom\[1\] is out of range for the 3 classes"):
         forward('type: "InfogainLoss"', [x, np.array([0.0, -2.0]), np.eye(3)])

@@ -222,7 +222,7 @@ def test_forward_all_batches_larger_inputs():
     ('layer { name: "r" type: "ReLU" bottom: "nope" top: "y" }', r"layer 'r' \(ReLU\): unknown bottom blob 'nope'"),
     ('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
      'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }',
-     r"layer 'b' \(Input\): top blob 'x' is produced by more than one layer"),
+     r"layer 'b' \(Input\): top blob 'x' is already produced by layer 'a' \(only an in-place layer"),
     ('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
      'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }\n'
      'layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 2 } }',

@@ -81,7 +81,8 @@ class LabelMixin:
         valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         bad = valid & ((lab < 0) | (lab >= num_classes))
         if bad.any():
-            raise self.error(f"label value {lab[bad][0]} is out of range for {num_classes} classes "
+            raise self.error(f"label value {lab[bad][0]} in bottom {self._bottom_name(1)} is out of range for the "
+                             f"{num_classes} classes of bottom {self._bottom_name(0)} "
                              f"(expected 0..{num_classes - 1}" + ("" if ignore is None else f" or ignore_label {ignore}")
                              + ")")
         return np.where(valid, lab, 0), valid

@@ -132,12 +132,19 @@ class Data(Layer):
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         self.batch_size = p.batch_size
-        self.cursor = LMDBCursor(p.source)
-        first = datum_to_array(parse_datum(self.cursor._cursor.value(), f"{p.source} record 0"),
-                               f"{p.source} record 0")
+        if not os.path.exists(p.source):
+            raise self.error(f"LMDB '{p.source}' does not exist (data_param.source is relative to the working "
+                             "directory)")
+        try:
+            self.cursor = LMDBCursor(p.source)
+            first = datum_to_array(parse_datum(self.cursor._cursor.value(), f"{p.source} record 0"),
+                                   f"{p.source} record 0")
+        except NetspecError as e:
+            raise self.error(str(e)) from None
         self.datum_shape = first.shape
         self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name)
+                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name,
+                                       where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*self.datum_shape)
         if p.rand_skip:
             skip = int(get_rng().integers(p.rand_skip))
@@ -154,8 +161,11 @@ class Data(Layer):
         """Read, check and transform one batch (runs in the prefetch thread)."""
         src = self.layer_param.data_param.source
         start, stride = self.cursor.position, self._stride
-        datums = [parse_datum(v, f"{src} record {(start + i * stride) % len(self.cursor)}")
-                  for i, v in enumerate(self._read_values())]
+        try:
+            datums = [parse_datum(v, f"{src} record {(start + i * stride) % len(self.cursor)}")
+                      for i, v in enumerate(self._read_values())]
+        except NetspecError as e:
+            raise self.error(str(e)) from None
         c, h, w = self.datum_shape
         size = c * h * w
         for i, d in enumerate(datums):
@@ -302,7 +312,8 @@ class ImageData(Layer):
         self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
         first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
         self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name)
+                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name,
+                                       where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*first.shape)
         self.image_shape = first.shape
         self.shape = (p.batch_size,) + self.transformer.output_shape(*first.shape)

@@ -3,16 +3,36 @@
 The user's class subclasses netspec.Layer (pycaffe's caffe.Layer) and has the
 same four methods as every built-in layer, so the net drives both alike.
 """
+import difflib
 import importlib
+import os
 import sys
+import traceback
 
 from ..errors import NetspecError
 from .base import Layer, register
 
 
+_NETSPEC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_frame(exc):
+    """`file:line` of the innermost frame in the user's code (not netspec, the stdlib or site-packages)."""
+    skip = (_NETSPEC_DIR + os.sep, sys.prefix + os.sep, sys.base_prefix + os.sep)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        name = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
+        if frame.filename.startswith("<") or name.startswith(skip):
+            continue
+        shown = os.path.relpath(name) if name.startswith(os.getcwd() + os.sep) else name
+        return f"{shown}:{frame.lineno}"
+    return None
+
+
 def _user_error(layer_param, stage, exc):
+    where = _user_frame(exc)
     return NetspecError(f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
-                        f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}")
+                        f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}"
+                        + (f" (at {where})" if where else ""))
 
 
 @register("Python")
@@ -34,8 +54,10 @@ class PythonLayer(Layer):
             raise _user_error(layer_param, f"importing '{p.module}'", e) from None
         user_cls = getattr(module, p.layer, None)
         if user_cls is None:
+            classes = [n for n, v in vars(module).items() if isinstance(v, type)]
+            near = difflib.get_close_matches(p.layer, classes, n=1)
             raise NetspecError(f"layer '{layer_param.name}' (Python): module '{p.module}' has no class "
-                               f"'{p.layer}'")
+                               f"'{p.layer}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
         try:
             return _GuardedUserLayer(user_cls(layer_param))
         except TypeError:
