@@ -72,14 +72,16 @@ def latest_state(folder):
     return states[-1] if states else None
 
 
-def check_every_snapshot_loads(folder, solver_path, workdir):
+def check_every_snapshot_loads(folder, solver_path, workdir, checked):
+    """Restore every snapshot not checked before (a torn file could only be a recent one)."""
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        for state in folder.glob("*.solverstate"):
-            s = Solver(solver_path)
+        s = Solver(solver_path)
+        for state in sorted(set(folder.glob("*.solverstate")) - checked):
             s.restore(str(state))                       # parses state, history and its caffemodel
             assert s.iter == int(state.stem.rsplit("_", 1)[1])
+            checked.add(state)
     finally:
         os.chdir(cwd)
 
@@ -98,16 +100,22 @@ def log_tail(workdir):
     return (workdir / "train.log").read_text()[-2000:]
 
 
+MAX_ITER = 1000
+
+
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(workdir):
-    # A snapshot every iteration: many kills land in the middle of a snapshot write.
-    reference = run(workdir, ["--solver=" + solver_file(workdir, "ref.prototxt", max_iter=300, snapshot=1,
+    # A snapshot every iteration: many kills land in the middle of a snapshot write. The kills
+    # come within 50 ms of training starting, so that even a fast machine cannot finish
+    # MAX_ITER iterations before the sixth kill (CI once did at 300 iterations and 300 ms).
+    reference = run(workdir, ["--solver=" + solver_file(workdir, "ref.prototxt", max_iter=MAX_ITER, snapshot=1,
                                                          prefix="ref/mlp")])
     assert reference.wait(timeout=300) == 0, log_tail(workdir)
-    expected = final_weights(workdir / "ref" / "mlp_iter_300.caffemodel")
+    expected = final_weights(workdir / "ref" / f"mlp_iter_{MAX_ITER}.caffemodel")
 
-    solver = solver_file(workdir, "solver.prototxt", max_iter=300, snapshot=1)
+    solver = solver_file(workdir, "solver.prototxt", max_iter=MAX_ITER, snapshot=1)
     chooser = random.Random(1234)
     kills = 0
+    checked = set()
     while kills < 6:
         state = latest_state(workdir / "snap") if (workdir / "snap").exists() else None
         args = ["--solver=" + solver] + (["--snapshot=snap/" + state.name] if state else [])
@@ -115,18 +123,18 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(workdir):
         for line in proc.stderr:                    # wait until training runs, then kill at random
             if "Iteration" in line:
                 break
-        time.sleep(chooser.random() * 0.3)
+        time.sleep(chooser.random() * 0.05)
         if proc.poll() is not None:
             break                                   # finished before the kill: fine, nothing to resume
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        check_every_snapshot_loads(workdir / "snap", solver, workdir)
+        check_every_snapshot_loads(workdir / "snap", solver, workdir, checked)
     assert kills >= 5
     state = latest_state(workdir / "snap")
     final = run(workdir, ["--solver=" + solver] + (["--snapshot=snap/" + state.name] if state else []))
     assert final.wait(timeout=300) == 0, log_tail(workdir)
-    got = final_weights(workdir / "snap" / "mlp_iter_300.caffemodel")
+    got = final_weights(workdir / "snap" / f"mlp_iter_{MAX_ITER}.caffemodel")
     for name in expected:
         for a, b in zip(expected[name], got[name]):
             np.testing.assert_array_equal(a, b)
