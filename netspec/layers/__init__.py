@@ -6,12 +6,13 @@
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
     loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
     structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
+    indexing.py   select, gather or reduce by index: Filter, BatchReindex, ArgMax, Reduction, Embed
     norm.py       BatchNorm, Scale, Bias, LRN, MVN
     python.py     user layers (`type: "Python"`)
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, vision, common, neuron, loss, structure, norm, python, recurrent  # noqa: F401,E402
+from . import data, vision, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):

@@ -11,6 +11,8 @@ Bottom diffs are overwritten, never accumulated: the net inserts Split layers
 where one blob feeds several layers, exactly as Caffe does. A layer whose top
 is its bottom (in place) must read what it needs for backward from the top.
 """
+import numpy as np
+
 from ..blob import Blob
 from ..errors import NetspecError
 
@@ -64,6 +66,18 @@ class Layer:
         """A NetspecError that names this layer: `layer 'conv1' (Convolution): ...`."""
         return NetspecError(f"layer '{self.name}' ({self.type}): {message}")
 
+    def bottom_name(self, i):
+        """How messages name bottom i: its blob name quoted, or `bottom[i]` for a layer built alone."""
+        names = self.layer_param.bottom
+        return f"'{names[i]}'" if i < len(names) else f"bottom[{i}]"
+
+    def canonical_axis(self, axis, shape, what="axis"):
+        """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
+        ndim = len(shape)
+        if not -ndim <= axis < ndim:
+            raise self.error(f"{what} {axis} is out of range for a blob of shape {tuple(shape)} ({ndim} axes)")
+        return axis % ndim
+
     def add_param_blob(self, shape):
         blob = Blob(shape)
         self.blobs.append(blob)
@@ -72,6 +86,11 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         """Whether force_backward may request a gradient for this bottom (labels: no)."""
         return True
+
+
+def prod(dims):
+    """Element count of a shape, as a Python int (np.prod of () is 1, as Caffe's count())."""
+    return int(np.prod(dims, dtype=np.int64))
 
 
 def check_blob_counts(layer, bottom, top):

@@ -6,14 +6,6 @@ from ..proto import caffe_pb2
 from .base import Layer, register
 
 
-def canonical_axis(layer, axis, shape):
-    """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
-    ndim = len(shape)
-    if not -ndim <= axis < ndim:
-        raise layer.error(f"axis {axis} is out of range for a blob of shape {tuple(shape)} ({ndim} axes)")
-    return axis % ndim
-
-
 def split_at_axis(shape, axis):
     """(outer, channels, inner): the element counts before, at and after `axis`."""
     outer = int(np.prod(shape[:axis], dtype=np.int64))
@@ -64,15 +56,11 @@ def scratch(layer, name, shape, dtype):
 class LabelMixin:
     """Integer labels (Caffe's static_cast<int>) with ignore_label and a range check."""
 
-    def _bottom_name(self, i):
-        names = self.layer_param.bottom
-        return f"'{names[i]}'" if i < len(names) else f"bottom[{i}]"
-
     def check_label_count(self, pred, label, outer, inner, axis):
         if outer * inner != label.count:
             raise self.error(
-                f"number of labels ({label.count}, {self._bottom_name(1)} shape {label.shape}) must match the "
-                f"number of predictions ({outer * inner}: {self._bottom_name(0)} shape {pred.shape} without axis "
+                f"number of labels ({label.count}, {self.bottom_name(1)} shape {label.shape}) must match the "
+                f"number of predictions ({outer * inner}: {self.bottom_name(0)} shape {pred.shape} without axis "
                 f"{axis}); e.g. predictions (N, C, H, W) with axis 1 need N*H*W labels in 0..C-1")
 
     def read_labels(self, label, outer, inner, num_classes, ignore=None):
@@ -81,8 +69,8 @@ class LabelMixin:
         valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         bad = valid & ((lab < 0) | (lab >= num_classes))
         if bad.any():
-            raise self.error(f"label value {lab[bad][0]} in bottom {self._bottom_name(1)} is out of range for the "
-                             f"{num_classes} classes of bottom {self._bottom_name(0)} "
+            raise self.error(f"label value {lab[bad][0]} in bottom {self.bottom_name(1)} is out of range for the "
+                             f"{num_classes} classes of bottom {self.bottom_name(0)} "
                              f"(expected 0..{num_classes - 1}" + ("" if ignore is None else f" or ignore_label {ignore}")
                              + ")")
         return np.where(valid, lab, 0), valid
@@ -108,7 +96,7 @@ class InnerProduct(Layer):
         self.num_output = int(p.num_output)
         self.bias_term = p.bias_term
         self.transpose = p.transpose
-        self.axis = canonical_axis(self, p.axis, bottom[0].shape)
+        self.axis = self.canonical_axis(p.axis, bottom[0].shape)
         self.K = int(np.prod(bottom[0].shape[self.axis:], dtype=np.int64))
         shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
         fillers.fill(p.weight_filler, self.add_param_blob(shape).data)
@@ -117,7 +105,7 @@ class InnerProduct(Layer):
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
-        axis = canonical_axis(self, self.layer_param.inner_product_param.axis, shape)
+        axis = self.canonical_axis(self.layer_param.inner_product_param.axis, shape)
         k = int(np.prod(shape[axis:], dtype=np.int64))
         if k != self.K:
             raise self.error(f"input size changed from {self.K} to {k} (bottom shape {shape} flattened from "
@@ -156,7 +144,7 @@ class Softmax(Layer):
     num_tops = 1
 
     def reshape(self, bottom, top):
-        self.axis = canonical_axis(self, self.layer_param.softmax_param.axis, bottom[0].shape)
+        self.axis = self.canonical_axis(self.layer_param.softmax_param.axis, bottom[0].shape)
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 

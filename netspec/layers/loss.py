@@ -5,7 +5,7 @@ from google.protobuf.message import DecodeError
 from ..proto import caffe_pb2
 from ..weights import blob_to_array
 from .base import Layer, register
-from .common import (FLT_MIN, LOG_THRESHOLD, LabelMixin, Norm, canonical_axis, loss_normalization, normalizer,
+from .common import (FLT_MIN, LOG_THRESHOLD, LabelMixin, Norm, loss_normalization, normalizer,
                      scratch, softmax, split_at_axis)
 
 
@@ -20,7 +20,7 @@ class LossLayer(LabelMixin, Layer):
     def reshape(self, bottom, top):
         a, b = bottom[0].shape, bottom[1].shape
         if a[:1] != b[:1]:
-            raise self.error(f"batch size mismatch: {self._bottom_name(0)} has shape {a} but {self._bottom_name(1)} "
+            raise self.error(f"batch size mismatch: {self.bottom_name(0)} has shape {a} but {self.bottom_name(1)} "
                              f"has shape {b} (their first dimensions must match)")
         top[0].reshape(())
 
@@ -40,7 +40,7 @@ class _SoftmaxLabelLoss(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         shape = bottom[0].shape
-        self.axis = canonical_axis(self, self.softmax_axis(), shape)
+        self.axis = self.canonical_axis(self.softmax_axis(), shape)
         self.outer, self.C, self.inner = split_at_axis(shape, self.axis)
         self.check_label_count(bottom[0], bottom[1], self.outer, self.inner, self.axis)
         if len(top) > 1:
@@ -193,7 +193,7 @@ class Accuracy(LabelMixin, Layer):
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
-        self.axis = canonical_axis(self, self.layer_param.accuracy_param.axis, shape)
+        self.axis = self.canonical_axis(self.layer_param.accuracy_param.axis, shape)
         self.outer, self.C, self.inner = split_at_axis(shape, self.axis)
         if self.top_k > self.C:
             raise self.error(f"top_k ({self.top_k}) must not exceed the number of classes ({self.C})")
@@ -231,8 +231,8 @@ class EuclideanLoss(LossLayer):
         super().reshape(bottom, top)
         a, b = bottom[0], bottom[1]
         if a.count != b.count:
-            raise self.error(f"inputs must have the same number of values: {self._bottom_name(0)} has shape "
-                             f"{a.shape}, {self._bottom_name(1)} has shape {b.shape}")
+            raise self.error(f"inputs must have the same number of values: {self.bottom_name(0)} has shape "
+                             f"{a.shape}, {self.bottom_name(1)} has shape {b.shape}")
 
     def forward(self, bottom, top):
         self._diff = bottom[0].data - bottom[1].data.reshape(bottom[0].shape)
@@ -258,8 +258,8 @@ class SigmoidCrossEntropyLoss(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         if bottom[0].count != bottom[1].count:
-            raise self.error(f"inputs must have the same count: {self._bottom_name(0)} has shape {bottom[0].shape}, "
-                             f"{self._bottom_name(1)} has shape {bottom[1].shape}")
+            raise self.error(f"inputs must have the same count: {self.bottom_name(0)} has shape {bottom[0].shape}, "
+                             f"{self.bottom_name(1)} has shape {bottom[1].shape}")
         self.outer = bottom[0].shape[0]
         self.inner = bottom[0].count // max(self.outer, 1)
 
@@ -341,7 +341,7 @@ class ContrastiveLoss(LossLayer):
         if a.count != b.count:
             raise self.error(f"the two inputs must have the same shape: {a.shape} vs {b.shape}")
         if y.count != self.N:
-            raise self.error(f"similarity label {self._bottom_name(2)} must hold one value per pair: "
+            raise self.error(f"similarity label {self.bottom_name(2)} must hold one value per pair: "
                              f"shape {y.shape} for {self.N} pairs")
 
     def forward(self, bottom, top):

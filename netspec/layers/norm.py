@@ -8,8 +8,7 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
-from .base import Layer, register
-from .structure import bottom_name, canonical_axis, prod
+from .base import Layer, prod, register
 
 
 def _keep(cache, array):
@@ -53,7 +52,7 @@ class BatchNorm(Layer):
     def reshape(self, bottom, top):
         shape = bottom[0].shape
         if len(shape) > 1 and shape[1] != self.channels:
-            raise self.error(f"bottom {bottom_name(self, 0)} shape {shape} has {shape[1]} channels, "
+            raise self.error(f"bottom {self.bottom_name(0)} shape {shape} has {shape[1]} channels, "
                              f"set up for {self.channels}")
         top[0].reshape(shape)
         self.view = (shape[0], self.channels, -1)
@@ -101,7 +100,7 @@ class _Broadcast(Layer):
 
     def param_shape(self, bottom, p):
         shape = bottom[0].shape
-        axis = canonical_axis(self, p.axis, shape)
+        axis = self.canonical_axis(p.axis, shape)
         if p.num_axes < -1 or (p.num_axes >= 0 and axis + p.num_axes > len(shape)):
             raise self.error(f"num_axes {p.num_axes} from axis {axis} does not fit bottom shape {shape}")
         return shape[axis:] if p.num_axes == -1 else shape[axis:axis + p.num_axes]
@@ -109,10 +108,10 @@ class _Broadcast(Layer):
     def reshape(self, bottom, top):
         shape = bottom[0].shape
         other = bottom[1].shape if len(bottom) > 1 else self.blobs[0].shape
-        axis = 0 if not other else canonical_axis(self, self.params.axis, shape)
+        axis = 0 if not other else self.canonical_axis(self.params.axis, shape)
         if shape[axis:axis + len(other)] != other:
-            what = f"bottom {bottom_name(self, 1)}" if len(bottom) > 1 else "the parameter"
-            raise self.error(f"{what} has shape {other}, which does not match bottom {bottom_name(self, 0)} "
+            what = f"bottom {self.bottom_name(1)}" if len(bottom) > 1 else "the parameter"
+            raise self.error(f"{what} has shape {other}, which does not match bottom {self.bottom_name(0)} "
                              f"shape {shape} from axis {axis}")
         self.view = (prod(shape[:axis]), prod(other), prod(shape[axis + len(other):]))
         top[0].reshape(shape)
@@ -221,7 +220,7 @@ class LRN(Layer):
 
     def reshape(self, bottom, top):
         if bottom[0].data.ndim != 4:
-            raise self.error(f"bottom {bottom_name(self, 0)} must be 4-D (N, C, H, W), got shape {bottom[0].shape}")
+            raise self.error(f"bottom {self.bottom_name(0)} must be 4-D (N, C, H, W), got shape {bottom[0].shape}")
         top[0].reshape(bottom[0].shape)
 
     def window(self, a):

@@ -26,7 +26,7 @@ flow back from the final-state tops (Caffe's unrolled net drops both).
 import numpy as np
 
 from .. import fillers
-from .base import Layer, register
+from .base import Layer, prod, register
 
 
 def _sigmoid(x, out):
@@ -36,10 +36,6 @@ def _sigmoid(x, out):
     out *= 0.5
     out += 0.5
     return out
-
-
-def _prod(dims):
-    return int(np.prod(dims, dtype=np.int64))
 
 
 # ---------------------------------------------------------------- the LSTM cell, shared by LSTMUnit and LSTM
@@ -85,8 +81,7 @@ class LSTMUnit(Layer):
     num_tops = 2
 
     def reshape(self, bottom, top):
-        names = self.layer_param.bottom
-        label = [f"'{names[i]}'" if i < len(names) else f"#{i}" for i in range(3)]
+        label = [self.bottom_name(i) for i in range(3)]
         c_shape, x_shape, cont_shape = bottom[0].shape, bottom[1].shape, bottom[2].shape
         if len(c_shape) != 3 or c_shape[0] != 1:
             raise self.error(f"bottom {label[0]} (c_prev) must have shape (1, N, H), got {c_shape}")
@@ -152,9 +147,9 @@ class _Recurrent(Layer):
         exposed = len(self.state_names) if self.expose_hidden else 0
         self.static = len(bottom) > 2 + exposed
         self._check_shapes(bottom)
-        self.input_dim = _prod(bottom[0].shape[2:])
+        self.input_dim = prod(bottom[0].shape[2:])
         rows = self.gate_factor * self.hidden
-        self.static_dim = _prod(bottom[2].shape[1:]) if self.static else 0
+        self.static_dim = prod(bottom[2].shape[1:]) if self.static else 0
         self.make_params(p, rows)
         self.carry = None
 
@@ -164,40 +159,36 @@ class _Recurrent(Layer):
     def _bias(self, p, shape):
         return fillers.fill(p.bias_filler, self.add_param_blob(shape).data)
 
-    def _name(self, i):
-        names = self.layer_param.bottom
-        return f"'{names[i]}'" if i < len(names) else f"#{i}"
-
     def _check_shapes(self, bottom):
         x, cont = bottom[0].shape, bottom[1].shape
         if len(x) < 2:
-            raise self.error(f"bottom {self._name(0)} must have at least 2 axes (T time steps, N streams, ...), "
+            raise self.error(f"bottom {self.bottom_name(0)} must have at least 2 axes (T time steps, N streams, ...), "
                              f"got shape {x}")
         t, n = x[0], x[1]
         if cont != (t, n):
-            raise self.error(f"bottom {self._name(1)} (cont) must have shape (T, N) = ({t}, {n}) to match "
-                             f"{self._name(0)} {x}, got {cont}")
+            raise self.error(f"bottom {self.bottom_name(1)} (cont) must have shape (T, N) = ({t}, {n}) to match "
+                             f"{self.bottom_name(0)} {x}, got {cont}")
         if self.static:
             s = bottom[2].shape
             if len(s) < 1 or s[0] != n:
-                raise self.error(f"bottom {self._name(2)} (static input) must have N = {n} items on axis 0 "
-                                 f"to match {self._name(0)} {x}, got {s}")
+                raise self.error(f"bottom {self.bottom_name(2)} (static input) must have N = {n} items on axis 0 "
+                                 f"to match {self.bottom_name(0)} {x}, got {s}")
         if self.expose_hidden:
             want = (1, n, self.hidden) if hasattr(self, "hidden") else None
             first = 2 + self.static
             for j, name in enumerate(self.state_names):
                 shape = bottom[first + j].shape
                 if want and shape != want:
-                    raise self.error(f"bottom {self._name(first + j)} ({name}) must have shape {want}, got {shape}")
+                    raise self.error(f"bottom {self.bottom_name(first + j)} ({name}) must have shape {want}, got {shape}")
         return t, n
 
     def reshape(self, bottom, top):
         t, n = self._check_shapes(bottom)
-        if _prod(bottom[0].shape[2:]) != self.input_dim:
-            raise self.error(f"bottom {self._name(0)} shape {bottom[0].shape} has {_prod(bottom[0].shape[2:])} "
+        if prod(bottom[0].shape[2:]) != self.input_dim:
+            raise self.error(f"bottom {self.bottom_name(0)} shape {bottom[0].shape} has {prod(bottom[0].shape[2:])} "
                              f"features per step; the weights were set up for {self.input_dim}")
-        if self.static and _prod(bottom[2].shape[1:]) != self.static_dim:
-            raise self.error(f"bottom {self._name(2)} shape {bottom[2].shape} has {_prod(bottom[2].shape[1:])} "
+        if self.static and prod(bottom[2].shape[1:]) != self.static_dim:
+            raise self.error(f"bottom {self.bottom_name(2)} shape {bottom[2].shape} has {prod(bottom[2].shape[1:])} "
                              f"features; the weights were set up for {self.static_dim}")
         self.T, self.N = t, n
         top[0].reshape(t, n, self.hidden)

@@ -1,43 +1,12 @@
 """Blob plumbing: layers that route, split, join or re-view blobs without arithmetic on values.
 
-Split, Flatten, Reshape, Concat, Slice, Crop, Tile, Silence, Parameter, Filter,
-BatchReindex, ArgMax, Reduction, Embed. Caffe's semantics; each class keeps its
-forward and backward side by side.
+Split, Flatten, Reshape, Concat, Slice, Crop, Tile, Silence, Parameter. Caffe's
+semantics; each class keeps its forward and backward side by side. Layers that
+select by index or reduce (Filter, ArgMax, Embed, ...) are in indexing.py.
 """
 import numpy as np
 
-from ..fillers import fill
-from ..proto import caffe_pb2
-from .base import Layer, register
-
-
-def canonical_axis(layer, axis, shape, what="axis"):
-    """Caffe's CanonicalAxisIndex: -n..n-1 -> 0..n-1, anything else is the user's error."""
-    n = len(shape)
-    if not -n <= axis < n:
-        raise layer.error(f"{what} {axis} is out of range for a bottom of shape {tuple(shape)}")
-    return axis % n
-
-
-def bottom_name(layer, i):
-    names = layer.layer_param.bottom
-    return f"'{names[i]}'" if i < len(names) else f"#{i}"
-
-
-def prod(dims):
-    return int(np.prod(dims, dtype=np.int64))
-
-
-def read_indices(layer, blob, limit, which):
-    """Float-coded indices in a bottom -> int64 array, each checked to be an integer in [0, limit)."""
-    values = blob.data.reshape(-1)
-    idx = values.astype(np.int64)
-    bad = (idx != values) | (idx < 0) | (idx >= limit)
-    if bad.any():
-        v = values[np.flatnonzero(bad)[0]]
-        raise layer.error(f"bottom {bottom_name(layer, which)} holds index {v:g}, "
-                          f"which is not an integer in [0, {limit})")
-    return idx
+from .base import Layer, prod, register
 
 
 @register("Split")
@@ -86,8 +55,8 @@ class Flatten(_View):
 
     def top_shape(self, shape):
         p = self.layer_param.flatten_param
-        start = canonical_axis(self, p.axis, shape)
-        end = canonical_axis(self, p.end_axis, shape, "end_axis")
+        start = self.canonical_axis(p.axis, shape)
+        end = self.canonical_axis(p.end_axis, shape, "end_axis")
         if end < start:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for bottom shape {shape}")
         return shape[:start] + (prod(shape[start:end + 1]),) + shape[end + 1:]
@@ -118,11 +87,11 @@ class Reshape(_View):
         if -1 in new:
             known = prod([d for d in new if d != -1])
             if known == 0 or count % known:
-                raise self.error(f"cannot infer the -1 dim: bottom {bottom_name(self, 0)} shape {shape} "
+                raise self.error(f"cannot infer the -1 dim: bottom {self.bottom_name(0)} shape {shape} "
                                  f"({count} elements) does not divide into {tuple(new)}")
             new[new.index(-1)] = count // known
         if prod(new) != count:
-            raise self.error(f"cannot reshape bottom {bottom_name(self, 0)} of shape {shape} ({count} elements) "
+            raise self.error(f"cannot reshape bottom {self.bottom_name(0)} of shape {shape} ({count} elements) "
                              f"to {tuple(new)} ({prod(new)} elements)")
         return tuple(new)
 
@@ -132,8 +101,8 @@ def _axis_with_legacy(layer, p, legacy, shape):
     if p.HasField(legacy) and p.HasField("axis"):
         raise layer.error(f"give either axis or {legacy}, not both")
     if p.HasField(legacy):
-        return canonical_axis(layer, getattr(p, legacy), shape, legacy)
-    return canonical_axis(layer, p.axis, shape)
+        return layer.canonical_axis(getattr(p, legacy), shape, legacy)
+    return layer.canonical_axis(p.axis, shape)
 
 
 def _slicer(axis, start, stop):
@@ -153,7 +122,7 @@ class Concat(Layer):
         for i, b in enumerate(bottom):
             s = b.shape
             if len(s) != len(ref) or s[:axis] != ref[:axis] or s[axis + 1:] != ref[axis + 1:]:
-                raise self.error(f"bottom {bottom_name(self, i)} has shape {s} but bottom {bottom_name(self, 0)} "
+                raise self.error(f"bottom {self.bottom_name(i)} has shape {s} but bottom {self.bottom_name(0)} "
                                  f"has shape {ref}: they must match except on concat axis {axis}")
             total += s[axis]
         top[0].reshape(ref[:axis] + (total,) + ref[axis + 1:])
@@ -226,9 +195,9 @@ class Crop(Layer):
     def reshape(self, bottom, top):
         big, ref = bottom[0].shape, bottom[1].shape
         if len(big) != len(ref):
-            raise self.error(f"bottom {bottom_name(self, 0)} shape {big} and bottom {bottom_name(self, 1)} "
+            raise self.error(f"bottom {self.bottom_name(0)} shape {big} and bottom {self.bottom_name(1)} "
                              f"shape {ref} have different numbers of axes")
-        start = canonical_axis(self, self.layer_param.crop_param.axis, big)
+        start = self.canonical_axis(self.layer_param.crop_param.axis, big)
         offsets = list(self.layer_param.crop_param.offset)
         if len(offsets) > 1 and len(offsets) != len(big) - start:
             raise self.error(f"{len(offsets)} offsets given; need 1 or {len(big) - start} "
@@ -238,7 +207,7 @@ class Crop(Layer):
             off = 0 if not offsets else offsets[0 if len(offsets) == 1 else i - start]
             if off + ref[i] > big[i]:
                 raise self.error(f"cannot crop axis {i} to size {ref[i]} at offset {off}: bottom "
-                                 f"{bottom_name(self, 0)} shape {big} is too small for {bottom_name(self, 1)} "
+                                 f"{self.bottom_name(0)} shape {big} is too small for {self.bottom_name(1)} "
                                  f"shape {ref}")
             window.append(slice(off, off + ref[i]))
         self.window = tuple(window)
@@ -270,7 +239,7 @@ class Tile(Layer):
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
-        axis = canonical_axis(self, self.layer_param.tile_param.axis, shape)
+        axis = self.canonical_axis(self.layer_param.tile_param.axis, shape)
         self.tiles = self.layer_param.tile_param.tiles
         self.outer, self.inner = prod(shape[:axis]), prod(shape[axis:])
         top[0].reshape(shape[:axis] + (shape[axis] * self.tiles,) + shape[axis + 1:])
@@ -317,189 +286,3 @@ class Parameter(Layer):
 
     def backward(self, top, propagate_down, bottom):
         self.blobs[0].diff += top[0].diff
-
-
-@register("Filter")
-class Filter(Layer):
-    """Keeps the items (first-axis entries) whose selector, the last bottom, is nonzero."""
-    num_bottoms = (2, None)
-    num_tops = (1, None)
-
-    def setup(self, bottom, top):
-        if len(top) != len(bottom) - 1:
-            raise self.error(f"needs one top per filtered bottom: {len(bottom) - 1} bottoms, {len(top)} tops")
-        self.first_reshape = True
-
-    def reshape(self, bottom, top):
-        sel = bottom[-1]
-        if sel.data.ndim < 1 or any(d != 1 for d in sel.shape[1:]):
-            raise self.error(f"selector bottom {bottom_name(self, len(bottom) - 1)} must have shape (N,) or "
-                             f"(N, 1, ...), got {sel.shape}")
-        for i, b in enumerate(bottom[:-1]):
-            if b.data.ndim < 1 or b.shape[0] != sel.shape[0]:
-                raise self.error(f"bottom {bottom_name(self, i)} shape {b.shape} and selector shape {sel.shape} "
-                                 f"differ on the first axis")
-        self.keep = np.flatnonzero(sel.data.reshape(-1))
-        # Like Caffe, the set-up reshape keeps every item (the selector is not filled yet).
-        n = sel.shape[0] if self.first_reshape else len(self.keep)
-        self.first_reshape = False
-        for t, b in zip(top, bottom):
-            t.reshape((n,) + b.shape[1:])
-
-    def forward(self, bottom, top):
-        for t, b in zip(top, bottom):
-            t.data[:len(self.keep)] = b.data[self.keep]
-
-    def backward(self, top, propagate_down, bottom):
-        for t, b, down in zip(top, bottom, propagate_down):
-            if down:
-                b.diff[...] = 0
-                b.diff[self.keep] = t.diff[:len(self.keep)]
-        if propagate_down[-1]:
-            bottom[-1].diff[...] = 0  # no gradient flows into the selector
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != len(self.layer_param.bottom) - 1
-
-
-@register("BatchReindex")
-class BatchReindex(Layer):
-    """top[i] = bottom[0][bottom[1][i]]; backward accumulates repeated indices."""
-    num_bottoms = 2
-    num_tops = 1
-
-    def reshape(self, bottom, top):
-        if bottom[1].data.ndim != 1:
-            raise self.error(f"index bottom {bottom_name(self, 1)} must be 1-D, got shape {bottom[1].shape}")
-        top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
-
-    def forward(self, bottom, top):
-        self.idx = read_indices(self, bottom[1], bottom[0].shape[0], 1)
-        np.take(bottom[0].data, self.idx, axis=0, out=top[0].data)
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = 0
-            np.add.at(bottom[0].diff, self.idx, top[0].diff)
-        if propagate_down[1]:
-            bottom[1].diff[...] = 0
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
-
-
-@register("ArgMax")
-class ArgMax(Layer):
-    """Indices (or values) of the top_k largest entries per item, or along `axis`. No backward."""
-    num_bottoms = 1
-    num_tops = 1
-
-    def reshape(self, bottom, top):
-        p = self.layer_param.argmax_param
-        shape = bottom[0].shape
-        self.k, self.has_axis = p.top_k, p.HasField("axis")
-        if self.has_axis:
-            axis = canonical_axis(self, p.axis, shape)
-            self.outer, self.dim, self.inner = prod(shape[:axis]), shape[axis], prod(shape[axis + 1:])
-            top_shape = shape[:axis] + (self.k,) + shape[axis + 1:]
-        else:
-            self.outer, self.dim, self.inner = shape[0], prod(shape[1:]), 1
-            top_shape = [shape[0], 2 if p.out_max_val else 1, self.k] + [1] * (len(shape) - 3)
-        if not 1 <= self.k <= self.dim:
-            raise self.error(f"top_k {self.k} must be between 1 and {self.dim} for bottom shape {shape}")
-        top[0].reshape(tuple(top_shape))
-
-    def forward(self, bottom, top):
-        # Caffe orders (value, index) pairs descending: among equal values the larger index wins.
-        x = bottom[0].data.reshape(self.outer, self.dim, self.inner)[:, ::-1]
-        order = np.argsort(-x, axis=1, kind="stable")[:, :self.k]
-        values = np.take_along_axis(x, order, axis=1)
-        index = self.dim - 1 - order
-        out_max = self.layer_param.argmax_param.out_max_val
-        if self.has_axis:
-            top[0].data.reshape(self.outer, self.k, self.inner)[...] = values if out_max else index
-        elif out_max:
-            pairs = top[0].data.reshape(self.outer, 2, self.k)
-            pairs[:, 0] = index[:, :, 0]
-            pairs[:, 1] = values[:, :, 0]
-        else:
-            top[0].data.reshape(self.outer, self.k)[...] = index[:, :, 0]
-
-
-_RED = caffe_pb2.ReductionParameter
-
-
-@register("Reduction")
-class Reduction(Layer):
-    """SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on, times coeff."""
-    num_bottoms = 1
-    num_tops = 1
-
-    def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        axis = canonical_axis(self, self.layer_param.reduction_param.axis, shape)
-        self.num, self.dim = prod(shape[:axis]), prod(shape[axis:])
-        top[0].reshape(shape[:axis])
-
-    def forward(self, bottom, top):
-        p = self.layer_param.reduction_param
-        x = bottom[0].data.reshape(self.num, self.dim)
-        if p.operation == _RED.ASUM:
-            x = np.abs(x)
-        elif p.operation == _RED.SUMSQ:
-            x = x * x
-        out = top[0].data.reshape(self.num)
-        np.sum(x, axis=1, out=out)
-        out *= p.coeff / self.dim if p.operation == _RED.MEAN else p.coeff
-
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        p = self.layer_param.reduction_param
-        g = top[0].diff.reshape(self.num, 1) * p.coeff
-        x = bottom[0].data.reshape(self.num, self.dim)
-        dx = bottom[0].diff.reshape(self.num, self.dim)
-        if p.operation == _RED.ASUM:
-            np.multiply(np.sign(x), g, out=dx)
-        elif p.operation == _RED.SUMSQ:
-            np.multiply(x, 2 * g, out=dx)
-        else:
-            dx[...] = g / self.dim if p.operation == _RED.MEAN else g
-
-
-@register("Embed")
-class Embed(Layer):
-    """Lookup table: each bottom value is a row index into weight (input_dim, num_output), plus bias."""
-    num_bottoms = 1
-    num_tops = 1
-
-    def setup(self, bottom, top):
-        p = self.layer_param.embed_param
-        if p.num_output < 1 or p.input_dim < 1:
-            raise self.error(f"embed_param needs positive num_output and input_dim, got {p.num_output}, {p.input_dim}")
-        fill(p.weight_filler, self.add_param_blob((p.input_dim, p.num_output)).data)
-        if p.bias_term:
-            fill(p.bias_filler, self.add_param_blob((p.num_output,)).data)
-
-    def reshape(self, bottom, top):
-        top[0].reshape(bottom[0].shape + (self.layer_param.embed_param.num_output,))
-
-    def forward(self, bottom, top):
-        p = self.layer_param.embed_param
-        self.idx = read_indices(self, bottom[0], p.input_dim, 0)
-        out = top[0].data.reshape(-1, p.num_output)
-        np.take(self.blobs[0].data, self.idx, axis=0, out=out)
-        if p.bias_term:
-            out += self.blobs[1].data
-
-    def backward(self, top, propagate_down, bottom):
-        p = self.layer_param.embed_param
-        dy = top[0].diff.reshape(-1, p.num_output)
-        np.add.at(self.blobs[0].diff, self.idx, dy)
-        if p.bias_term:
-            self.blobs[1].diff += dy.sum(axis=0)
-        if propagate_down[0]:
-            bottom[0].diff[...] = 0  # indices have no gradient
-
-    def allow_force_backward(self, bottom_index):
-        return False
