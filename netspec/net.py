@@ -66,12 +66,28 @@ class Net:
             state.level = level
         for s in stages or ():
             state.stage.append(s)
+        self._created = []               # every layer made, even one whose setup failed, for close()
         try:
             self._init(param, state)
         except NetspecError as e:
+            self.close()                 # a Data layer set up before the error must not keep its thread
             raise self._located(e) from e
+        except BaseException:
+            self.close()
+            raise
         if weights:
             self.copy_from(weights)
+
+    def close(self):
+        """Release what layers hold outside Python's memory: prefetch threads, open LMDBs. Idempotent."""
+        for layer in getattr(self, "_created", []):
+            layer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _located(self, e):
         """The error with the net's file in front (once)."""
@@ -112,6 +128,7 @@ class Net:
             names_seen.add(layer_param.name)
             glog.info(f"Creating Layer {layer_param.name}", "net.cpp:84")
             layer = create_layer(layer_param)
+            self._created.append(layer)
             bottoms, need = [], []
             for j, name in enumerate(layer_param.bottom):
                 if name not in self.blobs:

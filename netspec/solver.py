@@ -47,11 +47,22 @@ class Solver:
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
         self._resumed_losses = None
         glog.info(f"Initializing solver from parameters: {self.source}", "solver.cpp:45")
+        self.net, self.test_nets = None, []
         self.net = self._make_train_net()
-        self.test_nets = self._make_test_nets()
+        try:
+            self.test_nets = self._make_test_nets()
+        except BaseException:
+            self.close()                  # the train net's Data layer must not keep its thread
+            raise
         self._histories = [[np.zeros_like(blob.data) for _ in range(self.rule.num_histories)]
                            for blob, _, _ in self.net.learnable_params]
         glog.info("Solver scaffolding done.", "solver.cpp:57")
+
+    def close(self):
+        """Release the nets' prefetch threads and LMDBs (Net.close)."""
+        for net in [self.net] + list(self.test_nets):
+            if net is not None:
+                net.close()
 
     # ------------------------------------------------------------ setup
     def _validate(self):

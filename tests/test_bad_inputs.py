@@ -180,15 +180,10 @@ class ApiRun:
             raise ValueError(f"cases.yaml: unknown API step '{op}'")
 
     def close(self):
-        nets = [self.net] + (list(self.solver.test_nets) if self.solver else [])
-        for net in nets:
-            for layer in getattr(net, "layers", []):
-                prefetcher = getattr(layer, "_prefetcher", None)
-                if prefetcher is not None:
-                    prefetcher.stop()
-                cursor = getattr(layer, "cursor", None)
-                if cursor is not None:
-                    cursor.close()
+        if self.solver:
+            self.solver.close()
+        if self.net:
+            self.net.close()
 
 
 def _api_params():

@@ -192,3 +192,26 @@ def test_image_data_reads_a_list_of_images(tmp_path):
     assert out["data"][0, 2].max() == 200 and out["data"][0, 0].max() == 0
     assert out["data"][1, 0].max() == 200
     np.testing.assert_array_equal(out["label"], [3, 7])
+
+
+def prefetch_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "netspec-prefetch" and t.is_alive()]
+
+
+def test_a_net_that_fails_to_build_stops_its_prefetch_thread(tmp_path):
+    source = make_lmdb(tmp_path / "db", np.zeros((4, 1, 3, 3), np.uint8), np.zeros(4))
+    before = len(prefetch_threads())
+    text = f"""
+    layer {{ name: "d" type: "Data" top: "data" top: "label"
+             data_param {{ source: "{source}" batch_size: 2 backend: LMDB }} }}
+    layer {{ name: "oops" type: "Convolution" bottom: "data" top: "c"
+             convolution_param {{ num_output: 1 kernel_size: 9 }} }}
+    """
+    with pytest.raises(NetspecError, match="oops"):
+        caffe.Net(parse_prototxt(textwrap.dedent(text), caffe_pb2.NetParameter()), caffe.TRAIN)
+    assert len(prefetch_threads()) == before
+    with data_net(source, batch=2) as net:          # Net.close (also its context exit) stops the thread
+        net.forward()
+        assert len(prefetch_threads()) == before + 1
+    assert len(prefetch_threads()) == before

@@ -61,6 +61,9 @@ class Layer:
     def backward(self, top, propagate_down, bottom):
         pass
 
+    def close(self):
+        """Release threads or files the layer holds (a Data layer's prefetch thread and LMDB)."""
+
     # --- helpers for subclasses ----------------------------------------------
     def error(self, message):
         """A NetspecError that names this layer: `layer 'conv1' (Convolution): ...`."""

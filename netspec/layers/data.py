@@ -201,6 +201,14 @@ class Data(Layer):
     def get_resume_state(self):
         return self._consumed
 
+    def close(self):
+        prefetcher = getattr(self, "_prefetcher", None)
+        if prefetcher is not None:
+            prefetcher.stop()
+        cursor = getattr(self, "cursor", None)
+        if cursor is not None:
+            cursor.close()
+
     def set_resume_state(self, state):
         self._prefetcher.stop()
         self.cursor.seek(state["position"])
