@@ -275,9 +275,19 @@ class Solver:
                 diff *= scale
             decay = p.weight_decay * decay_mult
             if decay:
-                diff += decay * (np.sign(blob.data) if l1 else blob.data)
+                term = self._scratch(diff)            # decay * data (or its sign), without a new array
+                np.sign(blob.data, out=term) if l1 else np.copyto(term, blob.data)
+                term *= decay
+                diff += term
             self.rule.update(diff, history, rate * lr_mult, self.iter)
             blob.data -= diff
+
+    def _scratch(self, like):
+        """A work array shaped like `like`, carved from one buffer the size of the largest param."""
+        n, buffer = like.size, getattr(self, "_scratch_buffer", None)
+        if buffer is None or buffer.size < n or buffer.dtype != like.dtype:
+            self._scratch_buffer = np.empty(max(b.count for b, _, _ in self.net.learnable_params), like.dtype)
+        return self._scratch_buffer[:n].reshape(like.shape)
 
     def _clip_gradients(self):
         clip = self.param.clip_gradients
