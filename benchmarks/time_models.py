@@ -38,14 +38,21 @@ MODELS = [
 ]
 
 
-def build(model, batch):
-    param = read_net(os.path.join(REPO, model))
+def set_input_batch(param, batch):
+    """Give every Input layer of a NetParameter a leading (batch) dimension of `batch`."""
     for layer in param.layer:
         if layer.type == "Input":
             for shape in layer.input_param.shape:
                 shape.dim[0] = batch
-    net = Net(param, caffe_pb2.TEST)
-    rng = np.random.default_rng(0)
+
+
+def fill_net(net, seed=0):
+    """Weights N(0, 1/fan_in), biases 0, BatchNorm and Scale as identities, Input blobs U(0, 1).
+
+    The deploy files name no fillers, and their all-zero blobs would send BatchNorm's division to
+    inf; these draws keep every activation finite whatever the depth. Shared with bench_models.py.
+    """
+    rng = np.random.default_rng(seed)
     for layer in net.layers:
         for j, blob in enumerate(layer.blobs):
             if layer.type in ("BatchNorm", "Scale"):
@@ -58,6 +65,12 @@ def build(model, batch):
     for name in net.inputs:
         net.blobs[name].data[...] = rng.uniform(0, 1, net.blobs[name].shape)
     return net
+
+
+def build(model, batch):
+    param = read_net(os.path.join(REPO, model))
+    set_input_batch(param, batch)
+    return fill_net(Net(param, caffe_pb2.TEST))
 
 
 def time_model(model, batch, iterations):

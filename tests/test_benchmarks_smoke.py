@@ -1,0 +1,64 @@
+"""benchmarks/bench_models.py's core on LeNet: one training iteration and its GEMM floor (no timing asserts)."""
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import bench_models  # noqa: E402
+
+
+def test_lenet_gemm_shapes_are_the_layers_products():
+    solver, seeds = bench_models.build(bench_models.LENET, 4)
+    assert seeds == {}                      # LeNet has its own loss: no diff to seed
+    got = bench_models.gemm_shapes(solver.net)
+    # conv1: 20 filters of 1x5x5 over 4*24*24 positions, no data gradient (its bottom is the data);
+    # conv2: 50 of 20x5x5 over 4*8*8; ip1 800 -> 500; ip2 500 -> 10.
+    assert got == [
+        ("conv1", "fwd", 1, 20, 25, 2304), ("conv1", "wgrad", 1, 20, 2304, 25),
+        ("conv2", "fwd", 1, 50, 500, 256), ("conv2", "wgrad", 1, 50, 256, 500), ("conv2", "dgrad", 1, 500, 50, 256),
+        ("ip1", "fwd", 1, 4, 800, 500), ("ip1", "wgrad", 1, 500, 4, 800), ("ip1", "dgrad", 1, 4, 500, 800),
+        ("ip2", "fwd", 1, 4, 500, 10), ("ip2", "wgrad", 1, 10, 4, 500), ("ip2", "dgrad", 1, 4, 10, 500),
+    ]
+
+
+def test_lenet_training_iteration_runs_and_updates_weights():
+    solver, _ = bench_models.build(bench_models.LENET, 8)
+    before = solver.net.params["conv1"][0].data.copy()
+    r = bench_models.bench_net(bench_models.LENET, 8, iterations=1, warmup=0, floor_passes=1)
+    assert r["finite"] and r["name"] == "LeNet" and r["batch"] == 8
+    for key in ("forward_ms", "backward_ms", "update_ms", "iteration_ms", "fwd_ms", "bwd_ms", "peak_rss_mb"):
+        assert r[key] > 0, key
+    assert r["gemms"] == 11
+    # 2*m*k*n summed over the forward products above, at batch 8.
+    assert np.isclose(r["gflop_fwd"], 2 * (20 * 25 * 8 * 576 + 50 * 500 * 8 * 64 + 8 * 800 * 500 + 8 * 500 * 10) / 1e9)
+    # build() gives a fresh solver each time; one apply_update on it must move the weights.
+    net = solver.net
+    net.clear_param_diffs()
+    net.forward_prefilled()
+    net.backward_from_to()
+    solver.apply_update()
+    assert not np.allclose(net.params["conv1"][0].data, before)
+
+
+def test_deploy_net_seeds_output_diff_and_backward_reaches_every_layer(tmp_path):
+    from netspec.schema import read_net
+    # A tiny deploy-style net (Input, conv, softmax, no loss) through the same path as the big ones.
+    path = tmp_path / "tiny_deploy.prototxt"
+    path.write_text('name: "tiny" layer { name: "data" type: "Input" top: "data" '
+                    'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } } '
+                    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                    'convolution_param { num_output: 4 kernel_size: 3 } } '
+                    'layer { name: "prob" type: "Softmax" bottom: "conv" top: "prob" }')
+    solver, seeds = bench_models.build(str(path), 2)
+    assert list(seeds) == ["prob"] and seeds["prob"].shape == (2, 4, 6, 6)
+    assert all(solver.net._layer_need_backward)
+    shapes = bench_models.gemm_shapes(solver.net)
+    # force_backward: the conv also propagates to its bottom, the net's input.
+    assert [s[1] for s in shapes] == ["fwd", "wgrad", "dgrad"]
+    assert shapes[0][2:] == (1, 4, 27, 2 * 36)
+    r = bench_models.bench_net(str(path), 2, iterations=1, warmup=0, floor_passes=1)
+    assert r["finite"] and r["backward_ms"] > 0
+    assert read_net(str(path)).layer[0].input_param.shape[0].dim[0] == 1   # the file itself is untouched
