@@ -18,6 +18,7 @@ maximum first and then the first strictly larger row gives Caffe's tie rule
 """
 import itertools
 import math
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -40,14 +41,29 @@ def conv_out_size(size, kernel, stride, pad, dilation):
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
 
 
+_shared = threading.local()
+
+
 def scratch(owner, name, shape, dtype, fill=None):
     """A work array cached on `owner` and reused while shape and dtype stay the same.
 
     `fill` initialises a fresh array (padded buffers whose borders are never written again).
+    With owner None the array comes from a per-thread pool shared by all layers, one buffer
+    per name grown to the largest request: for work whose contents are dead once the layer
+    call that wrote it returns (nothing kept for backward, no fill). The nets then hold the
+    largest such buffer rather than one per layer, test nets included.
     """
+    shape = tuple(int(d) for d in shape)
+    if owner is None:
+        assert fill is None, "shared work arrays have no lasting contents to fill"
+        pool = _shared.__dict__.setdefault("buffers", {})
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        buf = pool.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = pool[name] = np.empty(nbytes, np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
     cache = owner.__dict__.setdefault("_scratch", {})
     buf = cache.get(name)
-    shape = tuple(int(d) for d in shape)
     if buf is None or buf.shape != shape or buf.dtype != dtype:
         buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
         cache[name] = buf
@@ -272,12 +288,16 @@ def _max_of(views, out):
         np.maximum(out, view, out=out)
 
 
-def _route(grad, idx, targets, exact, mask, tmp):
-    """targets[j] (=, or += when windows overlap) grad where idx == j: the max/stochastic backward step."""
+def _route(grad, idx, targets, exact, work):
+    """targets[j] (=, or += when windows overlap) grad where idx == j: the max/stochastic backward step.
+
+    work() gives (mask, tmp) scratch of grad's shape; asked for only when needed (not for 2 exact targets).
+    """
     if exact and len(targets) == 2:
         np.multiply(grad, _as_flags(idx), out=targets[1])
         np.subtract(grad, targets[1], out=targets[0])
         return
+    mask, tmp = work()
     for j, target in enumerate(targets):
         np.equal(idx, j, out=mask)
         if exact:
@@ -388,7 +408,7 @@ class WindowPool:
                 self._max_only(flat, top3)
             return
         count = self.planes * self.rows * self.owx
-        hval = scratch(self, "hval", (count,), self.dtype)
+        hval = scratch(None, "pool_rows", (count,), self.dtype)
         cols = self._col_views(flat)
         np.copyto(hval, cols[0])
         for view in cols[1:]:
@@ -401,19 +421,28 @@ class WindowPool:
 
     def _max_with_argmax(self, flat, top3):
         count = self.planes * self.rows * self.owx
-        hval = scratch(self, "hval", (count,), self.dtype)
+        hval = scratch(None, "pool_rows", (count,), self.dtype)
         hidx = scratch(self, "hidx", (count,), self.idx_dtype)
         hmask = scratch(self, "hmask", (count,), self.idx_dtype) if self.kw > 2 else None
         _first_argmax(self._col_views(flat), hval, hidx, hmask)
         rows = self._row_views(hval.reshape(self.planes, self.rows, self.owx))
         vidx = scratch(self, "vidx", self._out_shape(), self.idx_dtype)
-        vmask = scratch(self, "vmask", self._out_shape(), self.idx_dtype) if self.kh > 2 else None
-        _first_argmax(rows, top3, vidx, vmask)
+        if self.kh == 2:
+            # Compare every buffer row with the next in one contiguous pass (entries of rows
+            # that start no window go unused), then pick the window starts: both much cheaper
+            # than a comparison whose inner loop restarts every output row.
+            vrows = scratch(self, "vidx_rows", (count,), self.idx_dtype)
+            np.greater(hval[self.owx:], hval[:-self.owx], out=_as_flags(vrows[:-self.owx]))
+            np.copyto(vidx, self._row_views(vrows.reshape(self.planes, self.rows, self.owx))[0])
+            np.maximum(rows[0], rows[1], out=top3)
+        else:
+            vmask = scratch(self, "vmask", self._out_shape(), self.idx_dtype) if self.kh > 2 else None
+            _first_argmax(rows, top3, vidx, vmask)
         self._argmax_ready = True
 
     def _max_only(self, flat, top3):
         count = self.planes * self.rows * self.owx
-        hval = scratch(self, "hval", (count,), self.dtype)
+        hval = scratch(None, "pool_rows", (count,), self.dtype)
         _max_of(self._col_views(flat), hval)
         _max_of(self._row_views(hval.reshape(self.planes, self.rows, self.owx)), top3)
         self._argmax_ready = False
@@ -495,19 +524,23 @@ class WindowPool:
 
     def _backward_separable(self, dtop3, dflat):
         count = self.planes * self.rows * self.owx
-        drow = scratch(self, "drow", (count,), self.dtype, fill=0)
-        rows = self._row_views(drow.reshape(self.planes, self.rows, self.owx))
+        shape = self._out_shape()
+        if self.method == "max" and not self._argmax_ready:
+            self._max_with_argmax(self._flat, scratch(self, "top_again", shape, self.dtype))
+        # The row gradient takes the row buffer: the forward's row maxima are not needed again.
+        drow = scratch(None, "pool_rows", (count,), self.dtype)
+        drow3 = drow.reshape(self.planes, self.rows, self.owx)
+        rows = self._row_views(drow3)
         exact_rows = self.kh == self.sh     # every buffer row in at most one window: assign
         exact_cols = self.kw == self.sw
         if not exact_rows:
             drow.fill(0)
-        shape = self._out_shape()
+        else:   # rows and columns the windows never reach must still pass on zeros
+            drow3[:, self.buf_h:] = 0
+            drow3[:, :, self.ow:] = 0
         if self.method == "max":
-            if not self._argmax_ready:
-                self._max_with_argmax(self._flat, scratch(self, "top_again", shape, self.dtype))
-            vmask = scratch(self, "vmask_b", shape, np.bool_)
-            vtmp = scratch(self, "vtmp", shape, self.dtype)
-            _route(dtop3, self._scratch["vidx"], rows, exact_rows, vmask, vtmp)
+            _route(dtop3, self._scratch["vidx"], rows, exact_rows,
+                   lambda: (scratch(self, "vmask_b", shape, np.bool_), scratch(self, "vtmp", shape, self.dtype)))
         else:
             grad = scratch(self, "gscaled", shape, self.dtype)
             np.divide(dtop3, self.pool_size, out=grad)
@@ -516,9 +549,8 @@ class WindowPool:
             dflat.fill(0)
         cols = self._col_views(dflat)
         if self.method == "max":
-            hmask = scratch(self, "hmask_b", (count,), np.bool_)
-            htmp = scratch(self, "htmp", (count,), self.dtype)
-            _route(drow, self._scratch["hidx"], cols, exact_cols, hmask, htmp)
+            _route(drow, self._scratch["hidx"], cols, exact_cols,
+                   lambda: (scratch(self, "hmask_b", (count,), np.bool_), scratch(self, "htmp", (count,), self.dtype)))
         else:
             _spread(drow, cols, exact_cols)
 

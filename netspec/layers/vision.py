@@ -164,12 +164,22 @@ class Convolution(_ConvBase):
         self._pointwise = (max(self.kernel) == 1 and max(self.stride) == 1 and max(self.pad) == 0)
         self._fold_bias = self.bias_term and self.group == 1 and not self._pointwise
 
-    def _col_buffer(self, name, num, dtype):
+    def _col_buffer(self, name, num, dtype, shared=False):
+        """Columns for `num` samples, with the ones row when the bias is folded; `shared`: from
+        the pool all layers share (see scratch), for columns not kept past this call."""
         g = self.geom
         rows = g.rows + (1 if self._fold_bias else 0)
         shape = (rows, g.out_count * num) if g.batch_inner else (num, rows, g.out_count)
-        # The ones row is written once, when the buffer is made; im2col fills the rows above it.
-        return scratch(self, name, shape, dtype, fill=1)
+        if not shared:
+            # The ones row is written once, when the buffer is made; im2col fills the rows above it.
+            return scratch(self, name, shape, dtype, fill=1)
+        col = scratch(None, "conv_cols", shape, dtype)
+        if self._fold_bias:
+            if g.batch_inner:
+                col[g.rows] = 1
+            else:
+                col[:, g.rows] = 1
+        return col
 
     def _im2col(self, image, col):
         g = self.geom
@@ -189,14 +199,16 @@ class Convolution(_ConvBase):
             w_ext[0, :, :-1] = w[0]
             w_ext[0, :, -1] = bias
             w, bias = w_ext, None
-        keep = g.keeps_columns(g.rows + 1)
+        # Columns are kept for backward in training only (a test net rarely runs backward, which
+        # then builds them again), and only when they fit the budget.
+        keep = self.phase == caffe_pb2.TRAIN and g.keeps_columns(g.rows + 1)
         for i, (b, t) in enumerate(zip(bottom, top)):
             image = self._bottom_image(b)
             y = t.data.reshape(g.num, self.num_output, g.out_count)
             if g.batch_inner:
-                col = self._col_buffer(f"col{i}", g.num, dtype)
+                col = self._col_buffer(f"col{i}", g.num, dtype, shared=not keep)
                 self._im2col(image, col)
-                out = g.out_cols(self, "out", y)
+                out = g.out_cols(None, "conv_out", y)
                 np.matmul(w, g.grouped(col, self.group), out=g.grouped(out, self.group))
                 g.finish_cols(out, y, bias)
             elif self._pointwise:
@@ -207,14 +219,15 @@ class Convolution(_ConvBase):
             else:
                 # Part by part (samples), so each part's columns are still in cache for its GEMM.
                 parts = g.sample_parts()
-                col = self._col_buffer(f"col{i}" if keep else "col_part", g.num if keep else parts[0].stop, dtype)
+                col = self._col_buffer(f"col{i}", g.num if keep else parts[0].stop, dtype, shared=not keep)
                 for part in parts:
                     cols = col[part] if keep else col[:part.stop - part.start]
                     self._im2col(image[part], cols)
                     np.matmul(w, g.grouped(cols, self.group), out=g.grouped(y[part], self.group))
                 if bias is not None:
                     y += bias[:, None]
-            self._saved[i] = col if keep or self._pointwise else None   # backward reuses these columns
+            # Backward reuses these columns (stacked pointwise: they are the bottom itself).
+            self._saved[i] = col if keep or (self._pointwise and not g.batch_inner) else None
 
     def backward(self, top, propagate_down, bottom):
         g = self.geom
@@ -230,13 +243,13 @@ class Convolution(_ConvBase):
                 if self.bias_term:
                     self.blobs[1].diff += dy.sum(axis=(0, 2))
             dx = b.diff.reshape((g.num, g.channels) + g.spatial)
-            dimage = g.grad_image(self, "dimage", dx) if propagate_down[i] else None
+            dimage = g.grad_image(None, "conv_dimage", dx) if propagate_down[i] else None
             col = self._saved.get(i)
             if g.batch_inner:
-                if col is None:   # backward without a forward
-                    col = self._col_buffer(f"col{i}", g.num, dtype)
+                if col is None:   # columns not kept (test phase), or backward without a forward
+                    col = self._col_buffer(f"col{i}", g.num, dtype, shared=True)
                     self._im2col(self._bottom_image(b), col)
-                dt = g.grouped(g.as_cols(self, "dtop", dy), self.group)
+                dt = g.grouped(g.as_cols(None, "conv_dtop", dy), self.group)
                 _add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
                 if dimage is not None:
                     self._data_grad_batch_inner(dt, dimage, dtype)
@@ -248,12 +261,12 @@ class Convolution(_ConvBase):
                 if dimage is not None:
                     dimage.fill(0)
                     wt = self._weights().transpose(0, 2, 1)     # (G, Kg, M/G)
-                    dcol = scratch(self, "dcol", (parts[0].stop, g.rows, g.out_count), dtype)
+                    dcol = scratch(None, "conv_dcol", (parts[0].stop, g.rows, g.out_count), dtype)
                 for part in parts:
                     if image is None:
                         cols = col[part]
                     else:   # columns not kept: build this part's again
-                        cols = self._col_buffer("col_part", parts[0].stop, dtype)[:part.stop - part.start]
+                        cols = self._col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
                         self._im2col(image[part], cols)
                     dt = g.grouped(dy[part], self.group)
                     _add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
@@ -280,7 +293,7 @@ class Convolution(_ConvBase):
                 wt_part = wt
             shape = wt_part.shape[:2] + (dt.shape[-1],)
             if part is parts[0]:
-                buf = scratch(self, "dcol", (math.prod(shape),), dtype)
+                buf = scratch(None, "conv_dcol", (math.prod(shape),), dtype)
             dcol = buf[:math.prod(shape)].reshape(shape)
             np.matmul(wt_part, dt, out=dcol)
             g.add_windows(dcol, dimage[part])
@@ -295,13 +308,13 @@ class Deconvolution(_ConvBase):
         g = self.geom
         dtype = bottom[0].data.dtype
         w = self._weights()
-        dcol = scratch(self, "dcol", g.cols_shape(g.rows, g.out_count), dtype)
+        dcol = scratch(None, "conv_dcol", g.cols_shape(g.rows, g.out_count), dtype)
         for i, (b, t) in enumerate(zip(bottom, top)):
             xc = g.as_cols(self, f"xcols{i}", b.data.reshape(g.num, self.channels, g.out_count))
             self._saved[i] = xc
             np.matmul(w.transpose(0, 2, 1), g.grouped(xc, self.group), out=g.grouped(dcol, self.group))
             y = t.data.reshape((g.num, self.num_output) + g.spatial)
-            image = g.grad_image(self, "image", y)
+            image = g.grad_image(None, "conv_dimage", y)
             g.col2im(dcol, image)
             g.store_image(image, y)
             if self.bias_term:
@@ -311,7 +324,7 @@ class Deconvolution(_ConvBase):
     def backward(self, top, propagate_down, bottom):
         g = self.geom
         dtype = top[0].diff.dtype
-        col = scratch(self, "col", g.cols_shape(g.rows, g.out_count), dtype)
+        col = scratch(None, "conv_cols", g.cols_shape(g.rows, g.out_count), dtype)
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape((g.num, self.num_output) + g.spatial)
             if self.bias_term:
@@ -324,7 +337,7 @@ class Deconvolution(_ConvBase):
             _add_weight_grad(g.grouped(xc, self.group), col_g, self._weight_diff())
             if propagate_down[i]:
                 dx = b.diff.reshape(g.num, self.channels, g.out_count)
-                out = g.out_cols(self, "dxcols", dx)
+                out = g.out_cols(None, "conv_out", dx)
                 np.matmul(self._weights(), col_g, out=g.grouped(out, self.group))
                 g.finish_cols(out, dx)
 
