@@ -8,6 +8,7 @@ import pytest
 from netspec import NetspecError, io
 from netspec.datasets import lmdb_io
 from netspec.proto import caffe_pb2
+from netspec.weights import array_to_blob
 
 
 # ------------------------------------------------------------------ BlobProto
@@ -197,3 +198,18 @@ def test_load_image_errors(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(NetspecError, match="cannot read the image"):
         io.load_image(str(bad))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 4), (0,), (1, 200, 70)])
+def test_array_to_blob_writes_what_protobuf_would(shape):
+    # array_to_blob builds the packed float bytes itself (no Python list); they must be exactly
+    # what protobuf makes from the same values, so Caffe reads them.
+    data = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    diff = data * -3
+    expected = caffe_pb2.BlobProto()
+    expected.shape.dim.extend(shape)
+    expected.data.extend(data.ravel().tolist())
+    expected.diff.extend(diff.ravel().tolist())
+    got = array_to_blob(data, caffe_pb2.BlobProto(), diff=diff)
+    assert got.SerializeToString() == expected.SerializeToString()
+    assert list(got.data) == list(expected.data) and list(got.diff) == list(expected.diff)
