@@ -276,8 +276,11 @@ class Solver:
             decay = p.weight_decay * decay_mult
             if decay:
                 term = self._scratch(diff)            # decay * data (or its sign), without a new array
-                np.sign(blob.data, out=term) if l1 else np.copyto(term, blob.data)
-                term *= decay
+                if l1:
+                    np.sign(blob.data, out=term)
+                    term *= decay
+                else:
+                    np.multiply(blob.data, decay, out=term)
                 diff += term
             self.rule.update(diff, history, rate * lr_mult, self.iter)
             blob.data -= diff
