@@ -88,6 +88,26 @@ def test_cursor_order_wrap_and_len(tmp_path):
                     (b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"a", b"1")]
 
 
+def test_cursor_reopens_to_release_pages_without_losing_its_place(tmp_path, monkeypatch):
+    path = tmp_path / "db"
+    write_lmdb_atomically(path, records(7))
+    monkeypatch.setattr(LMDBCursor, "REMAP_EVERY", 3)
+    with LMDBCursor(path) as cursor:
+        first_env = lmdb_io._SHARED_ENVS[os.path.realpath(path)][0]
+        seen = [next(cursor)[0] for _ in range(17)]
+        assert lmdb_io._SHARED_ENVS[os.path.realpath(path)][0] is not first_env   # reopened
+        assert cursor.position == 17 % 7
+        cursor.seek(5)
+        assert cursor.next_values(3) == [bytes([i]) * 16 for i in (5, 6, 0)]
+    assert seen == [b"%08d" % (i % 7) for i in range(17)]
+    # A reader that shares the environment keeps it: no reopen under its feet.
+    with LMDBCursor(path) as a, LMDBCursor(path) as b:
+        env = lmdb_io._SHARED_ENVS[os.path.realpath(path)][0]
+        assert [next(a)[0] for _ in range(8)] == [b"%08d" % (i % 7) for i in range(8)]
+        assert lmdb_io._SHARED_ENVS[os.path.realpath(path)][0] is env
+        assert next(b)[0] == b"%08d" % 0
+
+
 def test_cursor_position_seek_skip_and_resume(small_lmdb):
     with LMDBCursor(small_lmdb) as cursor:
         assert cursor.position == 0

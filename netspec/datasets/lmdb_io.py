@@ -102,14 +102,37 @@ class LMDBCursor:
     cursor live as long as this object.
     """
 
+    # Every record read maps its pages into the process, and they stay mapped (and count as
+    # resident) while the environment is open: a LeNet run would end holding the whole 47 MB
+    # training set. Reopening after this many records releases them (when no one else shares it).
+    REMAP_EVERY = 10000
+
     def __init__(self, path):
         self.path = os.fspath(path)
-        self._db = open_lmdb_readonly(self.path)
-        self._txn = self._db.begin(buffers=False)
-        self._cursor = self._txn.cursor()
+        self._open()
         self._count = self._txn.stat()["entries"]
         self._cursor.first()
         self.position = 0
+
+    def _open(self):
+        self._db = open_lmdb_readonly(self.path)
+        self._txn = self._db.begin(buffers=False)
+        self._cursor = self._txn.cursor()
+        self._since_open = 0
+
+    def _remap(self):
+        """Close and reopen the environment at the same record, unmapping the pages read so far."""
+        self._since_open = 0
+        with _SHARED_LOCK:
+            shared = _SHARED_ENVS[self._db._key][1] > 1
+        if shared:
+            return
+        key = self._cursor.key()
+        self._txn.abort()
+        self._db.close()
+        self._open()
+        if not self._cursor.set_key(key):
+            raise NetspecError(f"LMDB '{self.path}' changed while being read: record {key!r} is gone")
 
     def __len__(self):
         return self._count
@@ -126,6 +149,9 @@ class LMDBCursor:
         if not self._cursor.next():
             self._cursor.first()
         self.position = (self.position + 1) % self._count
+        self._since_open += 1
+        if self._since_open >= self.REMAP_EVERY:
+            self._remap()
 
     def next_values(self, n):
         """The next n values (keys dropped), wrapping as needed: what a data layer's batch needs."""
