@@ -164,8 +164,11 @@ def _solver_for(net_param, source):
     return Solver(source, sp)
 
 
-def build(model, batch):
-    """(solver, output diff seeds): the net of `model` at `batch`, TRAIN phase, ready to train."""
+def build(model, batch, data_root=REPO):
+    """(solver, output diff seeds): the net of `model` at `batch`, TRAIN phase, ready to train.
+
+    Data layer sources are taken relative to `data_root` (the repository, where the main job
+    builds the MNIST LMDBs; tests pass a folder with small ones)."""
     import numpy as np
     from netspec.schema import read_net
     from time_models import fill_net, set_input_batch
@@ -176,7 +179,7 @@ def build(model, batch):
         # A train net (LeNet's): its Data layer feeds it and its fillers initialise it.
         for lp in data:
             # Sources are relative to the repository root; the child may run anywhere.
-            lp.data_param.source = os.path.join(REPO, lp.data_param.source)
+            lp.data_param.source = os.path.join(data_root, lp.data_param.source)
             lp.data_param.batch_size = batch
         solver = _solver_for(param, model)
     else:
@@ -191,14 +194,14 @@ def build(model, batch):
     return solver, seeds
 
 
-def bench_net(model, batch, iterations=3, warmup=1, floor=True, floor_passes=3):
+def bench_net(model, batch, iterations=3, warmup=1, floor=True, floor_passes=3, data_root=REPO):
     """Time `iterations` training iterations of `model` (after `warmup`) and its GEMM floor; a dict."""
     import numpy as np
     from netspec import glog
     glog.configure(open(os.devnull, "w"))
     base_mb = _maxrss_mb()
     t = time.perf_counter()
-    solver, seeds = build(model, batch)
+    solver, seeds = build(model, batch, data_root)
     build_s = time.perf_counter() - t
     net = solver.net
     clock = time.perf_counter

@@ -3,6 +3,9 @@ import os
 import sys
 
 import numpy as np
+import pytest
+
+from netspec.datasets.lmdb_io import array_to_datum, write_lmdb_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -10,8 +13,20 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_models  # noqa: E402
 
 
-def test_lenet_gemm_shapes_are_the_layers_products():
-    solver, seeds = bench_models.build(bench_models.LENET, 4)
+@pytest.fixture(scope="module")
+def mnist_like(tmp_path_factory):
+    """A folder with small MNIST-shaped LMDBs where LeNet's file looks for them (a clean clone has none)."""
+    root = tmp_path_factory.mktemp("data_root")
+    rng = np.random.default_rng(0)
+    for name in ("mnist_train_lmdb", "mnist_test_lmdb"):
+        images = rng.integers(0, 256, (32, 1, 28, 28), dtype=np.uint8)
+        write_lmdb_atomically(str(root / "data" / "mnist" / name),
+                              ((f"{i:08d}", array_to_datum(x, i % 10).SerializeToString()) for i, x in enumerate(images)))
+    return str(root)
+
+
+def test_lenet_gemm_shapes_are_the_layers_products(mnist_like):
+    solver, seeds = bench_models.build(bench_models.LENET, 4, mnist_like)
     assert seeds == {}                      # LeNet has its own loss: no diff to seed
     got = bench_models.gemm_shapes(solver.net)
     # conv1: 20 filters of 1x5x5 over 4*24*24 positions, no data gradient (its bottom is the data);
@@ -24,10 +39,10 @@ def test_lenet_gemm_shapes_are_the_layers_products():
     ]
 
 
-def test_lenet_training_iteration_runs_and_updates_weights():
-    solver, _ = bench_models.build(bench_models.LENET, 8)
+def test_lenet_training_iteration_runs_and_updates_weights(mnist_like):
+    solver, _ = bench_models.build(bench_models.LENET, 8, mnist_like)
     before = solver.net.params["conv1"][0].data.copy()
-    r = bench_models.bench_net(bench_models.LENET, 8, iterations=1, warmup=0, floor_passes=1)
+    r = bench_models.bench_net(bench_models.LENET, 8, iterations=1, warmup=0, floor_passes=1, data_root=mnist_like)
     assert r["finite"] and r["name"] == "LeNet" and r["batch"] == 8
     for key in ("forward_ms", "backward_ms", "update_ms", "iteration_ms", "fwd_ms", "bwd_ms", "peak_rss_mb"):
         assert r[key] > 0, key
