@@ -1,7 +1,7 @@
 """Layers by family, one module each; importing this package fills LAYER_REGISTRY.
 
     data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
-    vision.py     Convolution, Deconvolution, Pooling, SPP (im2col.py holds the kernels)
+    vision.py     Convolution, Deconvolution, Pooling, SPP (kernels: im2col.py, window_pool.py)
     common.py     InnerProduct, Softmax
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
     loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...

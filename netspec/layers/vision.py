@@ -1,7 +1,7 @@
 """Convolution, Deconvolution, Pooling and SPP, with Caffe's parameters and shape rules.
 
-The arithmetic lives in im2col.py: each convolution is one (grouped) GEMM over the
-whole batch, pooling is a pair of strided passes over NCHW.
+The arithmetic lives in im2col.py (each convolution is one grouped GEMM over the
+whole batch) and window_pool.py (pooling is a pair of strided passes over NCHW).
 """
 import math
 
@@ -11,7 +11,8 @@ from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
 from .base import Layer, register
-from .im2col import ConvGeometry, WindowPool, scratch
+from .im2col import ConvGeometry, scratch
+from .window_pool import WindowPool
 
 _POOL = caffe_pb2.PoolingParameter
 _METHODS = {_POOL.MAX: "max", _POOL.AVE: "ave", _POOL.STOCHASTIC: "stochastic"}
