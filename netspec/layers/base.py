@@ -11,6 +11,9 @@ Bottom diffs are overwritten, never accumulated: the net inserts Split layers
 where one blob feeds several layers, exactly as Caffe does. A layer whose top
 is its bottom (in place) must read what it needs for backward from the top.
 """
+import math
+import threading
+
 import numpy as np
 
 from ..blob import Blob
@@ -94,6 +97,35 @@ class Layer:
 def prod(dims):
     """Element count of a shape, as a Python int (np.prod of () is 1, as Caffe's count())."""
     return int(np.prod(dims, dtype=np.int64))
+
+
+_shared = threading.local()
+
+
+def scratch(owner, name, shape, dtype, fill=None):
+    """A work array cached on `owner` and reused while shape and dtype stay the same.
+
+    `fill` initialises a fresh array (padded buffers whose borders are never written again).
+    With owner None the array comes from a per-thread pool shared by all layers, one buffer
+    per name grown to the largest request: for work whose contents are dead once the layer
+    call that wrote it returns (nothing kept for backward, no fill). The nets then hold the
+    largest such buffer rather than one per layer, test nets included.
+    """
+    shape = tuple(int(d) for d in shape)
+    if owner is None:
+        assert fill is None, "shared work arrays have no lasting contents to fill"
+        pool = _shared.__dict__.setdefault("buffers", {})
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        buf = pool.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = pool[name] = np.empty(nbytes, np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
+    cache = owner.__dict__.setdefault("_scratch", {})
+    buf = cache.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+        cache[name] = buf
+    return buf
 
 
 def check_blob_counts(layer, bottom, top):

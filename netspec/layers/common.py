@@ -44,15 +44,6 @@ def normalizer(mode, outer, inner, valid_count):
     return max(1.0, float(n))
 
 
-def scratch(layer, name, shape, dtype):
-    """A work array kept on the layer and reused while shape and dtype stay the same."""
-    buf = getattr(layer, name, None)
-    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-        buf = np.empty(shape, dtype)
-        setattr(layer, name, buf)
-    return buf
-
-
 class LabelMixin:
     """Integer labels (Caffe's static_cast<int>) with ignore_label and a range check."""
 

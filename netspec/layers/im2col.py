@@ -1,4 +1,4 @@
-"""im2col/col2im for (de)convolution, and the work-array pool the vision kernels share.
+"""im2col/col2im for (de)convolution: the column layouts and the kernels that fill and fold them.
 
 Convolution is one GEMM over the whole batch on a column array with one row per
 (channel, kernel offset) and one column per (sample, output position), in one of two
@@ -14,10 +14,11 @@ Pooling's kernels are in window_pool.py.
 """
 import itertools
 import math
-import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from .base import scratch
 
 # Below this output width, batch-inner columns are used (see the module docstring).
 BATCH_INNER_MAX_WIDTH = 16
@@ -34,35 +35,6 @@ _TRANSPOSE_BLOCK = 64
 def conv_out_size(size, kernel, stride, pad, dilation):
     """Caffe's convolution output length: (size + 2p - (d(k-1)+1)) / s + 1, rounded down."""
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
-_shared = threading.local()
-
-
-def scratch(owner, name, shape, dtype, fill=None):
-    """A work array cached on `owner` and reused while shape and dtype stay the same.
-
-    `fill` initialises a fresh array (padded buffers whose borders are never written again).
-    With owner None the array comes from a per-thread pool shared by all layers, one buffer
-    per name grown to the largest request: for work whose contents are dead once the layer
-    call that wrote it returns (nothing kept for backward, no fill). The nets then hold the
-    largest such buffer rather than one per layer, test nets included.
-    """
-    shape = tuple(int(d) for d in shape)
-    if owner is None:
-        assert fill is None, "shared work arrays have no lasting contents to fill"
-        pool = _shared.__dict__.setdefault("buffers", {})
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        buf = pool.get(name)
-        if buf is None or buf.nbytes < nbytes:
-            buf = pool[name] = np.empty(nbytes, np.uint8)
-        return buf[:nbytes].view(dtype).reshape(shape)
-    cache = owner.__dict__.setdefault("_scratch", {})
-    buf = cache.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
-        cache[name] = buf
-    return buf
 
 
 # ---- convolution ---------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from google.protobuf.message import DecodeError
 
 from ..proto import caffe_pb2
 from ..weights import blob_to_array
-from .base import Layer, register
+from .base import Layer, register, scratch
 from .common import (FLT_MIN, LOG_THRESHOLD, LabelMixin, Norm, loss_normalization, normalizer,
-                     scratch, softmax, split_at_axis)
+                     softmax, split_at_axis)
 
 
 class LossLayer(LabelMixin, Layer):
@@ -48,7 +48,7 @@ class _SoftmaxLabelLoss(LossLayer):
 
     def forward_probs(self, bottom, top):
         x = bottom[0].data
-        prob = softmax(x, self.axis, scratch(self, "_prob", x.shape, x.dtype))
+        self._prob = prob = softmax(x, self.axis, scratch(self, "prob", x.shape, x.dtype))
         if len(top) > 1:
             np.copyto(top[1].data, prob)
         self._lab, self._valid = self.read_labels(bottom[1], self.outer, self.inner, self.C, self.ignore)

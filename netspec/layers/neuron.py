@@ -10,7 +10,7 @@ import numpy as np
 from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from .base import Layer, register
+from .base import Layer, register, scratch
 
 
 def _sigmoid(x, out=None):
@@ -63,18 +63,12 @@ class ReLU(Neuron):
             out[...] = np.where(x > 0, x, x * self.slope)
 
     def gradient(self, x, y, dy, dx):
-        positive = np.greater(x if self.keeps_input else y, 0, out=self._mask(x.shape))
+        positive = np.greater(x if self.keeps_input else y, 0, out=scratch(self, "positive", x.shape, np.bool_))
         if self.slope == 0:
             # Caffe's dy * (x > 0): one multiply by the mask, no temporaries (0 * inf is NaN in both).
             np.multiply(dy, positive, out=dx)
         else:
             dx[...] = np.where(positive, dy, dy * self.slope)
-
-    def _mask(self, shape):
-        mask = getattr(self, "_positive", None)
-        if mask is None or mask.shape != shape:
-            mask = self._positive = np.empty(shape, np.bool_)
-        return mask
 
 
 @register("Sigmoid")

@@ -10,8 +10,8 @@ import numpy as np
 from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from .base import Layer, register
-from .im2col import ConvGeometry, scratch
+from .base import Layer, register, scratch
+from .im2col import ConvGeometry
 from .window_pool import WindowPool
 
 _POOL = caffe_pb2.PoolingParameter

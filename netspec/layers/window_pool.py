@@ -8,7 +8,7 @@ strictly larger row gives Caffe's tie rule (the first maximum in row-major windo
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .im2col import scratch
+from .base import scratch
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
