@@ -13,9 +13,9 @@ from .proto import caffe_pb2
 
 
 class Transformer:
-    def __init__(self, param, phase, seed, layer_name="data", where=None):
-        self.param, self.phase, self.layer_name = param, phase, layer_name
-        self.where = where or f"layer '{layer_name}'"     # how errors name the layer
+    def __init__(self, param, phase, seed, where="layer 'data'"):
+        self.param, self.phase = param, phase
+        self.where = where                                # how errors name the layer
         self.rng = np.random.default_rng(seed)
         self.mean = None
         if param.mean_file and len(param.mean_value):

@@ -153,6 +153,10 @@ class LMDBCursor:
         if self._since_open >= self.REMAP_EVERY:
             self._remap()
 
+    def peek(self):
+        """The value of the record the next call returns, without moving."""
+        return self._cursor.value()
+
     def next_values(self, n):
         """The next n values (keys dropped), wrapping as needed: what a data layer's batch needs."""
         values = []

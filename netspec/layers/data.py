@@ -137,13 +137,13 @@ class Data(Layer):
                              "directory)")
         try:
             self.cursor = LMDBCursor(p.source)
-            first = datum_to_array(parse_datum(self.cursor._cursor.value(), f"{p.source} record 0"),
+            first = datum_to_array(parse_datum(self.cursor.peek(), f"{p.source} record 0"),
                                    f"{p.source} record 0")
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.datum_shape = first.shape
         self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name,
+                                       seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*self.datum_shape)
         if p.rand_skip:
@@ -320,7 +320,7 @@ class ImageData(Layer):
         self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
         first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
         self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)), layer_name=self.name,
+                                       seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*first.shape)
         self.image_shape = first.shape
