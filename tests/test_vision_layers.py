@@ -9,21 +9,37 @@ import pytest
 from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
-from netspec.layers import im2col
+from netspec.layers import im2col, native
 from netspec.proto import caffe_pb2
 
 R = np.random.default_rng(5)
 GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 
-@pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt"])
+NATIVE = pytest.mark.skipif(native._native is None, reason="compiled kernels (netspec._native) not built")
+
+
+@pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt",
+                        pytest.param("native", marks=NATIVE), pytest.param("native_parts", marks=NATIVE)])
 def layout(request, monkeypatch):
     """Run the test with every convolution in one column layout, worked in many small parts;
-    stacked_rebuilt keeps no columns from forward (as for layers too big to keep them)."""
-    monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if request.param == "batch_inner" else 0)
+    stacked_rebuilt keeps no columns from forward (as for layers too big to keep them);
+    native is the compiled im2col (native_parts: one sample per part, columns rebuilt)."""
+    monkeypatch.setattr(native, "ENABLED", request.param.startswith("native"))
+    small_maps = request.param == "batch_inner" or request.param.startswith("native")
+    monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if small_maps else 0)
     monkeypatch.setattr(im2col, "COL2IM_PART", 50)
     if request.param == "stacked_rebuilt":
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
+    if request.param == "native_parts":
+        monkeypatch.setattr(native, "COLUMN_BUDGET", 0)
+    return request.param
+
+
+@pytest.fixture(params=["numpy", pytest.param("native", marks=NATIVE)])
+def pool_path(request, monkeypatch):
+    """Run the test with pooling's numpy passes, then with the compiled kernels."""
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
     return request.param
 
 
@@ -154,7 +170,8 @@ def test_convolution_matches_naive_loops(layout, params, shape, stride, pad, dil
 
 @pytest.mark.parametrize("params, shape, stride, pad, dilation, group", CONV_CASES)
 def test_convolution_gradients(layout, params, shape, stride, pad, dilation, group):
-    check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
+    layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
+    assert (layer.columns is not None) == layout.startswith("native")
 
 
 def test_convolution_output_shapes_and_weight_layout():
@@ -307,7 +324,7 @@ def test_deconvolution_is_convolution_transposed():
 
 # ---------------------------------------------------------------- Pooling
 
-def test_pooling_by_hand_with_pad_and_ceil():
+def test_pooling_by_hand_with_pad_and_ceil(pool_path):
     x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
     # ceil((3+2-2)/2)+1 = 3, but the last window would start at 4 >= 3+1: dropped -> 2x2.
     y, mask = forward(pool("pool: MAX kernel_size: 2 stride: 2 pad: 1"), [x], num_tops=2)
@@ -337,7 +354,7 @@ POOL_CASES = [  # (params, shape, kernel, stride, pad, ceil)
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("params, shape, kernel, stride, pad, ceil", POOL_CASES)
-def test_pooling_matches_naive_loops_and_gradients(method, params, shape, kernel, stride, pad, ceil):
+def test_pooling_matches_naive_loops_and_gradients(pool_path, method, params, shape, kernel, stride, pad, ceil):
     x = distinct(shape)
     text = pool(f"pool: {method} {params}")
     tops = 2 if method == "MAX" else 1
@@ -346,12 +363,13 @@ def test_pooling_matches_naive_loops_and_gradients(method, params, shape, kernel
     np.testing.assert_allclose(got[0], want, rtol=1e-12)
     if method == "MAX":
         np.testing.assert_array_equal(got[1], mask)
-    check_layer(text, [x], num_tops=1, max_checks=150)
+    layer, _, _ = check_layer(text, [x], num_tops=1, max_checks=150)
+    assert (layer.pool.compiled is not None) == (pool_path == "native")
 
 
 @pytest.mark.parametrize("params, shape, kernel, pad", [("kernel_size: 2 stride: 2", (2, 2, 6, 4), 2, 0),
                                                        ("kernel_size: 3 stride: 2 pad: 1", (1, 2, 5, 6), 3, 1)])
-def test_max_pooling_in_test_phase(params, shape, kernel, pad):
+def test_max_pooling_in_test_phase(pool_path, params, shape, kernel, pad):
     # The test-phase forward skips the argmax; a backward (or a mask top) still gets Caffe's.
     x = distinct(shape)
     text = pool(f"pool: MAX {params}")
@@ -380,7 +398,7 @@ def test_pooling_output_shapes():
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
-def test_global_pooling(method):
+def test_global_pooling(pool_path, method):
     x = distinct((2, 3, 4, 5))
     got = forward(pool(f"pool: {method} global_pooling: true"), [x], num_tops=2 if method == "MAX" else 1)
     want, mask = naive_pool(x, method, (4, 5), (1, 1), (0, 0))
@@ -390,7 +408,7 @@ def test_global_pooling(method):
     check_layer(pool(f"pool: {method} global_pooling: true"), [x])
 
 
-def test_max_pooling_ties_go_to_the_first_maximum():
+def test_max_pooling_ties_go_to_the_first_maximum(pool_path):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 3, 3] = -1.0
     x[0, 0, 0, 1] = x[0, 0, 1, 0] = 2.0          # two equal maxima in the first window
@@ -443,7 +461,7 @@ def test_stochastic_pooling():
 # ---------------------------------------------------------------- SPP
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
-def test_spp_concatenates_pyramid_levels(method):
+def test_spp_concatenates_pyramid_levels(pool_path, method):
     x = distinct((2, 3, 7, 6))
     text = f'name: "s" type: "SPP" spp_param {{ pyramid_height: 3 pool: {method} }}'
     y = forward(text, [x])[0]
@@ -459,7 +477,7 @@ def test_spp_concatenates_pyramid_levels(method):
     check_layer(text, [x], max_checks=150)
 
 
-def test_spp_height_one_is_plain_pooling():
+def test_spp_height_one_is_plain_pooling(pool_path):
     x = distinct((2, 3, 4, 4))
     y = forward('type: "SPP" spp_param { pyramid_height: 1 }', [x])[0]
     assert y.shape == (2, 3, 1, 1)
@@ -503,7 +521,7 @@ def test_bad_settings_are_clear_errors(text, shape, message):
     assert "\n" not in str(err.value) and "layer '" in str(err.value)
 
 
-def test_mask_top_only_for_max_and_bottom_changes_checked():
+def test_mask_top_only_for_max_and_bottom_changes_checked(pool_path):
     with pytest.raises(NetspecError, match="only produced by MAX"):
         build(pool("pool: AVE kernel_size: 2"), [np.zeros((1, 1, 4, 4))], num_tops=2)
     layer, bottom, top = build(conv("num_output: 2 kernel_size: 3"), [np.zeros((1, 2, 5, 5))])

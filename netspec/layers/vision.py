@@ -11,6 +11,7 @@ from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
 from .base import Layer, register, scratch
+from . import native
 from .im2col import ConvGeometry
 from .window_pool import WindowPool
 
@@ -136,6 +137,13 @@ class _ConvBase(Layer):
         else:
             self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry)
             out = self.geom.out
+        # Compiled im2col for 2-D convolution over small maps, where numpy's columns cost most
+        # (see im2col.py); over wide maps the numpy stacked columns measured as fast or faster.
+        self.columns = None
+        if (not self.transposed and self.num_spatial == 2 and self.geom.batch_inner
+                and native.usable(bottom[0].data.dtype)):
+            self.columns = native.ColumnConv(self.num, self.channels, spatial, *geometry, out,
+                                             self.num_output, self.group, self._fold_bias)
         top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
         for t in top:
             t.reshape(top_shape)
@@ -202,6 +210,15 @@ class Convolution(_ConvBase):
             w, bias = w_ext, None
         # Columns are kept for backward in training only (a test net rarely runs backward, which
         # then builds them again), and only when they fit the budget.
+        if self.columns is not None:
+            keep = self.phase == caffe_pb2.TRAIN
+            for i, (b, t) in enumerate(zip(bottom, top)):
+                y = t.data.reshape(g.num, self.num_output, g.out_count)
+                x = b.data.reshape((g.num, g.channels) + g.spatial)
+                self._saved[i] = self.columns.forward(self, f"col{i}", x, w, y, keep)
+                if bias is not None:
+                    y += bias[:, None]
+            return
         keep = self.phase == caffe_pb2.TRAIN and g.keeps_columns(g.rows + 1)
         for i, (b, t) in enumerate(zip(bottom, top)):
             image = self._bottom_image(b)
@@ -244,42 +261,54 @@ class Convolution(_ConvBase):
                 if self.bias_term:
                     self.blobs[1].diff += dy.sum(axis=(0, 2))
             dx = b.diff.reshape((g.num, g.channels) + g.spatial)
-            dimage = g.grad_image(None, "conv_dimage", dx) if propagate_down[i] else None
-            col = self._saved.get(i)
-            if g.batch_inner:
-                if col is None:   # columns not kept (test phase), or backward without a forward
-                    col = self._col_buffer(f"col{i}", g.num, dtype, shared=True)
-                    self._im2col(self._bottom_image(b), col)
-                dt = g.grouped(g.as_cols(None, "conv_dtop", dy), self.group)
-                _add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
-                if dimage is not None:
-                    self._data_grad_batch_inner(dt, dimage, dtype)
+            if self.columns is not None:
+                x = b.data.reshape((g.num, g.channels) + g.spatial)
+                self.columns.backward(x, self._weights(), dy, acc, dx if propagate_down[i] else None,
+                                      self._saved.get(i))
             else:
-                if col is None and self._pointwise:
-                    col = self._bottom_image(b).reshape(g.num, g.channels, g.out_count)
-                image = self._bottom_image(b) if col is None else None
-                parts = g.sample_parts()
-                if dimage is not None:
-                    dimage.fill(0)
-                    wt = self._weights().transpose(0, 2, 1)     # (G, Kg, M/G)
-                    dcol = scratch(None, "conv_dcol", (parts[0].stop, g.rows, g.out_count), dtype)
-                for part in parts:
-                    if image is None:
-                        cols = col[part]
-                    else:   # columns not kept: build this part's again
-                        cols = self._col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
-                        self._im2col(image[part], cols)
-                    dt = g.grouped(dy[part], self.group)
-                    _add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
-                    if dimage is not None:
-                        d = dcol[:part.stop - part.start]
-                        np.matmul(wt, dt, out=g.grouped(d, self.group))
-                        g.add_windows(d, dimage[part])
+                self._backward_numpy(i, b, dy, acc, dx if propagate_down[i] else None)
             if fold:
                 self._weight_diff()[0] += acc[0, :, :-1]
                 self.blobs[1].diff += acc[0, :, -1]
+
+    def _backward_numpy(self, i, b, dy, acc, dx):
+        """One bottom's backward on the numpy columns (im2col.py)."""
+        g = self.geom
+        dtype = dy.dtype
+        fold = self._fold_bias
+        dimage = g.grad_image(None, "conv_dimage", dx) if dx is not None else None
+        col = self._saved.get(i)
+        if g.batch_inner:
+            if col is None:   # columns not kept (test phase), or backward without a forward
+                col = self._col_buffer(f"col{i}", g.num, dtype, shared=True)
+                self._im2col(self._bottom_image(b), col)
+            dt = g.grouped(g.as_cols(None, "conv_dtop", dy), self.group)
+            _add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
             if dimage is not None:
-                g.store_image(dimage, dx)
+                self._data_grad_batch_inner(dt, dimage, dtype)
+        else:
+            if col is None and self._pointwise:
+                col = self._bottom_image(b).reshape(g.num, g.channels, g.out_count)
+            image = self._bottom_image(b) if col is None else None
+            parts = g.sample_parts()
+            if dimage is not None:
+                dimage.fill(0)
+                wt = self._weights().transpose(0, 2, 1)     # (G, Kg, M/G)
+                dcol = scratch(None, "conv_dcol", (parts[0].stop, g.rows, g.out_count), dtype)
+            for part in parts:
+                if image is None:
+                    cols = col[part]
+                else:   # columns not kept: build this part's again
+                    cols = self._col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
+                    self._im2col(image[part], cols)
+                dt = g.grouped(dy[part], self.group)
+                _add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
+                if dimage is not None:
+                    d = dcol[:part.stop - part.start]
+                    np.matmul(wt, dt, out=g.grouped(d, self.group))
+                    g.add_windows(d, dimage[part])
+        if dimage is not None:
+            g.store_image(dimage, dx)
 
     def _data_grad_batch_inner(self, dt, dimage, dtype):
         """dimage <- col2im(W^T dtop), a block of channels at a time so each block's columns stay in cache."""

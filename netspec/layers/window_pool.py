@@ -8,6 +8,7 @@ strictly larger row gives Caffe's tie rule (the first maximum in row-major windo
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import native
 from .base import scratch
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -102,6 +103,10 @@ class WindowPool:
         self.in_h = min(H, self.buf_h - self.ph)
         self.in_w = min(W, self.buf_w - self.pw)
         self.idx_dtype = np.uint8 if max(self.kh, self.kw) < 256 else np.int32
+        # Compiled max/average pooling (native.py); the numpy passes below otherwise.
+        self.compiled = None
+        if method in ("max", "ave") and not self.is_global and native.usable(self.dtype):
+            self.compiled = native.window_geometry(self.channels, (H, W), kernel, stride, pad, (1, 1), out)
         self.pool_size = None
         if method == "ave":
             hs = np.arange(self.oh) * self.sh - self.ph
@@ -148,6 +153,8 @@ class WindowPool:
     # -- forward --
     def forward(self, x, top, mask_out=None, train=True, rng=None):
         top3 = top.reshape(self._out_shape())
+        if self.compiled is not None:
+            return self._forward_compiled(x, top3, mask_out)
         if self.is_global:
             return self._forward_global(x, top3, mask_out)
         flat = self._buffer(x)
@@ -174,6 +181,15 @@ class WindowPool:
         for view in rows[1:]:
             top3 += view
         top3 /= self.pool_size
+
+    def _forward_compiled(self, x, top3, mask_out):
+        if self.method == "ave":
+            native.ave_pool(x, top3, self.compiled, self.planes)
+            return
+        argmax = scratch(self, "argmax", self._out_shape(), np.int32)
+        native.max_pool(x, top3, argmax, self.compiled, self.planes)
+        if mask_out is not None:
+            np.copyto(mask_out.reshape(argmax.shape), argmax)
 
     def _max_with_argmax(self, flat, top3):
         count = self.planes * self.rows * self.owx
@@ -259,6 +275,10 @@ class WindowPool:
     # -- backward --
     def backward(self, dtop, dx, train=True):
         dtop3 = dtop.reshape(self._out_shape())
+        if self.compiled is not None:
+            if self.method == "ave":
+                return native.ave_unpool(dtop3, dx, self.compiled, self.planes)
+            return native.max_unpool(dtop3, self._scratch["argmax"], dx, self.compiled, self.planes)
         if self.is_global:
             return self._backward_global(dtop3, dx)
         if self.direct:

@@ -1,0 +1,234 @@
+/* netspec._native: the few loops numpy cannot do in one pass, compiled.
+ *
+ * im2col/col2im for convolution and max/average pooling, on NCHW float32 or float64
+ * arrays handed over through the buffer protocol (no numpy headers needed to build).
+ * netspec/layers/native.py wraps them and checks shapes; numpy versions of every
+ * kernel remain, used when this module is not built (see pyproject.toml / setup.py).
+ * The GIL is released while a kernel runs, so data prefetch threads keep going.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bumped when a kernel's arguments change, so a stale build is not used. */
+#define NATIVE_ABI 1
+
+/* One window geometry: an image of `channels` x h x w seen by a kh x kw kernel. */
+typedef struct {
+    long channels, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
+} Geom;
+
+/* Output columns k in [lo, hi) whose input column x0 + k * s lies inside [0, w). */
+static void valid_range(long x0, long s, long w, long ow, long *lo, long *hi)
+{
+    *lo = x0 >= 0 ? 0 : (-x0 + s - 1) / s;
+    *hi = x0 > w - 1 ? 0 : (w - 1 - x0) / s + 1;
+    if (*hi > ow) *hi = ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* Whether kernel row i reads only image rows (no padding) for every output row. */
+static int ys_inside(const Geom *g, long i)
+{
+    long first = i * g->dh - g->ph, last = first + (g->oh - 1) * g->sh;
+    return first >= 0 && last < g->h;
+}
+
+#define T float
+#define NAME(x) x##_f32
+#include "_native_body.h"
+#undef T
+#undef NAME
+#define T double
+#define NAME(x) x##_f64
+#include "_native_body.h"
+#undef T
+#undef NAME
+
+/* ---- argument handling ---- */
+
+enum { KIND_F32, KIND_F64, KIND_I32 };
+
+/* A C-contiguous buffer of `obj` holding at least `need` items of `kind`. */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int kind, Py_ssize_t need, const char *what)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    char code = f[strlen(f) - 1];
+    int ok = (kind == KIND_F32 && code == 'f' && view->itemsize == 4)
+          || (kind == KIND_F64 && code == 'd' && view->itemsize == 8)
+          || (kind == KIND_I32 && (code == 'i' || code == 'l') && view->itemsize == 4);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: wrong element type '%s'", what, f);
+    } else if (view->len / view->itemsize < need) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd elements, need %zd", what, view->len / view->itemsize, need);
+        ok = 0;
+    }
+    if (!ok) {
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* float32 or float64, from the first array's element size. */
+static int float_kind(PyObject *obj, int *kind)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_ND) < 0)
+        return -1;
+    *kind = view.itemsize == 8 ? KIND_F64 : KIND_F32;
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+#define GEOM_FORMAT "(lllllllllllll)"
+#define GEOM_ARGS(g) &g.channels, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.ph, &g.pw, &g.dh, &g.dw, &g.oh, &g.ow
+
+static int check_geom(const Geom *g)
+{
+    if (g->channels < 0 || g->h <= 0 || g->w <= 0 || g->kh <= 0 || g->kw <= 0 || g->sh <= 0 || g->sw <= 0
+        || g->ph < 0 || g->pw < 0 || g->dh <= 0 || g->dw <= 0 || g->oh <= 0 || g->ow <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad window geometry");
+        return -1;
+    }
+    return 0;
+}
+
+/* im2col(image, cols, geom, n0, n1, c0, c1, ld) or col2im(cols, image, ...): see _native_body.h. */
+static PyObject *columns(PyObject *args, int to_image)
+{
+    PyObject *image_obj, *col_obj;
+    Geom g;
+    long n0, n1, c0, c1, ld;
+    if (!PyArg_ParseTuple(args, "OO" GEOM_FORMAT "lllll", to_image ? &col_obj : &image_obj,
+                          to_image ? &image_obj : &col_obj, GEOM_ARGS(g), &n0, &n1, &c0, &c1, &ld))
+        return NULL;
+    if (check_geom(&g) < 0)
+        return NULL;
+    if (n0 < 0 || n1 < n0 || c0 < 0 || c1 < c0 || c1 > g.channels || ld < (n1 - n0) * g.oh * g.ow) {
+        PyErr_SetString(PyExc_ValueError, "bad sample/channel range or row length");
+        return NULL;
+    }
+    int kind;
+    if (float_kind(image_obj, &kind) < 0)
+        return NULL;
+    Py_buffer image, col;
+    Py_ssize_t rows = (c1 - c0) * g.kh * g.kw;
+    if (get_buffer(image_obj, &image, to_image, kind, n1 * g.channels * g.h * g.w, "image") < 0)
+        return NULL;
+    if (get_buffer(col_obj, &col, !to_image, kind, rows ? (rows - 1) * ld + (n1 - n0) * g.oh * g.ow : 0,
+                   "columns") < 0) {
+        PyBuffer_Release(&image);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) {
+        if (to_image) col2im_f64(col.buf, image.buf, &g, n0, n1, c0, c1, ld);
+        else im2col_f64(image.buf, col.buf, &g, n0, n1, c0, c1, ld);
+    } else {
+        if (to_image) col2im_f32(col.buf, image.buf, &g, n0, n1, c0, c1, ld);
+        else im2col_f32(image.buf, col.buf, &g, n0, n1, c0, c1, ld);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&image);
+    PyBuffer_Release(&col);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_im2col(PyObject *self, PyObject *args) { return columns(args, 0); }
+static PyObject *py_col2im(PyObject *self, PyObject *args) { return columns(args, 1); }
+
+/* Pooling: forward(x, y[, argmax], geom, planes) and backward(dy[, argmax], dx, geom, planes). */
+static PyObject *pool(PyObject *args, int is_max, int backward)
+{
+    PyObject *a_obj, *b_obj, *idx_obj = NULL;
+    Geom g;
+    long planes;
+    int parsed = is_max
+        ? PyArg_ParseTuple(args, "OOO" GEOM_FORMAT "l", &a_obj, backward ? &idx_obj : &b_obj,
+                           backward ? &b_obj : &idx_obj, GEOM_ARGS(g), &planes)
+        : PyArg_ParseTuple(args, "OO" GEOM_FORMAT "l", &a_obj, &b_obj, GEOM_ARGS(g), &planes);
+    if (!parsed || check_geom(&g) < 0)
+        return NULL;
+    if (planes < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad plane count");
+        return NULL;
+    }
+    /* forward: a = x (image), b = y (pooled); backward: a = dy (pooled), b = dx (image). */
+    Py_ssize_t image = planes * g.h * g.w, pooled = planes * g.oh * g.ow;
+    int kind;
+    if (float_kind(a_obj, &kind) < 0)
+        return NULL;
+    Py_buffer a, b, idx;
+    if (get_buffer(a_obj, &a, 0, kind, backward ? pooled : image, backward ? "top diff" : "bottom") < 0)
+        return NULL;
+    if (get_buffer(b_obj, &b, 1, kind, backward ? image : pooled, backward ? "bottom diff" : "top") < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    if (is_max && get_buffer(idx_obj, &idx, !backward, KIND_I32, pooled, "argmax") < 0) {
+        PyBuffer_Release(&a);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    if (is_max && backward) {   /* an argmax outside its plane would write out of bounds */
+        const int32_t *p = idx.buf;
+        for (Py_ssize_t i = 0; i < pooled; i++)
+            if (p[i] < 0 || p[i] >= g.h * g.w) {
+                PyErr_SetString(PyExc_ValueError, "argmax out of range");
+                PyBuffer_Release(&a);
+                PyBuffer_Release(&b);
+                PyBuffer_Release(&idx);
+                return NULL;
+            }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) {
+        if (is_max && !backward) max_pool_f64(a.buf, b.buf, idx.buf, planes, &g);
+        else if (is_max) max_unpool_f64(a.buf, idx.buf, b.buf, planes, &g);
+        else if (!backward) ave_pool_f64(a.buf, b.buf, planes, &g);
+        else ave_unpool_f64(a.buf, b.buf, planes, &g);
+    } else {
+        if (is_max && !backward) max_pool_f32(a.buf, b.buf, idx.buf, planes, &g);
+        else if (is_max) max_unpool_f32(a.buf, idx.buf, b.buf, planes, &g);
+        else if (!backward) ave_pool_f32(a.buf, b.buf, planes, &g);
+        else ave_unpool_f32(a.buf, b.buf, planes, &g);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    if (is_max)
+        PyBuffer_Release(&idx);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_max_pool(PyObject *self, PyObject *args) { return pool(args, 1, 0); }
+static PyObject *py_max_unpool(PyObject *self, PyObject *args) { return pool(args, 1, 1); }
+static PyObject *py_ave_pool(PyObject *self, PyObject *args) { return pool(args, 0, 0); }
+static PyObject *py_ave_unpool(PyObject *self, PyObject *args) { return pool(args, 0, 1); }
+
+static PyMethodDef methods[] = {
+    {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, c0, c1, ld)"},
+    {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, c0, c1, ld)"},
+    {"max_pool", py_max_pool, METH_VARARGS, "max_pool(x, y, argmax, geom, planes)"},
+    {"max_unpool", py_max_unpool, METH_VARARGS, "max_unpool(dy, argmax, dx, geom, planes)"},
+    {"ave_pool", py_ave_pool, METH_VARARGS, "ave_pool(x, y, geom, planes)"},
+    {"ave_unpool", py_ave_unpool, METH_VARARGS, "ave_unpool(dy, dx, geom, planes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI", NATIVE_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

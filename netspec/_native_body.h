@@ -1,0 +1,218 @@
+/* The loops of _native.c for one element type. Included once per type with
+ * T (float or double) and NAME(x) (x_f32 or x_f64) defined. */
+
+/* Columns of samples [n0, n1) and channels [c0, c1) of the NCHW image x (C channels in all):
+ * row (c - c0) * kh * kw + i * kw + j, column (n - n0) * oh * ow + y * ow + x, rows `ld` apart.
+ * Positions in the padding read as zero. */
+static void NAME(im2col)(const T *x, T *col, const Geom *g, long n0, long n1, long c0, long c1, long ld)
+{
+    const long P = g->oh * g->ow, HW = g->h * g->w;
+    for (long c = c0; c < c1; c++)
+        for (long i = 0; i < g->kh; i++)
+            for (long j = 0; j < g->kw; j++) {
+                T *row = col + (((c - c0) * g->kh + i) * g->kw + j) * ld;
+                long x0 = j * g->dw - g->pw, lo, hi;
+                valid_range(x0, g->sw, g->w, g->ow, &lo, &hi);
+                const int inside = lo == 0 && hi == g->ow && g->sw == 1;
+                for (long n = n0; n < n1; n++) {
+                    const T *plane = x + (n * g->channels + c) * HW;
+                    T *out = row + (n - n0) * P;
+                    if (inside && ys_inside(g, i)) {
+                        /* The common case (no padding reached, stride 1): plain row copies. */
+                        const T *src = plane + (i * g->dh - g->ph) * g->w + x0;
+                        const long ow = g->ow, step = g->sh * g->w;
+                        for (long y = 0; y < g->oh; y++, out += ow, src += step)
+                            for (long k = 0; k < ow; k++) out[k] = src[k];
+                        continue;
+                    }
+                    for (long y = 0; y < g->oh; y++, out += g->ow) {
+                        long iy = y * g->sh - g->ph + i * g->dh;
+                        if (iy < 0 || iy >= g->h) {
+                            for (long k = 0; k < g->ow; k++) out[k] = 0;
+                            continue;
+                        }
+                        const T *src = plane + iy * g->w + x0;
+                        for (long k = 0; k < lo; k++) out[k] = 0;
+                        if (g->sw == 1)
+                            for (long k = lo; k < hi; k++) out[k] = src[k];
+                        else
+                            for (long k = lo; k < hi; k++) out[k] = src[k * g->sw];
+                        for (long k = hi; k < g->ow; k++) out[k] = 0;
+                    }
+                }
+            }
+}
+
+/* The reverse of im2col: every column entry added back to the image position it came from.
+ * The image part (samples [n0, n1), channels [c0, c1)) is overwritten, not accumulated into. */
+static void NAME(col2im)(const T *col, T *x, const Geom *g, long n0, long n1, long c0, long c1, long ld)
+{
+    const long P = g->oh * g->ow, HW = g->h * g->w;
+    for (long n = n0; n < n1; n++)
+        for (long c = c0; c < c1; c++)
+            memset(x + (n * g->channels + c) * HW, 0, HW * sizeof(T));
+    for (long c = c0; c < c1; c++)
+        for (long i = 0; i < g->kh; i++)
+            for (long j = 0; j < g->kw; j++) {
+                const T *row = col + (((c - c0) * g->kh + i) * g->kw + j) * ld;
+                long x0 = j * g->dw - g->pw, lo, hi;
+                valid_range(x0, g->sw, g->w, g->ow, &lo, &hi);
+                const int inside = lo == 0 && hi == g->ow && g->sw == 1;
+                for (long n = n0; n < n1; n++) {
+                    T *plane = x + (n * g->channels + c) * HW;
+                    const T *in = row + (n - n0) * P;
+                    if (inside && ys_inside(g, i)) {
+                        T *dst = plane + (i * g->dh - g->ph) * g->w + x0;
+                        const long ow = g->ow, step = g->sh * g->w;
+                        for (long y = 0; y < g->oh; y++, in += ow, dst += step)
+                            for (long k = 0; k < ow; k++) dst[k] += in[k];
+                        continue;
+                    }
+                    for (long y = 0; y < g->oh; y++, in += g->ow) {
+                        long iy = y * g->sh - g->ph + i * g->dh;
+                        if (iy < 0 || iy >= g->h)
+                            continue;
+                        T *dst = plane + iy * g->w + x0;
+                        if (g->sw == 1)
+                            for (long k = lo; k < hi; k++) dst[k] += in[k];
+                        else
+                            for (long k = lo; k < hi; k++) dst[k * g->sw] += in[k];
+                    }
+                }
+            }
+}
+
+/* One output row of max pooling over windows wholly inside the plane: outputs [lo, hi),
+ * window (0, 0) of output lo at `first`. Inlined with constant kh, kw for the common sizes,
+ * so the window loops unroll into branch-free selects. */
+static inline __attribute__((always_inline)) void NAME(max_row)(
+    const T *plane, T *y, int32_t *argmax, long first, long lo, long hi, long kh, long kw, long sw, long w)
+{
+    for (long ox = lo; ox < hi; ox++) {
+        /* int32 positions, as argmax holds them: 64-bit ones halve the vector width. */
+        const int32_t corner = (int32_t)(first + (ox - lo) * sw);
+        int32_t best = corner;
+        T value = plane[corner];
+        for (int32_t i = 0; i < kh; i++)
+            for (int32_t j = 0; j < kw; j++) {
+                const int32_t at = corner + i * (int32_t)w + j;
+                const T v = plane[at];
+                const int wins = v > value;   /* strictly: the first maximum stays */
+                value = wins ? v : value;
+                best = wins ? at : best;
+            }
+        y[ox] = value;
+        argmax[ox] = best;
+    }
+}
+
+/* Max pooling over `planes` planes: Caffe's windows (clipped to the image, padding never
+ * wins) and tie rule (the first maximum in row-major order). argmax gets h * W + w. */
+static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const Geom *g)
+{
+    const long HW = g->h * g->w, kh = g->kh, kw = g->kw;
+    long lo, hi;   /* output columns whose windows lie inside the image */
+    valid_range(-g->pw, g->sw, g->w - g->kw + 1, g->ow, &lo, &hi);
+    for (long p = 0; p < planes; p++) {
+        const T *plane = x + p * HW;
+        for (long oy = 0; oy < g->oh; oy++, y += g->ow, argmax += g->ow) {
+            long h0 = oy * g->sh - g->ph, h1 = h0 + kh;
+            const int inside = h0 >= 0 && h1 <= g->h && hi > lo;
+            if (h0 < 0) h0 = 0;
+            if (h1 > g->h) h1 = g->h;
+            for (long ox = 0; ox < g->ow; ox++) {
+                if (inside && ox == lo) {
+                    ox = hi - 1;
+                    continue;
+                }
+                long w0 = ox * g->sw - g->pw, w1 = w0 + kw;
+                if (w0 < 0) w0 = 0;
+                if (w1 > g->w) w1 = g->w;
+                long best = h0 * g->w + w0;
+                T value = plane[best];
+                for (long h = h0; h < h1; h++)
+                    for (long w = w0; w < w1; w++)
+                        if (plane[h * g->w + w] > value) {
+                            value = plane[h * g->w + w];
+                            best = h * g->w + w;
+                        }
+                y[ox] = value;
+                argmax[ox] = (int32_t)best;
+            }
+            if (!inside)
+                continue;
+            const long first = h0 * g->w + lo * g->sw - g->pw;
+            if (kh == 2 && kw == 2)
+                NAME(max_row)(plane, y, argmax, first, lo, hi, 2, 2, g->sw, g->w);
+            else if (kh == 3 && kw == 3)
+                NAME(max_row)(plane, y, argmax, first, lo, hi, 3, 3, g->sw, g->w);
+            else
+                NAME(max_row)(plane, y, argmax, first, lo, hi, kh, kw, g->sw, g->w);
+        }
+    }
+}
+
+/* dx = the top gradient routed to each window's argmax (dx is overwritten). */
+static void NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long planes, const Geom *g)
+{
+    const long HW = g->h * g->w, P = g->oh * g->ow;
+    memset(dx, 0, planes * HW * sizeof(T));
+    for (long p = 0; p < planes; p++, dx += HW)
+        for (long o = 0; o < P; o++)
+            dx[*argmax++] += *dy++;
+}
+
+/* Caffe's average pooling: the window sum over the part inside the image, divided by the
+ * window's size clipped to the padded image. */
+static void NAME(ave_pool)(const T *x, T *y, long planes, const Geom *g)
+{
+    const long HW = g->h * g->w;
+    for (long p = 0; p < planes; p++) {
+        const T *plane = x + p * HW;
+        for (long oy = 0; oy < g->oh; oy++) {
+            long h0 = oy * g->sh - g->ph, h1 = h0 + g->kh;
+            if (h1 > g->h + g->ph) h1 = g->h + g->ph;
+            long rows = h1 - h0;
+            if (h0 < 0) h0 = 0;
+            if (h1 > g->h) h1 = g->h;
+            for (long ox = 0; ox < g->ow; ox++) {
+                long w0 = ox * g->sw - g->pw, w1 = w0 + g->kw;
+                if (w1 > g->w + g->pw) w1 = g->w + g->pw;
+                T size = (T)(rows * (w1 - w0));
+                if (w0 < 0) w0 = 0;
+                if (w1 > g->w) w1 = g->w;
+                T sum = 0;
+                for (long h = h0; h < h1; h++)
+                    for (long w = w0; w < w1; w++)
+                        sum += plane[h * g->w + w];
+                *y++ = sum / size;
+            }
+        }
+    }
+}
+
+/* The gradient of ave_pool: each top gradient spread evenly over its window (dx is overwritten). */
+static void NAME(ave_unpool)(const T *dy, T *dx, long planes, const Geom *g)
+{
+    const long HW = g->h * g->w;
+    memset(dx, 0, planes * HW * sizeof(T));
+    for (long p = 0; p < planes; p++, dx += HW) {
+        for (long oy = 0; oy < g->oh; oy++) {
+            long h0 = oy * g->sh - g->ph, h1 = h0 + g->kh;
+            if (h1 > g->h + g->ph) h1 = g->h + g->ph;
+            long rows = h1 - h0;
+            if (h0 < 0) h0 = 0;
+            if (h1 > g->h) h1 = g->h;
+            for (long ox = 0; ox < g->ow; ox++) {
+                long w0 = ox * g->sw - g->pw, w1 = w0 + g->kw;
+                if (w1 > g->w + g->pw) w1 = g->w + g->pw;
+                T share = *dy++ / (T)(rows * (w1 - w0));
+                if (w0 < 0) w0 = 0;
+                if (w1 > g->w) w1 = g->w;
+                for (long h = h0; h < h1; h++)
+                    for (long w = w0; w < w1; w++)
+                        dx[h * g->w + w] += share;
+            }
+        }
+    }
+}

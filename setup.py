@@ -1,0 +1,14 @@
+"""Build the optional compiled kernels (netspec/_native.c); everything else is in pyproject.toml.
+
+optional=True: without a C compiler the install still succeeds and netspec runs its numpy
+paths (netspec/layers/native.py decides at import).
+"""
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension(
+    "netspec._native",
+    sources=["netspec/_native.c"],
+    depends=["netspec/_native_body.h"],
+    extra_compile_args=["-O3"],
+    optional=True,
+)])

@@ -1,0 +1,108 @@
+"""The compiled kernels (netspec/_native.c): built where a compiler is, equal to the numpy
+paths on whole nets, and refusing bad buffers with an exception instead of a crash.
+
+Layer by layer, tests/test_vision_layers.py runs every convolution and pooling case
+through both paths against naive loops and finite differences.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from netspec.layers import native
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_native = pytest.mark.skipif(native._native is None, reason="compiled kernels not built")
+
+
+def test_kernels_are_built_where_a_compiler_is():
+    # CI and the README's install run on machines with gcc: there the compiled path must be
+    # what the tests exercise, not silently skipped.
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert native._native is not None, "pip did not build netspec._native (see setup.py)"
+    assert native.ENABLED or os.environ.get("NETSPEC_NATIVE") == "0"
+
+
+def test_environment_switch_turns_the_kernels_off():
+    code = "from netspec.layers import native; print(native.ENABLED)"
+    env = dict(os.environ, NETSPEC_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+LENET_LIKE = """
+name: "small"
+input: "data" input_shape { dim: 6 dim: 2 dim: 13 dim: 12 }
+input: "label" input_shape { dim: 6 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 5 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } bias_filler { type: "gaussian" } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 7 kernel_size: 2 stride: 1 group: 1 weight_filler { type: "xavier" } } }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+  convolution_param { num_output: 7 kernel_size: 3 pad: 1 group: 7 bias_term: false weight_filler { type: "xavier" } } }
+layer { name: "pool2" type: "Pooling" bottom: "conv3" top: "pool2" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool2" top: "ip" inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _run_net(tmp_path, enabled, monkeypatch):
+    import netspec as caffe
+    from netspec import rng
+    monkeypatch.setattr(native, "ENABLED", enabled)
+    path = tmp_path / "net.prototxt"
+    path.write_text(LENET_LIKE)
+    rng.set_seed(3)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    data = np.random.default_rng(4)
+    net.blobs["data"].data[...] = data.standard_normal(net.blobs["data"].data.shape)
+    net.blobs["label"].data[...] = data.integers(0, 4, 6)
+    loss = float(net.forward()["loss"])
+    net.backward()
+    used = [getattr(net.layer_dict[n], "columns", None) is not None for n in ("conv1", "conv2", "conv3")]
+    used += [net.layer_dict[n].pool.compiled is not None for n in ("pool1", "pool2")]
+    grads = {name: [p.diff.copy() for p in params] for name, params in net.params.items()}
+    return loss, grads, used
+
+
+@needs_native
+def test_a_net_gives_the_same_loss_and_gradients_on_both_paths(tmp_path, monkeypatch):
+    loss_c, grads_c, used_c = _run_net(tmp_path, True, monkeypatch)
+    loss_n, grads_n, used_n = _run_net(tmp_path, False, monkeypatch)
+    # Small maps (all here) take the compiled convolution; every pooling layer is compiled.
+    assert used_c == [True] * 5 and used_n == [False] * 5
+    assert np.isclose(loss_c, loss_n, rtol=1e-6)
+    for name in grads_c:
+        for a, b in zip(grads_c[name], grads_n[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 windows, stride 2
+
+
+@needs_native
+@pytest.mark.parametrize("call, error", [
+    # a float64 image with float32 columns
+    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 4), np.float32), GEOM, 0, 1, 0, 2, 4), TypeError),
+    # columns too small for the rows asked for
+    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 3)), GEOM, 0, 1, 0, 2, 3), ValueError),
+    # more samples than the image holds
+    (lambda k: k.col2im(np.zeros((8, 8)), np.zeros((1, 2, 5, 5)), GEOM, 0, 2, 0, 2, 8), ValueError),
+    # a strided (non-contiguous) view
+    (lambda k: k.max_pool(np.zeros((2, 5, 10))[:, :, ::2], np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.int32),
+                          GEOM, 2), (ValueError, BufferError)),
+    # an argmax pointing outside its plane
+    (lambda k: k.max_unpool(np.zeros(8), np.full(8, 25, np.int32), np.zeros(50), GEOM, 2), ValueError),
+    # a read-only output
+    (lambda k: k.ave_pool(np.zeros(50), np.frombuffer(bytes(64)), GEOM, 2), (ValueError, BufferError)),
+    # a geometry with a zero stride
+    (lambda k: k.ave_pool(np.zeros(50), np.zeros(8), GEOM[:5] + (0,) + GEOM[6:], 2), ValueError),
+])
+def test_bad_buffers_raise_instead_of_writing_out_of_bounds(call, error):
+    with pytest.raises(error):
+        call(native._native)
