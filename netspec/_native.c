@@ -1,7 +1,8 @@
 /* netspec._native: the few loops numpy cannot do in one pass, compiled.
  *
- * im2col/col2im for convolution and max/average pooling, on NCHW float32 or float64
- * arrays handed over through the buffer protocol (no numpy headers needed to build).
+ * im2col/col2im for convolution, max/average pooling, and the per-channel affine maps of
+ * BatchNorm and Scale, on NCHW float32 or float64 arrays handed over through the buffer
+ * protocol (no numpy headers needed to build).
  * netspec/layers/native.py wraps them and checks shapes; numpy versions of every
  * kernel remain, used when this module is not built (see pyproject.toml / setup.py).
  * The GIL is released while a kernel runs, so data prefetch threads keep going.
@@ -211,7 +212,56 @@ static PyObject *py_max_unpool(PyObject *self, PyObject *args) { return pool(arg
 static PyObject *py_ave_pool(PyObject *self, PyObject *args) { return pool(args, 0, 0); }
 static PyObject *py_ave_unpool(PyObject *self, PyObject *args) { return pool(args, 0, 1); }
 
+/* channel_affine(x, y, a, b, outer, channels, inner, standardise): see _native_body.h. */
+static PyObject *py_channel_affine(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *y_obj, *a_obj, *b_obj;
+    long outer, channels, inner;
+    int standardise;
+    if (!PyArg_ParseTuple(args, "OOOOlllp", &x_obj, &y_obj, &a_obj, &b_obj, &outer, &channels, &inner,
+                          &standardise))
+        return NULL;
+    if (outer < 0 || channels < 0 || inner < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return NULL;
+    }
+    int kind;
+    if (float_kind(x_obj, &kind) < 0)
+        return NULL;
+    Py_ssize_t count = outer * channels * inner;
+    Py_buffer x, y, a, b;
+    if (get_buffer(x_obj, &x, 0, kind, count, "bottom") < 0)
+        return NULL;
+    if (get_buffer(y_obj, &y, 1, kind, count, "top") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (get_buffer(a_obj, &a, 0, kind, channels, "a") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    if (get_buffer(b_obj, &b, 0, kind, channels, "b") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&y);
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        channel_affine_f64(x.buf, y.buf, a.buf, b.buf, outer, channels, inner, standardise);
+    else
+        channel_affine_f32(x.buf, y.buf, a.buf, b.buf, outer, channels, inner, standardise);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"channel_affine", py_channel_affine, METH_VARARGS, "channel_affine(x, y, a, b, outer, channels, inner, standardise)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, c0, c1, ld)"},
     {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, c0, c1, ld)"},
     {"max_pool", py_max_pool, METH_VARARGS, "max_pool(x, y, argmax, geom, planes)"},

@@ -216,3 +216,19 @@ static void NAME(ave_unpool)(const T *dy, T *dx, long planes, const Geom *g)
         }
     }
 }
+
+/* Per-channel affine map of x viewed as (outer, channels, inner), in one pass (y may be x):
+ * standardise: y = (x - a[c]) / b[c] (BatchNorm with stored statistics), else y = x * a[c] + b[c]
+ * (Scale with a bias). The same two roundings as the numpy expressions they replace. */
+static void NAME(channel_affine)(const T *x, T *y, const T *a, const T *b, long outer, long channels,
+                                 long inner, int standardise)
+{
+    for (long o = 0; o < outer; o++)
+        for (long c = 0; c < channels; c++, x += inner, y += inner) {
+            const T ac = a[c], bc = b[c];
+            if (standardise)
+                for (long k = 0; k < inner; k++) y[k] = (x[k] - ac) / bc;
+            else
+                for (long k = 0; k < inner; k++) y[k] = x[k] * ac + bc;
+        }
+}

@@ -197,6 +197,8 @@ class Net:
 
         self.outputs = [name for name in self.blobs if name in available]
         self._prune_backward(filtered)
+        for layer, need in zip(self.layers, self._layer_need_backward):
+            layer.runs_backward = need
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         mem = sum(b.count for b in self.blobs.values()) * 4
         glog.info(f"Memory required for data: {mem}", "net.cpp:255")

@@ -45,6 +45,9 @@ layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
   convolution_param { num_output: 7 kernel_size: 2 stride: 1 group: 1 weight_filler { type: "xavier" } } }
 layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
   convolution_param { num_output: 7 kernel_size: 3 pad: 1 group: 7 bias_term: false weight_filler { type: "xavier" } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv3" top: "conv3" }
+layer { name: "scale" type: "Scale" bottom: "conv3" top: "conv3" scale_param { bias_term: true
+  filler { type: "uniform" min: 0.5 max: 1.5 } bias_filler { type: "gaussian" } } }
 layer { name: "pool2" type: "Pooling" bottom: "conv3" top: "pool2" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }
 layer { name: "ip" type: "InnerProduct" bottom: "pool2" top: "ip" inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
@@ -66,6 +69,7 @@ def _run_net(tmp_path, enabled, monkeypatch):
     net.backward()
     used = [getattr(net.layer_dict[n], "columns", None) is not None for n in ("conv1", "conv2", "conv3")]
     used += [net.layer_dict[n].pool.compiled is not None for n in ("pool1", "pool2")]
+    used += [net.layer_dict[n].fused for n in ("bn", "scale")]
     grads = {name: [p.diff.copy() for p in params] for name, params in net.params.items()}
     return loss, grads, used
 
@@ -75,7 +79,7 @@ def test_a_net_gives_the_same_loss_and_gradients_on_both_paths(tmp_path, monkeyp
     loss_c, grads_c, used_c = _run_net(tmp_path, True, monkeypatch)
     loss_n, grads_n, used_n = _run_net(tmp_path, False, monkeypatch)
     # Small maps (all here) take the compiled convolution; every pooling layer is compiled.
-    assert used_c == [True] * 5 and used_n == [False] * 5
+    assert used_c == [True] * 7 and used_n == [False] * 7
     assert np.isclose(loss_c, loss_n, rtol=1e-6)
     for name in grads_c:
         for a, b in zip(grads_c[name], grads_n[name]):

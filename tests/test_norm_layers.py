@@ -6,9 +6,18 @@ from google.protobuf import text_format
 from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
+from netspec.layers import native
 from netspec.proto import caffe_pb2
 
 rng = np.random.default_rng(16)
+
+
+@pytest.fixture(autouse=True, params=["numpy", pytest.param("native", marks=pytest.mark.skipif(
+    native._native is None, reason="compiled kernels not built"))])
+def kernels(request, monkeypatch):
+    """Every test twice: BatchNorm's and Scale's numpy passes, then their compiled one-pass form."""
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
+    return request.param
 
 
 def randn(*shape):

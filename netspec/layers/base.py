@@ -42,6 +42,9 @@ class Layer:
     is_loss = False
     # Data-producing layers: backward never runs and no gradient flows into them.
     is_data = False
+    # False when the net will never call backward (Caffe's pruning: no loss reached and no
+    # force_backward), so forward need not keep what only backward reads. Set by Net.
+    runs_backward = True
 
     def __init__(self, layer_param, phase=None):
         self.layer_param = layer_param

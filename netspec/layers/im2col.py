@@ -39,6 +39,16 @@ def conv_out_size(size, kernel, stride, pad, dilation):
 
 # ---- convolution ---------------------------------------------------------------------------
 
+def add_weight_grad(dy, x, acc):
+    """acc (G, A, B) += dy (.., G, A, L) x (.., G, B, L)^T, summed over any leading sample axis."""
+    if dy.ndim == 3:
+        # One GEMM; (x dy^T)^T is the faster orientation for these shapes (LeNet's conv2
+        # weight gradient: 1.3 vs 1.8 ms).
+        acc += np.matmul(x, dy.transpose(0, 2, 1)).transpose(0, 2, 1)
+    else:
+        acc += np.matmul(dy, x.transpose(0, 1, 3, 2)).sum(axis=0)
+
+
 def batch_last_to_first(src, dst):
     """dst (N, R) = src (R, N).T, blocked: a plain strided copy thrashes the cache when R is large."""
     rows, num = src.shape

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from .base import scratch
+from .im2col import add_weight_grad
 
 try:
     from .. import _native
@@ -51,6 +52,12 @@ def ave_pool(x, y, geom, planes):
 
 def ave_unpool(dy, dx, geom, planes):
     _native.ave_unpool(dy, dx, geom, planes)
+
+
+def channel_affine(x, y, a, b, standardise):
+    """y = (x - a[c]) / b[c] if standardise else x * a[c] + b[c], over x and y of shape (outer, C, inner)."""
+    outer, channels, inner = x.shape
+    _native.channel_affine(x, y, a, b, outer, channels, inner, standardise)
 
 
 class ColumnConv:
@@ -111,7 +118,7 @@ class ColumnConv:
             dt = scratch(None, "conv_dtop", (self.num_output, col.shape[1]), dy.dtype)
             np.copyto(dt.reshape(self.num_output, n1 - n0, self.positions), dy[n0:n1].transpose(1, 0, 2))
             dt_g = self._grouped(dt)
-            weight_grad += np.matmul(dt_g, self._grouped(col).transpose(0, 2, 1))
+            add_weight_grad(dt_g, self._grouped(col), weight_grad)
             if dx is not None:
                 dcol = scratch(None, "conv_dcol", (self.rows, col.shape[1]), dy.dtype)
                 np.matmul(wt, dt_g, out=self._grouped(dcol))

@@ -33,7 +33,7 @@ class Neuron(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        if self.keeps_input and top[0] is bottom[0]:
+        if self.keeps_input and top[0] is bottom[0] and self.runs_backward:
             saved = getattr(self, "_saved_input", None)
             if saved is None or saved.shape != x.shape or saved.dtype != x.dtype:
                 saved = self._saved_input = np.empty_like(x)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
+from . import native
 from .base import Layer, prod, register
 
 
@@ -56,6 +57,7 @@ class BatchNorm(Layer):
                              f"set up for {self.channels}")
         top[0].reshape(shape)
         self.view = (shape[0], self.channels, -1)
+        self.fused = native.usable(bottom[0].data.dtype)
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
@@ -74,10 +76,15 @@ class BatchNorm(Layer):
             self.blobs[1].data[...] = f * self.blobs[1].data + (m / (m - 1) if m > 1 else 1) * var
         self.std = np.sqrt(var + self.eps).astype(x.dtype)[:, None]
         y = top[0].data.reshape(self.view)
-        np.subtract(x, mean.astype(x.dtype)[:, None], out=y)
-        y /= self.std
-        # Kept because a later in-place layer (Scale, ReLU) may overwrite the top.
-        self._x_norm = _keep(self._x_norm, y)
+        if self.fused:
+            native.channel_affine(x, y, mean.astype(x.dtype), self.std, standardise=True)
+        else:
+            np.subtract(x, mean.astype(x.dtype)[:, None], out=y)
+            y /= self.std
+        # Kept because a later in-place layer (Scale, ReLU) may overwrite the top; the
+        # global-statistics backward does not read it.
+        if self.runs_backward and not self.use_global_stats:
+            self._x_norm = _keep(self._x_norm, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -115,6 +122,7 @@ class _Broadcast(Layer):
                              f"shape {shape} from axis {axis}")
         self.view = (prod(shape[:axis]), prod(other), prod(shape[axis + len(other):]))
         top[0].reshape(shape)
+        self.fused = native.usable(bottom[0].data.dtype)
 
     def operand(self, bottom):
         blob = bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -164,9 +172,12 @@ class Scale(_Broadcast):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
-        if bottom[0] is top[0]:
+        if bottom[0] is top[0] and self.runs_backward:
             self._x = _keep(self._x, x)  # in place: the input is about to be overwritten
         y = top[0].data.reshape(self.view)
+        if self.bias_index is not None and self.fused:
+            native.channel_affine(x, y, self.operand(bottom), self.blobs[self.bias_index].data, standardise=False)
+            return
         np.multiply(x, self.operand(bottom), out=y)
         if self.bias_index is not None:
             y += self.blobs[self.bias_index].data.reshape(1, -1, 1)

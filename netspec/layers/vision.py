@@ -12,7 +12,7 @@ from ..proto import caffe_pb2
 from ..rng import get_rng
 from .base import Layer, register, scratch
 from . import native
-from .im2col import ConvGeometry
+from .im2col import ConvGeometry, add_weight_grad
 from .window_pool import WindowPool
 
 _POOL = caffe_pb2.PoolingParameter
@@ -21,15 +21,6 @@ _METHODS = {_POOL.MAX: "max", _POOL.AVE: "ave", _POOL.STOCHASTIC: "stochastic"}
 
 def _shape_str(shape):
     return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def _add_weight_grad(dy, x, acc):
-    """acc (G, A, B) += dy (.., G, A, L) x (.., G, B, L)^T, summed over any leading sample axis."""
-    if dy.ndim == 3:
-        # One GEMM; (x dy^T)^T is the faster orientation for these shapes.
-        acc += np.matmul(x, dy.transpose(0, 2, 1)).transpose(0, 2, 1)
-    else:
-        acc += np.matmul(dy, x.transpose(0, 1, 3, 2)).sum(axis=0)
 
 
 class _ConvBase(Layer):
@@ -283,7 +274,7 @@ class Convolution(_ConvBase):
                 col = self._col_buffer(f"col{i}", g.num, dtype, shared=True)
                 self._im2col(self._bottom_image(b), col)
             dt = g.grouped(g.as_cols(None, "conv_dtop", dy), self.group)
-            _add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
+            add_weight_grad(dt, g.grouped(col, 1 if fold else self.group), acc)
             if dimage is not None:
                 self._data_grad_batch_inner(dt, dimage, dtype)
         else:
@@ -302,7 +293,7 @@ class Convolution(_ConvBase):
                     cols = self._col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
                     self._im2col(image[part], cols)
                 dt = g.grouped(dy[part], self.group)
-                _add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
+                add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
                 if dimage is not None:
                     d = dcol[:part.stop - part.start]
                     np.matmul(wt, dt, out=g.grouped(d, self.group))
@@ -364,7 +355,7 @@ class Deconvolution(_ConvBase):
             if xc is None:
                 xc = g.as_cols(self, f"xcols{i}", b.data.reshape(g.num, self.channels, g.out_count))
             col_g = g.grouped(col, self.group)
-            _add_weight_grad(g.grouped(xc, self.group), col_g, self._weight_diff())
+            add_weight_grad(g.grouped(xc, self.group), col_g, self._weight_diff())
             if propagate_down[i]:
                 dx = b.diff.reshape(g.num, self.channels, g.out_count)
                 out = g.out_cols(None, "conv_out", dx)
