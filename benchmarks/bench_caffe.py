@@ -101,7 +101,7 @@ def main(argv=None):
             r = compare(path, phase, iterations, args.rounds, args.caffe, env)
             rows.append((model, phase, batch, key, r))
             print(f"    caffe {r['caffe'][key]:.1f} ms, netspec {r['netspec'][key]:.1f} ms", file=sys.stderr)
-    lines = [f"| net | phase, batch | timed | Caffe ms | netspec ms | netspec / Caffe |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| net | phase, batch | timed | Caffe ms | netspec ms | netspec / Caffe |", "|---|---|---|---:|---:|---:|"]
     for model, phase, batch, key, r in rows:
         what = "forward+backward" if key == "both" else "forward"
         c, n = r["caffe"][key], r["netspec"][key]

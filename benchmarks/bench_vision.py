@@ -23,7 +23,7 @@ from netspec.blob import Blob  # noqa: E402
 from netspec.layers import LAYER_REGISTRY  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 from netspec.rng import set_seed  # noqa: E402
-from netspec.layers.vision import _add_weight_grad  # noqa: E402
+from netspec.layers.im2col import add_weight_grad  # noqa: E402
 
 
 def make(text, shape, num_tops=1):
@@ -71,7 +71,7 @@ def gemm_floor(layer, need_dx, rounds):
     def bwd():
         for part in parts:
             dt_g = g.grouped(dt[part], groups)
-            _add_weight_grad(dt_g, g.grouped(col[part], groups), acc)
+            add_weight_grad(dt_g, g.grouped(col[part], groups), acc)
             if need_dx:
                 np.matmul(w.transpose(0, 2, 1), dt_g, out=g.grouped(dcol[part], groups))
     own = (timed(fwd, rounds), timed(bwd, rounds))

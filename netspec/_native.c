@@ -13,7 +13,7 @@
 #include <string.h>
 
 /* Bumped when a kernel's arguments change, so a stale build is not used. */
-#define NATIVE_ABI 1
+#define NATIVE_ABI 2
 
 /* One window geometry: an image of `channels` x h x w seen by a kh x kw kernel. */
 typedef struct {
@@ -99,40 +99,43 @@ static int check_geom(const Geom *g)
     return 0;
 }
 
-/* im2col(image, cols, geom, n0, n1, c0, c1, ld) or col2im(cols, image, ...): see _native_body.h. */
+/* im2col(image, cols, geom, n0, n1, ld, nstride) or col2im(cols, image, ...): see _native_body.h. */
 static PyObject *columns(PyObject *args, int to_image)
 {
     PyObject *image_obj, *col_obj;
     Geom g;
-    long n0, n1, c0, c1, ld;
-    if (!PyArg_ParseTuple(args, "OO" GEOM_FORMAT "lllll", to_image ? &col_obj : &image_obj,
-                          to_image ? &image_obj : &col_obj, GEOM_ARGS(g), &n0, &n1, &c0, &c1, &ld))
+    long n0, n1, ld, nstride;
+    if (!PyArg_ParseTuple(args, "OO" GEOM_FORMAT "llll", to_image ? &col_obj : &image_obj,
+                          to_image ? &image_obj : &col_obj, GEOM_ARGS(g), &n0, &n1, &ld, &nstride))
         return NULL;
     if (check_geom(&g) < 0)
         return NULL;
-    if (n0 < 0 || n1 < n0 || c0 < 0 || c1 < c0 || c1 > g.channels || ld < (n1 - n0) * g.oh * g.ow) {
-        PyErr_SetString(PyExc_ValueError, "bad sample/channel range or row length");
+    const long P = g.oh * g.ow, rows = g.channels * g.kh * g.kw;
+    /* Rows and samples may interleave either way, but entries must not overlap. */
+    int side_by_side = nstride >= P && ld >= (n1 - n0) * nstride;
+    int stacked = ld >= P && nstride >= rows * ld;
+    if (n0 < 0 || n1 < n0 || !(side_by_side || stacked)) {
+        PyErr_SetString(PyExc_ValueError, "bad sample range or column layout");
         return NULL;
     }
     int kind;
     if (float_kind(image_obj, &kind) < 0)
         return NULL;
     Py_buffer image, col;
-    Py_ssize_t rows = (c1 - c0) * g.kh * g.kw;
+    Py_ssize_t need = (rows && n1 > n0) ? (rows - 1) * ld + (n1 - n0 - 1) * nstride + P : 0;
     if (get_buffer(image_obj, &image, to_image, kind, n1 * g.channels * g.h * g.w, "image") < 0)
         return NULL;
-    if (get_buffer(col_obj, &col, !to_image, kind, rows ? (rows - 1) * ld + (n1 - n0) * g.oh * g.ow : 0,
-                   "columns") < 0) {
+    if (get_buffer(col_obj, &col, !to_image, kind, need, "columns") < 0) {
         PyBuffer_Release(&image);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64) {
-        if (to_image) col2im_f64(col.buf, image.buf, &g, n0, n1, c0, c1, ld);
-        else im2col_f64(image.buf, col.buf, &g, n0, n1, c0, c1, ld);
+        if (to_image) col2im_f64(col.buf, image.buf, &g, n0, n1, ld, nstride);
+        else im2col_f64(image.buf, col.buf, &g, n0, n1, ld, nstride);
     } else {
-        if (to_image) col2im_f32(col.buf, image.buf, &g, n0, n1, c0, c1, ld);
-        else im2col_f32(image.buf, col.buf, &g, n0, n1, c0, c1, ld);
+        if (to_image) col2im_f32(col.buf, image.buf, &g, n0, n1, ld, nstride);
+        else im2col_f32(image.buf, col.buf, &g, n0, n1, ld, nstride);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&image);
@@ -262,8 +265,8 @@ static PyObject *py_channel_affine(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"channel_affine", py_channel_affine, METH_VARARGS, "channel_affine(x, y, a, b, outer, channels, inner, standardise)"},
-    {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, c0, c1, ld)"},
-    {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, c0, c1, ld)"},
+    {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, ld, nstride)"},
+    {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, ld, nstride)"},
     {"max_pool", py_max_pool, METH_VARARGS, "max_pool(x, y, argmax, geom, planes)"},
     {"max_unpool", py_max_unpool, METH_VARARGS, "max_unpool(dy, argmax, dx, geom, planes)"},
     {"ave_pool", py_ave_pool, METH_VARARGS, "ave_pool(x, y, geom, planes)"},

@@ -1,22 +1,24 @@
 /* The loops of _native.c for one element type. Included once per type with
  * T (float or double) and NAME(x) (x_f32 or x_f64) defined. */
 
-/* Columns of samples [n0, n1) and channels [c0, c1) of the NCHW image x (C channels in all):
- * row (c - c0) * kh * kw + i * kw + j, column (n - n0) * oh * ow + y * ow + x, rows `ld` apart.
+/* Columns of samples [n0, n1) of the NCHW image x: entry (row c * kh * kw + i * kw + j,
+ * sample n, position y * ow + x) at col[row * ld + (n - n0) * nstride + y * ow + x].
+ * Samples side by side (one GEMM for the batch): ld = samples * oh * ow, nstride = oh * ow;
+ * stacked per sample (N, rows, P): ld = oh * ow, nstride = rows * oh * ow.
  * Positions in the padding read as zero. */
-static void NAME(im2col)(const T *x, T *col, const Geom *g, long n0, long n1, long c0, long c1, long ld)
+static void NAME(im2col)(const T *x, T *col, const Geom *g, long n0, long n1, long ld, long nstride)
 {
-    const long P = g->oh * g->ow, HW = g->h * g->w;
-    for (long c = c0; c < c1; c++)
+    const long HW = g->h * g->w;
+    for (long c = 0; c < g->channels; c++)
         for (long i = 0; i < g->kh; i++)
             for (long j = 0; j < g->kw; j++) {
-                T *row = col + (((c - c0) * g->kh + i) * g->kw + j) * ld;
+                T *row = col + ((c * g->kh + i) * g->kw + j) * ld;
                 long x0 = j * g->dw - g->pw, lo, hi;
                 valid_range(x0, g->sw, g->w, g->ow, &lo, &hi);
                 const int inside = lo == 0 && hi == g->ow && g->sw == 1;
                 for (long n = n0; n < n1; n++) {
                     const T *plane = x + (n * g->channels + c) * HW;
-                    T *out = row + (n - n0) * P;
+                    T *out = row + (n - n0) * nstride;
                     if (inside && ys_inside(g, i)) {
                         /* The common case (no padding reached, stride 1): plain row copies. */
                         const T *src = plane + (i * g->dh - g->ph) * g->w + x0;
@@ -43,24 +45,22 @@ static void NAME(im2col)(const T *x, T *col, const Geom *g, long n0, long n1, lo
             }
 }
 
-/* The reverse of im2col: every column entry added back to the image position it came from.
- * The image part (samples [n0, n1), channels [c0, c1)) is overwritten, not accumulated into. */
-static void NAME(col2im)(const T *col, T *x, const Geom *g, long n0, long n1, long c0, long c1, long ld)
+/* The reverse of im2col (same layout arguments): every column entry added back to the image
+ * position it came from. Samples [n0, n1) of the image are overwritten, not accumulated into. */
+static void NAME(col2im)(const T *col, T *x, const Geom *g, long n0, long n1, long ld, long nstride)
 {
-    const long P = g->oh * g->ow, HW = g->h * g->w;
-    for (long n = n0; n < n1; n++)
-        for (long c = c0; c < c1; c++)
-            memset(x + (n * g->channels + c) * HW, 0, HW * sizeof(T));
-    for (long c = c0; c < c1; c++)
+    const long HW = g->h * g->w;
+    memset(x + n0 * g->channels * HW, 0, (n1 - n0) * g->channels * HW * sizeof(T));
+    for (long c = 0; c < g->channels; c++)
         for (long i = 0; i < g->kh; i++)
             for (long j = 0; j < g->kw; j++) {
-                const T *row = col + (((c - c0) * g->kh + i) * g->kw + j) * ld;
+                const T *row = col + ((c * g->kh + i) * g->kw + j) * ld;
                 long x0 = j * g->dw - g->pw, lo, hi;
                 valid_range(x0, g->sw, g->w, g->ow, &lo, &hi);
                 const int inside = lo == 0 && hi == g->ow && g->sw == 1;
                 for (long n = n0; n < n1; n++) {
                     T *plane = x + (n * g->channels + c) * HW;
-                    const T *in = row + (n - n0) * P;
+                    const T *in = row + (n - n0) * nstride;
                     if (inside && ys_inside(g, i)) {
                         T *dst = plane + (i * g->dh - g->ph) * g->w + x0;
                         const long ow = g->ow, step = g->sh * g->w;

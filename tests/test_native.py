@@ -92,11 +92,13 @@ GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 wind
 @needs_native
 @pytest.mark.parametrize("call, error", [
     # a float64 image with float32 columns
-    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 4), np.float32), GEOM, 0, 1, 0, 2, 4), TypeError),
+    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 4), np.float32), GEOM, 0, 1, 4, 4), TypeError),
     # columns too small for the rows asked for
-    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 3)), GEOM, 0, 1, 0, 2, 3), ValueError),
+    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((7, 4)), GEOM, 0, 1, 4, 4), ValueError),
+    # rows and samples overlapping in the column array
+    (lambda k: k.im2col(np.zeros((1, 2, 5, 5)), np.zeros((8, 4)), GEOM, 0, 1, 2, 2), ValueError),
     # more samples than the image holds
-    (lambda k: k.col2im(np.zeros((8, 8)), np.zeros((1, 2, 5, 5)), GEOM, 0, 2, 0, 2, 8), ValueError),
+    (lambda k: k.col2im(np.zeros((8, 8)), np.zeros((1, 2, 5, 5)), GEOM, 0, 2, 8, 4), ValueError),
     # a strided (non-contiguous) view
     (lambda k: k.max_pool(np.zeros((2, 5, 10))[:, :, ::2], np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.int32),
                           GEOM, 2), (ValueError, BufferError)),
@@ -110,3 +112,37 @@ GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 wind
 def test_bad_buffers_raise_instead_of_writing_out_of_bounds(call, error):
     with pytest.raises(error):
         call(native._native)
+
+
+@needs_native
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation", [
+    ((3, 2, 7, 6), (3, 3), (1, 1), (0, 0), (1, 1)),
+    ((2, 3, 9, 8), (3, 2), (2, 3), (1, 2), (1, 1)),
+    ((2, 1, 8, 9), (2, 3), (1, 2), (2, 0), (2, 2)),
+])
+def test_columns_match_numpy_in_both_layouts(shape, kernel, stride, pad, dilation):
+    from netspec.layers.im2col import ConvGeometry
+    num, channels = shape[:2]
+    g = ConvGeometry(num, channels, shape[2:], kernel, stride, pad, dilation, batch_inner=False)
+    geom = native.window_geometry(channels, shape[2:], kernel, stride, pad, dilation, g.out)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape)
+    want = np.empty((num, g.rows, g.out_count))           # numpy's stacked columns
+    owner = type("Owner", (), {})()                         # holds the padded image buffer
+    g.im2col(g.load_image(owner, "img", x), want)
+    P = g.out_count
+    stacked = np.full((num, g.rows + 1, P), 5.0)            # a spare row per sample stays untouched
+    native._native.im2col(x, stacked, geom, 0, num, P, (g.rows + 1) * P)
+    np.testing.assert_array_equal(stacked[:, :-1], want)
+    assert np.all(stacked[:, -1] == 5.0)
+    side = np.empty((g.rows, num * P))
+    native._native.im2col(x, side, geom, 0, num, num * P, P)
+    np.testing.assert_array_equal(side.reshape(g.rows, num, P).transpose(1, 0, 2), want)
+    # col2im: the adjoint of im2col, <im2col(x), c> = <x, col2im(c)>, and numpy's add_windows.
+    c = rng.standard_normal(side.shape)
+    back = np.empty_like(x)
+    native._native.col2im(c, back, geom, 0, num, num * P, P)
+    assert np.isclose(np.sum(side * c), np.sum(x * back))
+    image = np.zeros(g.image_shape)
+    g.add_windows(np.ascontiguousarray(c.reshape(g.rows, num, P).transpose(1, 0, 2)), image)
+    np.testing.assert_allclose(back, g.interior(image), rtol=1e-12, atol=1e-12)

@@ -1,7 +1,8 @@
 """Layers by family, one module each; importing this package fills LAYER_REGISTRY.
 
     data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
-    vision.py     Convolution, Deconvolution, Pooling, SPP (kernels: im2col.py, window_pool.py)
+    conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
+    pooling.py    Pooling, SPP (windows: window_pool.py)
     common.py     InnerProduct, Softmax
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
     loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
@@ -12,7 +13,7 @@
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, vision, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from . import data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):

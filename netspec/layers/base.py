@@ -131,6 +131,11 @@ def scratch(owner, name, shape, dtype, fill=None):
     return buf
 
 
+def shape_str(shape):
+    """A shape as errors print it: (64, 20, 24, 24)."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
 def check_blob_counts(layer, bottom, top):
     """Raise a clear error when a layer gets the wrong number of bottoms or tops."""
     for what, blobs, want in (("bottom", bottom, layer.num_bottoms), ("top", top, layer.num_tops)):

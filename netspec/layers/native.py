@@ -17,7 +17,7 @@ from .im2col import add_weight_grad
 
 try:
     from .. import _native
-    if getattr(_native, "ABI", None) != 1:     # a stale build from older sources
+    if getattr(_native, "ABI", None) != 2:     # a stale build from older sources
         _native = None
 except ImportError:
     _native = None
@@ -87,7 +87,7 @@ class ColumnConv:
         rows = self.rows + (1 if self.fold_bias else 0)
         shape = (rows, (n1 - n0) * self.positions)
         col = scratch(owner, name, shape, x.dtype)
-        _native.im2col(x, col, self.geom, n0, n1, 0, self.channels, shape[1])
+        _native.im2col(x, col, self.geom, n0, n1, shape[1], self.positions)
         if self.fold_bias:
             col[-1] = 1
         return col
@@ -122,4 +122,4 @@ class ColumnConv:
             if dx is not None:
                 dcol = scratch(None, "conv_dcol", (self.rows, col.shape[1]), dy.dtype)
                 np.matmul(wt, dt_g, out=self._grouped(dcol))
-                _native.col2im(dcol, dx, self.geom, n0, n1, 0, self.channels, col.shape[1])
+                _native.col2im(dcol, dx, self.geom, n0, n1, col.shape[1], self.positions)
