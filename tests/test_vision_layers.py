@@ -19,21 +19,23 @@ GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussi
 NATIVE = pytest.mark.skipif(native._native is None, reason="compiled kernels (netspec._native) not built")
 
 
-@pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt",
-                        pytest.param("native", marks=NATIVE), pytest.param("native_parts", marks=NATIVE)])
+@pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt"] + [
+    pytest.param(p, marks=NATIVE) for p in ("native", "native_parts", "native_stacked", "native_stacked_rebuilt")])
 def layout(request, monkeypatch):
     """Run the test with every convolution in one column layout, worked in many small parts;
-    stacked_rebuilt keeps no columns from forward (as for layers too big to keep them);
-    native is the compiled im2col (native_parts: one sample per part, columns rebuilt)."""
-    monkeypatch.setattr(native, "ENABLED", request.param.startswith("native"))
-    small_maps = request.param == "batch_inner" or request.param.startswith("native")
+    *rebuilt keeps no columns from forward (as for layers too big to keep them). native* are
+    the compiled kernels: side-by-side columns (native_parts: one sample per part, rebuilt),
+    or numpy's stacked layout filled and folded by them."""
+    name = request.param
+    monkeypatch.setattr(native, "ENABLED", name.startswith("native"))
+    small_maps = name in ("batch_inner", "native", "native_parts")
     monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if small_maps else 0)
     monkeypatch.setattr(im2col, "COL2IM_PART", 50)
-    if request.param == "stacked_rebuilt":
+    if name.endswith("stacked_rebuilt"):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
-    if request.param == "native_parts":
+    if name == "native_parts":
         monkeypatch.setattr(native, "COLUMN_BUDGET", 0)
-    return request.param
+    return name
 
 
 @pytest.fixture(params=["numpy", pytest.param("native", marks=NATIVE)])
@@ -171,7 +173,9 @@ def test_convolution_matches_naive_loops(layout, params, shape, stride, pad, dil
 @pytest.mark.parametrize("params, shape, stride, pad, dilation, group", CONV_CASES)
 def test_convolution_gradients(layout, params, shape, stride, pad, dilation, group):
     layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
-    assert (layer.columns is not None) == layout.startswith("native")
+    assert (layer.columns is not None) == (layout in ("native", "native_parts"))
+    pointwise = "kernel_size: 1 " in params + " "
+    assert (layer.stacked_window is not None) == (layout.startswith("native_stacked") and not pointwise)
 
 
 def test_convolution_output_shapes_and_weight_layout():

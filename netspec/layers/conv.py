@@ -120,13 +120,16 @@ class _ConvBase(Layer):
         else:
             self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry)
             out = self.geom.out
-        # Compiled im2col for 2-D convolution over small maps, where numpy's columns cost most
-        # (see im2col.py); over wide maps the numpy stacked columns measured as fast or faster.
-        self.columns = None
-        if (not self.transposed and self.num_spatial == 2 and self.geom.batch_inner
-                and native.usable(bottom[0].data.dtype)):
-            self.columns = native.ColumnConv(self.num, self.channels, spatial, *geometry, out,
-                                             self.num_output, self.group, self._fold_bias)
+        # Compiled columns for 2-D convolution (native.py): over small maps the side-by-side
+        # ColumnConv replaces numpy's batch-inner layout; over wide maps the stacked layout
+        # stays, its im2col/col2im done by the compiled kernels (stacked_window).
+        self.columns = self.stacked_window = None
+        if not self.transposed and self.num_spatial == 2 and native.usable(bottom[0].data.dtype):
+            if self.geom.batch_inner:
+                self.columns = native.ColumnConv(self.num, self.channels, spatial, *geometry, out,
+                                                 self.num_output, self.group, self._fold_bias)
+            elif not self._pointwise:
+                self.stacked_window = native.window_geometry(self.channels, spatial, *geometry, out)
         top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
         for t in top:
             t.reshape(top_shape)
@@ -177,6 +180,17 @@ class Convolution(_ConvBase):
         g = self.geom
         g.im2col(image, col[:g.rows] if g.batch_inner else col[:, :g.rows])
 
+    def _stacked_im2col(self, b, image, cols, part):
+        """cols (samples, rows [+1], positions) <- the columns of the samples in `part`: compiled,
+        straight from the unpadded bottom (image None), or numpy's from the image buffer."""
+        g = self.geom
+        if image is None:
+            x = b.data.reshape((g.num, g.channels) + g.spatial)
+            native.im2col(x, cols, self.stacked_window, part.start, part.stop, g.out_count,
+                          cols.shape[1] * g.out_count)
+        else:
+            self._im2col(image[part], cols)
+
     def _bottom_image(self, b):
         g = self.geom
         return g.load_image(self, "image", b.data.reshape((g.num, g.channels) + g.spatial))
@@ -204,7 +218,7 @@ class Convolution(_ConvBase):
             return
         keep = self.phase == caffe_pb2.TRAIN and g.keeps_columns(g.rows + 1)
         for i, (b, t) in enumerate(zip(bottom, top)):
-            image = self._bottom_image(b)
+            image = self._bottom_image(b) if self.stacked_window is None else None
             y = t.data.reshape(g.num, self.num_output, g.out_count)
             if g.batch_inner:
                 col = self._col_buffer(f"col{i}", g.num, dtype, shared=not keep)
@@ -223,7 +237,7 @@ class Convolution(_ConvBase):
                 col = self._col_buffer(f"col{i}", g.num if keep else parts[0].stop, dtype, shared=not keep)
                 for part in parts:
                     cols = col[part] if keep else col[:part.stop - part.start]
-                    self._im2col(image[part], cols)
+                    self._stacked_im2col(b, image, cols, part)
                     np.matmul(w, g.grouped(cols, self.group), out=g.grouped(y[part], self.group))
                 if bias is not None:
                     y += bias[:, None]
@@ -255,11 +269,12 @@ class Convolution(_ConvBase):
                 self.blobs[1].diff += acc[0, :, -1]
 
     def _backward_numpy(self, i, b, dy, acc, dx):
-        """One bottom's backward on the numpy columns (im2col.py)."""
+        """One bottom's backward on im2col.py's column layouts (the stacked one possibly compiled)."""
         g = self.geom
         dtype = dy.dtype
         fold = self._fold_bias
-        dimage = g.grad_image(None, "conv_dimage", dx) if dx is not None else None
+        compiled = self.stacked_window is not None      # col2im straight into dx
+        dimage = g.grad_image(None, "conv_dimage", dx) if dx is not None and not compiled else None
         col = self._saved.get(i)
         if g.batch_inner:
             if col is None:   # columns not kept (test phase), or backward without a forward
@@ -272,24 +287,30 @@ class Convolution(_ConvBase):
         else:
             if col is None and self._pointwise:
                 col = self._bottom_image(b).reshape(g.num, g.channels, g.out_count)
-            image = self._bottom_image(b) if col is None else None
+            rebuild = col is None       # columns not kept: build each part's again
+            image = self._bottom_image(b) if rebuild and not compiled else None
             parts = g.sample_parts()
             if dimage is not None:
                 dimage.fill(0)
+            if dx is not None:
                 wt = self._weights().transpose(0, 2, 1)     # (G, Kg, M/G)
                 dcol = scratch(None, "conv_dcol", (parts[0].stop, g.rows, g.out_count), dtype)
             for part in parts:
-                if image is None:
-                    cols = col[part]
-                else:   # columns not kept: build this part's again
+                if rebuild:
                     cols = self._col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
-                    self._im2col(image[part], cols)
+                    self._stacked_im2col(b, image, cols, part)
+                else:
+                    cols = col[part]
                 dt = g.grouped(dy[part], self.group)
                 add_weight_grad(dt, g.grouped(cols, 1 if fold else self.group), acc)
-                if dimage is not None:
+                if dx is not None:
                     d = dcol[:part.stop - part.start]
                     np.matmul(wt, dt, out=g.grouped(d, self.group))
-                    g.add_windows(d, dimage[part])
+                    if compiled:
+                        native.col2im(d, dx, self.stacked_window, part.start, part.stop, g.out_count,
+                                      g.rows * g.out_count)
+                    else:
+                        g.add_windows(d, dimage[part])
         if dimage is not None:
             g.store_image(dimage, dx)
 

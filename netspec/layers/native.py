@@ -38,6 +38,14 @@ def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))
 
 
+def im2col(x, col, geom, n0, n1, ld, nstride):
+    _native.im2col(x, col, geom, n0, n1, ld, nstride)
+
+
+def col2im(col, x, geom, n0, n1, ld, nstride):
+    _native.col2im(col, x, geom, n0, n1, ld, nstride)
+
+
 def max_pool(x, y, argmax, geom, planes):
     _native.max_pool(x, y, argmax, geom, planes)
 
