@@ -45,6 +45,10 @@ def add_weight_grad(dy, x, acc):
         # One GEMM; (x dy^T)^T is the faster orientation for these shapes (LeNet's conv2
         # weight gradient: 1.3 vs 1.8 ms).
         acc += np.matmul(x, dy.transpose(0, 2, 1)).transpose(0, 2, 1)
+    elif dy.shape[1] == 1 and dy.shape[-1] < 256:
+        # Few positions per sample (ResNet's 7x7 maps): one GEMM over (sample, position) pairs
+        # beats a GEMM per sample and their sum (res5's 1x1 convolutions: 5.3 vs 14.5 ms).
+        acc[0] += np.tensordot(dy[:, 0], x[:, 0], axes=([0, 2], [0, 2]))
     else:
         acc += np.matmul(dy, x.transpose(0, 1, 3, 2)).sum(axis=0)
 
