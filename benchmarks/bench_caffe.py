@@ -26,17 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+from bench_models import DEPLOY, LENET  # noqa: E402
 from netspec.schema import read_net, write_text_message  # noqa: E402
 from time_models import set_input_batch  # noqa: E402
 
-LENET = "models/lenet/lenet_train_test.prototxt"
-DEPLOY = [
-    "models/caffenet/deploy.prototxt",
-    "models/googlenet/deploy.prototxt",
-    "models/resnet50/ResNet-50-deploy.prototxt",
-    "models/squeezenet/squeezenet_v1.1_deploy.prototxt",
-    "models/mobilenet/mobilenet_deploy.prototxt",
-]
 FIGURES = {"forward": r"Average Forward pass: ([\d.]+) ms", "backward": r"Average Backward pass: ([\d.]+) ms",
            "both": r"Average Forward-Backward: ([\d.]+) ms"}
 

@@ -29,6 +29,17 @@ static void valid_range(long x0, long s, long w, long ow, long *lo, long *hi)
     if (*lo > *hi) *lo = *hi;
 }
 
+/* The pooling window of output o along one axis: [*lo, *hi) is its part inside the image;
+ * the return value its length clipped to the padded image (Caffe's average divisor). */
+static long window(long o, long stride, long pad, long kernel, long size, long *lo, long *hi)
+{
+    long start = o * stride - pad, end = start + kernel;
+    if (end > size + pad) end = size + pad;
+    *lo = start < 0 ? 0 : start;
+    *hi = end > size ? size : end;
+    return end - start;
+}
+
 /* Whether kernel row i reads only image rows (no padding) for every output row. */
 static int ys_inside(const Geom *g, long i)
 {

@@ -116,18 +116,16 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
     for (long p = 0; p < planes; p++) {
         const T *plane = x + p * HW;
         for (long oy = 0; oy < g->oh; oy++, y += g->ow, argmax += g->ow) {
-            long h0 = oy * g->sh - g->ph, h1 = h0 + kh;
-            const int inside = h0 >= 0 && h1 <= g->h && hi > lo;
-            if (h0 < 0) h0 = 0;
-            if (h1 > g->h) h1 = g->h;
+            long h0, h1;
+            window(oy, g->sh, g->ph, kh, g->h, &h0, &h1);
+            const int inside = h1 - h0 == kh && hi > lo;    /* rows wholly inside the image */
             for (long ox = 0; ox < g->ow; ox++) {
                 if (inside && ox == lo) {
                     ox = hi - 1;
                     continue;
                 }
-                long w0 = ox * g->sw - g->pw, w1 = w0 + kw;
-                if (w0 < 0) w0 = 0;
-                if (w1 > g->w) w1 = g->w;
+                long w0, w1;
+                window(ox, g->sw, g->pw, kw, g->w, &w0, &w1);
                 long best = h0 * g->w + w0;
                 T value = plane[best];
                 for (long h = h0; h < h1; h++)
@@ -170,22 +168,14 @@ static void NAME(ave_pool)(const T *x, T *y, long planes, const Geom *g)
     for (long p = 0; p < planes; p++) {
         const T *plane = x + p * HW;
         for (long oy = 0; oy < g->oh; oy++) {
-            long h0 = oy * g->sh - g->ph, h1 = h0 + g->kh;
-            if (h1 > g->h + g->ph) h1 = g->h + g->ph;
-            long rows = h1 - h0;
-            if (h0 < 0) h0 = 0;
-            if (h1 > g->h) h1 = g->h;
+            long h0, h1, rows = window(oy, g->sh, g->ph, g->kh, g->h, &h0, &h1);
             for (long ox = 0; ox < g->ow; ox++) {
-                long w0 = ox * g->sw - g->pw, w1 = w0 + g->kw;
-                if (w1 > g->w + g->pw) w1 = g->w + g->pw;
-                T size = (T)(rows * (w1 - w0));
-                if (w0 < 0) w0 = 0;
-                if (w1 > g->w) w1 = g->w;
+                long w0, w1, cols = window(ox, g->sw, g->pw, g->kw, g->w, &w0, &w1);
                 T sum = 0;
                 for (long h = h0; h < h1; h++)
                     for (long w = w0; w < w1; w++)
                         sum += plane[h * g->w + w];
-                *y++ = sum / size;
+                *y++ = sum / (T)(rows * cols);
             }
         }
     }
@@ -198,17 +188,10 @@ static void NAME(ave_unpool)(const T *dy, T *dx, long planes, const Geom *g)
     memset(dx, 0, planes * HW * sizeof(T));
     for (long p = 0; p < planes; p++, dx += HW) {
         for (long oy = 0; oy < g->oh; oy++) {
-            long h0 = oy * g->sh - g->ph, h1 = h0 + g->kh;
-            if (h1 > g->h + g->ph) h1 = g->h + g->ph;
-            long rows = h1 - h0;
-            if (h0 < 0) h0 = 0;
-            if (h1 > g->h) h1 = g->h;
+            long h0, h1, rows = window(oy, g->sh, g->ph, g->kh, g->h, &h0, &h1);
             for (long ox = 0; ox < g->ow; ox++) {
-                long w0 = ox * g->sw - g->pw, w1 = w0 + g->kw;
-                if (w1 > g->w + g->pw) w1 = g->w + g->pw;
-                T share = *dy++ / (T)(rows * (w1 - w0));
-                if (w0 < 0) w0 = 0;
-                if (w1 > g->w) w1 = g->w;
+                long w0, w1, cols = window(ox, g->sw, g->pw, g->kw, g->w, &w0, &w1);
+                T share = *dy++ / (T)(rows * cols);
                 for (long h = h0; h < h1; h++)
                     for (long w = w0; w < w1; w++)
                         dx[h * g->w + w] += share;
