@@ -14,6 +14,7 @@ them): TRAIN phase, batch 64, forward+backward; TEST phase, batch 100, forward. 
 phase, forward only, their Input batch set to --batch.
 """
 import argparse
+import datetime
 import os
 import re
 import shutil
@@ -102,9 +103,14 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if args.out:
+        version = subprocess.run([args.caffe, "--version"], capture_output=True, text=True)
+        version = (version.stdout + version.stderr).strip().splitlines()[-1:] or ["caffe (version unknown)"]
         with open(args.out, "w") as f:
-            f.write(f"Median of {args.rounds} alternated runs each, {args.threads} BLAS threads "
-                    f"(`benchmarks/bench_caffe.py`).\n\n{table}\n")
+            f.write(f"# netspec vs Caffe, same machine, same run\n\n"
+                    f"`benchmarks/bench_caffe.py --rounds {args.rounds}` on "
+                    f"{datetime.datetime.now():%Y-%m-%d %H:%M}: {version[0]} ({args.caffe}) against "
+                    f"netspec, median of {args.rounds} alternated runs each, {args.threads} BLAS threads.\n\n"
+                    f"{table}\n")
 
 
 if __name__ == "__main__":
