@@ -417,7 +417,8 @@ class Solver:
         if resume:
             try:
                 self._apply_resume(resume)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+                # OverflowError: numpy refuses a PCG64 state integer that does not fit (fuzz-found).
                 glog.warning(f"{state_path}: its netspec resume data is damaged ({type(e).__name__}: {e}); resuming "
                              "without the exact random state, data positions and loss window", "solver.cpp:470")
 

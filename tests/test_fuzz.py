@@ -479,6 +479,23 @@ def test_mutated_solverstate(examples, slow, work):
     _report("restore")
 
 
+def test_resume_data_with_an_impossible_rng_state_is_set_aside(work):
+    """A case the big fuzz found: a PCG64 state integer too large for numpy (OverflowError)."""
+    from netspec.snapshot import read_solverstate, write_solverstate
+    state, resume = read_solverstate(str(work / "tiny_iter_2.solverstate"))
+    resume["rng"]["state"]["state"] = 1 << 200
+    path = str(work / "overflow.solverstate")
+    write_solverstate(path, state, resume)
+    saved = rng.get_state()
+    try:
+        with _cwd(work):
+            solver = Solver("tiny_solver.prototxt")
+            solver.restore(path)        # warns that the resume data is damaged; resumes without it
+        assert solver.iter == 2
+    finally:
+        rng.set_state(saved)
+
+
 def test_mutations_change_the_seed():
     """The mutation strategy really edits its input (else the properties above would test nothing)."""
     seed = b'layer { name: "a" type: "ReLU" }\nlayer { name: "b" }\n'
