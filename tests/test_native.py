@@ -15,7 +15,7 @@ import pytest
 from netspec.layers import native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_native = pytest.mark.skipif(native._native is None, reason="compiled kernels not built")
+needs_native = pytest.mark.skipif(native.kernels is None, reason="compiled kernels not built")
 
 
 def test_kernels_are_built_where_a_compiler_is():
@@ -23,7 +23,7 @@ def test_kernels_are_built_where_a_compiler_is():
     # what the tests exercise, not silently skipped.
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler on this machine")
-    assert native._native is not None, "pip did not build netspec._native (see setup.py)"
+    assert native.kernels is not None, "pip did not build netspec._native (see setup.py)"
     assert native.ENABLED or os.environ.get("NETSPEC_NATIVE") == "0"
 
 
@@ -111,7 +111,7 @@ GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 wind
 ])
 def test_bad_buffers_raise_instead_of_writing_out_of_bounds(call, error):
     with pytest.raises(error):
-        call(native._native)
+        call(native.kernels)
 
 
 @needs_native
@@ -132,16 +132,16 @@ def test_columns_match_numpy_in_both_layouts(shape, kernel, stride, pad, dilatio
     g.im2col(g.load_image(owner, "img", x), want)
     P = g.out_count
     stacked = np.full((num, g.rows + 1, P), 5.0)            # a spare row per sample stays untouched
-    native._native.im2col(x, stacked, geom, 0, num, P, (g.rows + 1) * P)
+    native.kernels.im2col(x, stacked, geom, 0, num, P, (g.rows + 1) * P)
     np.testing.assert_array_equal(stacked[:, :-1], want)
     assert np.all(stacked[:, -1] == 5.0)
     side = np.empty((g.rows, num * P))
-    native._native.im2col(x, side, geom, 0, num, num * P, P)
+    native.kernels.im2col(x, side, geom, 0, num, num * P, P)
     np.testing.assert_array_equal(side.reshape(g.rows, num, P).transpose(1, 0, 2), want)
     # col2im: the adjoint of im2col, <im2col(x), c> = <x, col2im(c)>, and numpy's add_windows.
     c = rng.standard_normal(side.shape)
     back = np.empty_like(x)
-    native._native.col2im(c, back, geom, 0, num, num * P, P)
+    native.kernels.col2im(c, back, geom, 0, num, num * P, P)
     assert np.isclose(np.sum(side * c), np.sum(x * back))
     image = np.zeros(g.image_shape)
     g.add_windows(np.ascontiguousarray(c.reshape(g.rows, num, P).transpose(1, 0, 2)), image)

@@ -13,7 +13,7 @@ rng = np.random.default_rng(16)
 
 
 @pytest.fixture(autouse=True, params=["numpy", pytest.param("native", marks=pytest.mark.skipif(
-    native._native is None, reason="compiled kernels not built"))])
+    native.kernels is None, reason="compiled kernels not built"))])
 def kernels(request, monkeypatch):
     """Every test twice: BatchNorm's and Scale's numpy passes, then their compiled one-pass form."""
     monkeypatch.setattr(native, "ENABLED", request.param == "native")

@@ -16,7 +16,7 @@ R = np.random.default_rng(5)
 GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 
-NATIVE = pytest.mark.skipif(native._native is None, reason="compiled kernels (netspec._native) not built")
+NATIVE = pytest.mark.skipif(native.kernels is None, reason="compiled kernels (netspec._native) not built")
 
 
 @pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt"] + [

@@ -186,7 +186,7 @@ class Convolution(_ConvBase):
         g = self.geom
         if image is None:
             x = b.data.reshape((g.num, g.channels) + g.spatial)
-            native.im2col(x, cols, self.stacked_window, part.start, part.stop, g.out_count,
+            native.kernels.im2col(x, cols, self.stacked_window, part.start, part.stop, g.out_count,
                           cols.shape[1] * g.out_count)
         else:
             self._im2col(image[part], cols)
@@ -263,13 +263,14 @@ class Convolution(_ConvBase):
                 self.columns.backward(x, self._weights(), dy, acc, dx if propagate_down[i] else None,
                                       self._saved.get(i))
             else:
-                self._backward_numpy(i, b, dy, acc, dx if propagate_down[i] else None)
+                self._backward_layouts(i, b, dy, acc, dx if propagate_down[i] else None)
             if fold:
                 self._weight_diff()[0] += acc[0, :, :-1]
                 self.blobs[1].diff += acc[0, :, -1]
 
-    def _backward_numpy(self, i, b, dy, acc, dx):
-        """One bottom's backward on im2col.py's column layouts (the stacked one possibly compiled)."""
+    def _backward_layouts(self, i, b, dy, acc, dx):
+        """One bottom's backward on im2col.py's column layouts (the stacked one's im2col/col2im
+        compiled when stacked_window is set)."""
         g = self.geom
         dtype = dy.dtype
         fold = self._fold_bias
@@ -307,7 +308,7 @@ class Convolution(_ConvBase):
                     d = dcol[:part.stop - part.start]
                     np.matmul(wt, dt, out=g.grouped(d, self.group))
                     if compiled:
-                        native.col2im(d, dx, self.stacked_window, part.start, part.stop, g.out_count,
+                        native.kernels.col2im(d, dx, self.stacked_window, part.start, part.stop, g.out_count,
                                       g.rows * g.out_count)
                     else:
                         g.add_windows(d, dimage[part])

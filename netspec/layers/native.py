@@ -1,4 +1,4 @@
-"""The compiled kernels (netspec/_native.c) and the 2-D convolution built on them.
+"""The compiled kernels of netspec/_native.c (here `kernels`) and the 2-D convolution on them.
 
 pip builds the extension when the machine has a C compiler; without it, or with
 NETSPEC_NATIVE=0 in the environment, every layer keeps its numpy path (im2col.py,
@@ -16,14 +16,14 @@ from .base import scratch
 from .im2col import add_weight_grad
 
 try:
-    from .. import _native
-    if getattr(_native, "ABI", None) != 2:     # a stale build from older sources
-        _native = None
+    from .. import _native as kernels
+    if getattr(kernels, "ABI", None) != 2:     # a stale build from older sources
+        kernels = None
 except ImportError:
-    _native = None
+    kernels = None
 
 # Read by layers when they are shaped; tests switch it off to run the numpy paths.
-ENABLED = _native is not None and os.environ.get("NETSPEC_NATIVE", "1") != "0"
+ENABLED = kernels is not None and os.environ.get("NETSPEC_NATIVE", "1") != "0"
 # Largest column array (elements) for one GEMM; past it the batch goes in parts of samples,
 # and backward builds each part's columns again instead of keeping them.
 COLUMN_BUDGET = 1 << 25
@@ -38,34 +38,10 @@ def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))
 
 
-def im2col(x, col, geom, n0, n1, ld, nstride):
-    _native.im2col(x, col, geom, n0, n1, ld, nstride)
-
-
-def col2im(col, x, geom, n0, n1, ld, nstride):
-    _native.col2im(col, x, geom, n0, n1, ld, nstride)
-
-
-def max_pool(x, y, argmax, geom, planes):
-    _native.max_pool(x, y, argmax, geom, planes)
-
-
-def max_unpool(dy, argmax, dx, geom, planes):
-    _native.max_unpool(dy, argmax, dx, geom, planes)
-
-
-def ave_pool(x, y, geom, planes):
-    _native.ave_pool(x, y, geom, planes)
-
-
-def ave_unpool(dy, dx, geom, planes):
-    _native.ave_unpool(dy, dx, geom, planes)
-
-
 def channel_affine(x, y, a, b, standardise):
     """y = (x - a[c]) / b[c] if standardise else x * a[c] + b[c], over x and y of shape (outer, C, inner)."""
     outer, channels, inner = x.shape
-    _native.channel_affine(x, y, a, b, outer, channels, inner, standardise)
+    kernels.channel_affine(x, y, a, b, outer, channels, inner, standardise)
 
 
 class ColumnConv:
@@ -95,7 +71,7 @@ class ColumnConv:
         rows = self.rows + (1 if self.fold_bias else 0)
         shape = (rows, (n1 - n0) * self.positions)
         col = scratch(owner, name, shape, x.dtype)
-        _native.im2col(x, col, self.geom, n0, n1, shape[1], self.positions)
+        kernels.im2col(x, col, self.geom, n0, n1, shape[1], self.positions)
         if self.fold_bias:
             col[-1] = 1
         return col
@@ -130,4 +106,4 @@ class ColumnConv:
             if dx is not None:
                 dcol = scratch(None, "conv_dcol", (self.rows, col.shape[1]), dy.dtype)
                 np.matmul(wt, dt_g, out=self._grouped(dcol))
-                _native.col2im(dcol, dx, self.geom, n0, n1, col.shape[1], self.positions)
+                kernels.col2im(dcol, dx, self.geom, n0, n1, col.shape[1], self.positions)

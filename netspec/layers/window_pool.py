@@ -184,10 +184,10 @@ class WindowPool:
 
     def _forward_compiled(self, x, top3, mask_out):
         if self.method == "ave":
-            native.ave_pool(x, top3, self.compiled, self.planes)
+            native.kernels.ave_pool(x, top3, self.compiled, self.planes)
             return
         argmax = scratch(self, "argmax", self._out_shape(), np.int32)
-        native.max_pool(x, top3, argmax, self.compiled, self.planes)
+        native.kernels.max_pool(x, top3, argmax, self.compiled, self.planes)
         if mask_out is not None:
             np.copyto(mask_out.reshape(argmax.shape), argmax)
 
@@ -277,8 +277,8 @@ class WindowPool:
         dtop3 = dtop.reshape(self._out_shape())
         if self.compiled is not None:
             if self.method == "ave":
-                return native.ave_unpool(dtop3, dx, self.compiled, self.planes)
-            return native.max_unpool(dtop3, self._scratch["argmax"], dx, self.compiled, self.planes)
+                return native.kernels.ave_unpool(dtop3, dx, self.compiled, self.planes)
+            return native.kernels.max_unpool(dtop3, self._scratch["argmax"], dx, self.compiled, self.planes)
         if self.is_global:
             return self._backward_global(dtop3, dx)
         if self.direct:
