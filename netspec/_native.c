@@ -13,7 +13,7 @@
 #include <string.h>
 
 /* Bumped when a kernel's arguments change, so a stale build is not used. */
-#define NATIVE_ABI 2
+#define NATIVE_ABI 3
 
 /* One window geometry: an image of `channels` x h x w seen by a kh x kw kernel. */
 typedef struct {
@@ -226,55 +226,111 @@ static PyObject *py_max_unpool(PyObject *self, PyObject *args) { return pool(arg
 static PyObject *py_ave_pool(PyObject *self, PyObject *args) { return pool(args, 0, 0); }
 static PyObject *py_ave_unpool(PyObject *self, PyObject *args) { return pool(args, 0, 1); }
 
+/* Release the first `n` buffers of `views`. */
+static void release_all(Py_buffer *views, int n)
+{
+    for (int i = 0; i < n; i++)
+        PyBuffer_Release(&views[i]);
+}
+
+/* One array of a per-channel kernel over (outer, channels, inner) data. */
+typedef struct {
+    const char *what;
+    int per_channel;    /* one value per channel, else one per element */
+    int writable;
+    int f64;            /* float64 whatever the data's type */
+} ArraySpec;
+
+/* Buffers for the n arrays of a per-channel kernel; *kind from the first. Nothing stays held on failure. */
+static int channel_buffers(PyObject **obj, const ArraySpec *spec, int n, long outer, long channels, long inner,
+                           int *kind, Py_buffer *v)
+{
+    if (outer < 0 || channels < 0 || inner < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return -1;
+    }
+    if (float_kind(obj[0], kind) < 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        Py_ssize_t need = spec[i].per_channel ? channels : outer * channels * inner;
+        if (get_buffer(obj[i], &v[i], spec[i].writable, spec[i].f64 ? KIND_F64 : *kind, need, spec[i].what) < 0) {
+            release_all(v, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* channel_affine(x, y, a, b, outer, channels, inner, standardise): see _native_body.h. */
 static PyObject *py_channel_affine(PyObject *self, PyObject *args)
 {
-    PyObject *x_obj, *y_obj, *a_obj, *b_obj;
+    static const ArraySpec spec[4] = {{"bottom", 0, 0, 0}, {"top", 0, 1, 0}, {"a", 1, 0, 0}, {"b", 1, 0, 0}};
+    PyObject *obj[4];
     long outer, channels, inner;
-    int standardise;
-    if (!PyArg_ParseTuple(args, "OOOOlllp", &x_obj, &y_obj, &a_obj, &b_obj, &outer, &channels, &inner,
-                          &standardise))
+    int standardise, kind;
+    Py_buffer v[4];
+    if (!PyArg_ParseTuple(args, "OOOOlllp", &obj[0], &obj[1], &obj[2], &obj[3], &outer, &channels, &inner,
+                          &standardise)
+        || channel_buffers(obj, spec, 4, outer, channels, inner, &kind, v) < 0)
         return NULL;
-    if (outer < 0 || channels < 0 || inner < 0) {
-        PyErr_SetString(PyExc_ValueError, "bad shape");
-        return NULL;
-    }
-    int kind;
-    if (float_kind(x_obj, &kind) < 0)
-        return NULL;
-    Py_ssize_t count = outer * channels * inner;
-    Py_buffer x, y, a, b;
-    if (get_buffer(x_obj, &x, 0, kind, count, "bottom") < 0)
-        return NULL;
-    if (get_buffer(y_obj, &y, 1, kind, count, "top") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    if (get_buffer(a_obj, &a, 0, kind, channels, "a") < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&y);
-        return NULL;
-    }
-    if (get_buffer(b_obj, &b, 0, kind, channels, "b") < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&y);
-        PyBuffer_Release(&a);
-        return NULL;
-    }
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64)
-        channel_affine_f64(x.buf, y.buf, a.buf, b.buf, outer, channels, inner, standardise);
+        channel_affine_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, outer, channels, inner, standardise);
     else
-        channel_affine_f32(x.buf, y.buf, a.buf, b.buf, outer, channels, inner, standardise);
+        channel_affine_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, outer, channels, inner, standardise);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&y);
-    PyBuffer_Release(&a);
-    PyBuffer_Release(&b);
+    release_all(v, 4);
+    Py_RETURN_NONE;
+}
+
+/* channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner): float64 sums, see _native_body.h. */
+static PyObject *py_channel_sums(PyObject *self, PyObject *args)
+{
+    static const ArraySpec spec[4] = {{"dy", 0, 0, 0}, {"x", 0, 0, 0}, {"sum_dy", 1, 1, 1}, {"sum_dyx", 1, 1, 1}};
+    PyObject *obj[4];
+    long outer, channels, inner;
+    int kind;
+    Py_buffer v[4];
+    if (!PyArg_ParseTuple(args, "OOOOlll", &obj[0], &obj[1], &obj[2], &obj[3], &outer, &channels, &inner)
+        || channel_buffers(obj, spec, 4, outer, channels, inner, &kind, v) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        channel_sums_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, outer, channels, inner);
+    else
+        channel_sums_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, outer, channels, inner);
+    Py_END_ALLOW_THREADS
+    release_all(v, 4);
+    Py_RETURN_NONE;
+}
+
+/* batch_norm_grad(dy, y, mean_dy, mean_dyy, std, dx, outer, channels, inner): see _native_body.h. */
+static PyObject *py_batch_norm_grad(PyObject *self, PyObject *args)
+{
+    static const ArraySpec spec[6] = {{"dy", 0, 0, 0}, {"y", 0, 0, 0}, {"mean_dy", 1, 0, 0},
+                                      {"mean_dyy", 1, 0, 0}, {"std", 1, 0, 0}, {"dx", 0, 1, 0}};
+    PyObject *obj[6];
+    long outer, channels, inner;
+    int kind;
+    Py_buffer v[6];
+    if (!PyArg_ParseTuple(args, "OOOOOOlll", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &outer,
+                          &channels, &inner)
+        || channel_buffers(obj, spec, 6, outer, channels, inner, &kind, v) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        batch_norm_grad_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, outer, channels, inner);
+    else
+        batch_norm_grad_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, outer, channels, inner);
+    Py_END_ALLOW_THREADS
+    release_all(v, 6);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    {"channel_sums", py_channel_sums, METH_VARARGS, "channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner)"},
+    {"batch_norm_grad", py_batch_norm_grad, METH_VARARGS,
+     "batch_norm_grad(dy, y, mean_dy, mean_dyy, std, dx, outer, channels, inner)"},
     {"channel_affine", py_channel_affine, METH_VARARGS, "channel_affine(x, y, a, b, outer, channels, inner, standardise)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, ld, nstride)"},
     {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, ld, nstride)"},

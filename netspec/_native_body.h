@@ -215,3 +215,54 @@ static void NAME(channel_affine)(const T *x, T *y, const T *a, const T *b, long 
                 for (long k = 0; k < inner; k++) y[k] = x[k] * ac + bc;
         }
 }
+
+/* Per-channel sums over (outer, channels, inner): sum_dy[c] = sum of dy, sum_dyx[c] = sum of
+ * dy * x, into double (the gradients of Scale and of BatchNorm's statistics). */
+static void NAME(channel_sums)(const T *dy, const T *x, double *sum_dy, double *sum_dyx, long outer,
+                               long channels, long inner)
+{
+    for (long c = 0; c < channels; c++)
+        sum_dy[c] = sum_dyx[c] = 0;
+    for (long o = 0; o < outer; o++)
+        for (long c = 0; c < channels; c++, dy += inner, x += inner) {
+            /* Eight independent partial sums in T (they vectorise, where one chain of adds
+             * would wait on each add), moved into double every 512 elements for accuracy. */
+            double total = 0, total_x = 0;
+            for (long b = 0; b < inner; b += 512) {
+                const long end = b + 512 < inner ? b + 512 : inner;
+                T s[8] = {0}, sx[8] = {0};
+                long k = b;
+                for (; k + 8 <= end; k += 8)
+                    for (int l = 0; l < 8; l++) {
+                        s[l] += dy[k + l];
+                        sx[l] += dy[k + l] * x[k + l];
+                    }
+                for (; k < end; k++) {
+                    s[0] += dy[k];
+                    sx[0] += dy[k] * x[k];
+                }
+                for (int l = 0; l < 8; l++) {
+                    total += s[l];
+                    total_x += sx[l];
+                }
+            }
+            sum_dy[c] += total;
+            sum_dyx[c] += total_x;
+        }
+}
+
+/* BatchNorm's batch-statistics gradient: dx = (dy - mean_dy[c] - y * mean_dyy[c]) / std[c],
+ * rounded step by step as the numpy expression is; dx may be dy. */
+static void NAME(batch_norm_grad)(const T *dy, const T *y, const T *mean_dy, const T *mean_dyy, const T *std,
+                                  T *dx, long outer, long channels, long inner)
+{
+    for (long o = 0; o < outer; o++)
+        for (long c = 0; c < channels; c++, dy += inner, y += inner, dx += inner) {
+            const T m1 = mean_dy[c], m2 = mean_dyy[c], s = std[c];
+            for (long k = 0; k < inner; k++) {
+                T t = dy[k] - m1;
+                T u = y[k] * m2;
+                dx[k] = (t - u) / s;
+            }
+        }
+}

@@ -106,6 +106,14 @@ GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 wind
     (lambda k: k.max_unpool(np.zeros(8), np.full(8, 25, np.int32), np.zeros(50), GEOM, 2), ValueError),
     # a read-only output
     (lambda k: k.ave_pool(np.zeros(50), np.frombuffer(bytes(64)), GEOM, 2), (ValueError, BufferError)),
+    # per-channel sums asked into float32 arrays (they are float64)
+    (lambda k: k.channel_sums(np.zeros(12), np.zeros(12), np.zeros(3, np.float32), np.zeros(3, np.float32),
+                              2, 3, 2), TypeError),
+    # a BatchNorm gradient output smaller than the data
+    (lambda k: k.batch_norm_grad(np.zeros(12), np.zeros(12), np.zeros(3), np.zeros(3), np.ones(3), np.zeros(11),
+                                 2, 3, 2), ValueError),
+    # a negative shape
+    (lambda k: k.channel_affine(np.zeros(12), np.zeros(12), np.zeros(3), np.zeros(3), 2, -3, 2, False), ValueError),
     # a geometry with a zero stride
     (lambda k: k.ave_pool(np.zeros(50), np.zeros(8), GEOM[:5] + (0,) + GEOM[6:], 2), ValueError),
 ])

@@ -17,7 +17,7 @@ from .im2col import add_weight_grad
 
 try:
     from .. import _native as kernels
-    if getattr(kernels, "ABI", None) != 2:     # a stale build from older sources
+    if getattr(kernels, "ABI", None) != 3:     # a stale build from older sources
         kernels = None
 except ImportError:
     kernels = None
@@ -42,6 +42,14 @@ def channel_affine(x, y, a, b, standardise):
     """y = (x - a[c]) / b[c] if standardise else x * a[c] + b[c], over x and y of shape (outer, C, inner)."""
     outer, channels, inner = x.shape
     kernels.channel_affine(x, y, a, b, outer, channels, inner, standardise)
+
+
+def channel_sums(dy, x):
+    """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays."""
+    outer, channels, inner = dy.shape
+    sums = np.empty((2, channels))
+    kernels.channel_sums(dy, x, sums[0], sums[1], outer, channels, inner)
+    return sums
 
 
 class ColumnConv:

@@ -90,13 +90,18 @@ class BatchNorm(Layer):
         if not propagate_down[0]:
             return
         dy = top[0].diff.reshape(self.view)
+        dx = bottom[0].diff.reshape(self.view)     # may be dy itself (in place)
         if self.use_global_stats:
-            dx = dy / self.std
+            np.divide(dy, self.std, out=dx)
+        elif self.fused:
+            y = self._x_norm
+            count = y.shape[0] * y.shape[2]
+            means = (native.channel_sums(dy, y) / count).astype(dy.dtype)
+            native.kernels.batch_norm_grad(dy, y, means[0], means[1], self.std, dx, *y.shape)
         else:
             y = self._x_norm
-            dx = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
-            dx /= self.std
-        bottom[0].diff.reshape(self.view)[...] = dx
+            grad = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
+            np.divide(grad, self.std, out=dx)
 
 
 class _Broadcast(Layer):
@@ -185,13 +190,18 @@ class Scale(_Broadcast):
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.view)
         x = self._x if bottom[0] is top[0] else bottom[0].data.reshape(self.view)
+        if self.fused:      # both sums in one compiled pass
+            sum_dy, sum_dyx = native.channel_sums(dy, x).astype(dy.dtype)
+        else:
+            sum_dy = self.reduce(dy) if self.bias_index is not None else None
+            sum_dyx = self.reduce(dy * x) if len(bottom) == 1 or propagate_down[1] else None
         if self.bias_index is not None:
             bias = self.blobs[self.bias_index]
-            bias.diff += self.reduce(dy).reshape(bias.shape)
+            bias.diff += sum_dy.reshape(bias.shape)
         if len(bottom) == 1:
-            self.blobs[0].diff += self.reduce(dy * x).reshape(self.blobs[0].shape)
+            self.blobs[0].diff += sum_dyx.reshape(self.blobs[0].shape)
         elif propagate_down[1]:
-            bottom[1].diff[...] = self.reduce(dy * x).reshape(bottom[1].shape)
+            bottom[1].diff[...] = sum_dyx.reshape(bottom[1].shape)
         if propagate_down[0]:
             np.multiply(dy, self.operand(bottom), out=bottom[0].diff.reshape(self.view))
 
