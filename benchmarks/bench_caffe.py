@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_caffe.py [--rounds 3] [--batch 10] [--threads 2] [--out FILE]
 
 Needs a `caffe` binary on PATH (or --caffe). On Debian 12 one comes from Debian 11's packages:
-add a bullseye source, then `apt-get install -t bullseye caffe` and `apt-get install
-libopenblas0-pthread` so that Caffe's libblas.so.3 is OpenBLAS. It is never a dependency.
+add a bullseye apt source pinned low (Pin-Priority 100, so nothing else is taken from it), then
+`apt-get install -t bullseye caffe` and `apt-get install libopenblas0-pthread` so that Caffe's
+libblas.so.3 is OpenBLAS. It is never a dependency of netspec.
 
 Both tools run the same prototxt, with weights left to the file's fillers (the timing does not
 depend on them), the same BLAS thread count, in alternation, `--rounds` times; the median of each
