@@ -190,26 +190,16 @@ static PyObject *pool(PyObject *args, int is_max, int backward)
         PyBuffer_Release(&b);
         return NULL;
     }
-    if (is_max && backward) {   /* an argmax outside its plane would write out of bounds */
-        const int32_t *p = idx.buf;
-        for (Py_ssize_t i = 0; i < pooled; i++)
-            if (p[i] < 0 || p[i] >= g.h * g.w) {
-                PyErr_SetString(PyExc_ValueError, "argmax out of range");
-                PyBuffer_Release(&a);
-                PyBuffer_Release(&b);
-                PyBuffer_Release(&idx);
-                return NULL;
-            }
-    }
+    long outside = 0;   /* argmax entries outside their plane (max backward): skipped, then an error */
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64) {
         if (is_max && !backward) max_pool_f64(a.buf, b.buf, idx.buf, planes, &g);
-        else if (is_max) max_unpool_f64(a.buf, idx.buf, b.buf, planes, &g);
+        else if (is_max) outside = max_unpool_f64(a.buf, idx.buf, b.buf, planes, &g);
         else if (!backward) ave_pool_f64(a.buf, b.buf, planes, &g);
         else ave_unpool_f64(a.buf, b.buf, planes, &g);
     } else {
         if (is_max && !backward) max_pool_f32(a.buf, b.buf, idx.buf, planes, &g);
-        else if (is_max) max_unpool_f32(a.buf, idx.buf, b.buf, planes, &g);
+        else if (is_max) outside = max_unpool_f32(a.buf, idx.buf, b.buf, planes, &g);
         else if (!backward) ave_pool_f32(a.buf, b.buf, planes, &g);
         else ave_unpool_f32(a.buf, b.buf, planes, &g);
     }
@@ -218,6 +208,8 @@ static PyObject *pool(PyObject *args, int is_max, int backward)
     PyBuffer_Release(&b);
     if (is_max)
         PyBuffer_Release(&idx);
+    if (outside)
+        return PyErr_Format(PyExc_ValueError, "%ld argmax entries out of range", outside);
     Py_RETURN_NONE;
 }
 

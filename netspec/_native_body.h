@@ -150,14 +150,22 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
     }
 }
 
-/* dx = the top gradient routed to each window's argmax (dx is overwritten). */
-static void NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long planes, const Geom *g)
+/* dx = the top gradient routed to each window's argmax (dx is overwritten). An argmax
+ * outside its plane is skipped, not written; the count of those is returned. */
+static long NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long planes, const Geom *g)
 {
     const long HW = g->h * g->w, P = g->oh * g->ow;
+    long outside = 0;
     memset(dx, 0, planes * HW * sizeof(T));
     for (long p = 0; p < planes; p++, dx += HW)
-        for (long o = 0; o < P; o++)
-            dx[*argmax++] += *dy++;
+        for (long o = 0; o < P; o++, argmax++, dy++) {
+            if (*argmax < 0 || *argmax >= HW) {
+                outside++;
+                continue;
+            }
+            dx[*argmax] += *dy;
+        }
+    return outside;
 }
 
 /* Caffe's average pooling: the window sum over the part inside the image, divided by the
