@@ -2,10 +2,12 @@
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..datasets.lmdb_io import LMDBCursor, datum_to_array, parse_datum
+from ..datasets.db import SHOWN, backend_name, open_cursor
+from ..datasets.lmdb_io import datum_to_array, parse_datum
 from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
@@ -109,36 +111,57 @@ class _Prefetcher:
             self.queue.get_nowait()
 
 
+def decode_threads():
+    """Threads that decode encoded Datums: one per core this process may use (Pillow's decoders
+    release the GIL), at most 4, so that decoding keeps ahead of an iteration."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def decoded_color(layer):
+    """force_color / force_gray as the decode mode: True (3 channels), False (grey), None (as stored)."""
+    t = layer.layer_param.transform_param
+    if t.force_color and t.force_gray:
+        raise layer.error("transform_param sets both force_color and force_gray; use one")
+    if t.force_color or layer.layer_param.data_param.force_encoded_color:
+        return True
+    return False if t.force_gray else None
+
+
 @register("Data")
 class Data(Layer):
-    """Batches of Caffe Datum records from an LMDB, transformed, prepared in a background thread.
+    """Batches of Caffe Datum records from an LMDB or LevelDB, transformed, prepared in a background thread.
 
-    Records are read in key order and wrap around at the end, as in Caffe. The
-    cursor and the transformer's random state after each consumed batch are
-    what `get_resume_state` reports, so a resumed run sees the same batches.
+    Records are read in key order and wrap around at the end, as in Caffe. Encoded
+    (JPEG/PNG) Datums are decoded by a small pool of threads inside the prefetch
+    thread; with crop_size they may differ in size, each image being cropped. The
+    cursor and the transformer's random state after each consumed batch are what
+    `get_resume_state` reports, so a resumed run sees the same batches.
     """
     num_bottoms = 0
     num_tops = (1, 2)
     is_data = True
     _stride = 1          # MPI data parallelism (set_stride): rank r of N reads records r, r+N, r+2N, ...
+    _decoders = None     # ThreadPoolExecutor, made when the first encoded batch arrives
 
     def setup(self, bottom, top):
         p = self.layer_param.data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB:
-            raise self.error("backend LEVELDB is not supported; convert the database to LMDB "
-                             "(set data_param { backend: LMDB })")
         if not p.source:
             raise self.error("data_param has no source")
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         self.batch_size = p.batch_size
+        self.color = decoded_color(self)
         if not os.path.exists(p.source):
-            raise self.error(f"LMDB '{p.source}' does not exist (data_param.source is relative to the working "
+            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is relative to the working "
                              "directory)")
         try:
-            self.cursor = LMDBCursor(p.source)
+            self.cursor = open_cursor(p.source, p.backend)
             first = datum_to_array(parse_datum(self.cursor.peek(), f"{p.source} record 0"),
-                                   f"{p.source} record 0")
+                                   f"{p.source} record 0", self.color)
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.datum_shape = first.shape
@@ -158,33 +181,55 @@ class Data(Layer):
         return {"position": self.cursor.position, "rng": self.transformer.get_state()}
 
     def _next_batch(self):
-        """Read, check and transform one batch (runs in the prefetch thread)."""
+        """Read, check, decode and transform one batch (runs in the prefetch thread)."""
         src = self.layer_param.data_param.source
-        start, stride = self.cursor.position, self._stride
+        start, stride, count = self.cursor.position, self._stride, len(self.cursor)
+        where = [f"{src} record {(start + i * stride) % count}" for i in range(self.batch_size)]
         try:
-            datums = [parse_datum(v, f"{src} record {(start + i * stride) % len(self.cursor)}")
-                      for i, v in enumerate(self._read_values())]
+            datums = [parse_datum(v, where[i]) for i, v in enumerate(self._read_values())]
+            images = np.empty(self.out_shape, np.float32)
+            if any(d.encoded for d in datums):
+                self._transform_decoded(datums, where, images)
+            else:
+                self._transform_raw(datums, where, images)
         except NetspecError as e:
             raise self.error(str(e)) from None
+        labels = np.fromiter((d.label for d in datums), np.float32, self.batch_size)
+        return images, labels, self._state()
+
+    def _transform_raw(self, datums, where, images):
         c, h, w = self.datum_shape
         size = c * h * w
-        for i, d in enumerate(datums):
-            if d.encoded:
-                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} is encoded (JPEG/PNG); "
-                                 "netspec reads raw Datum pixels only")
+        for d, at in zip(datums, where):
             if (d.channels, d.height, d.width) != self.datum_shape or (len(d.data) or len(d.float_data)) != size:
-                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} has shape "
-                                 f"({d.channels}, {d.height}, {d.width}) with "
-                                 f"{len(d.data) or len(d.float_data)} values; the first record has "
-                                 f"{self.datum_shape}")
+                raise NetspecError(f"{at} has shape ({d.channels}, {d.height}, {d.width}) with "
+                                   f"{len(d.data) or len(d.float_data)} values; the first record has "
+                                   f"{self.datum_shape}")
         if datums[0].data:
             raw = np.frombuffer(b"".join(d.data for d in datums), np.uint8)
         else:
             raw = np.concatenate([np.asarray(d.float_data, np.float32) for d in datums])
-        images = np.empty(self.out_shape, np.float32)
         self.transformer(raw.reshape((self.batch_size,) + self.datum_shape), images)
-        labels = np.fromiter((d.label for d in datums), np.float32, self.batch_size)
-        return images, labels, self._state()
+
+    def _transform_decoded(self, datums, where, images):
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(decode_threads(), thread_name_prefix="netspec-decode")
+        pixels = list(self._decoders.map(lambda i: datum_to_array(datums[i], where[i], self.color),
+                                         range(len(datums))))
+        if all(a.shape == self.datum_shape for a in pixels):
+            self.transformer(np.stack(pixels), images)
+            return
+        crop = self.layer_param.transform_param.crop_size
+        for i, a in enumerate(pixels):
+            if a.shape[0] != self.datum_shape[0] or not crop:
+                raise NetspecError(f"{where[i]} decodes to shape {a.shape}; the first record has "
+                                   f"{self.datum_shape}" + ("" if crop else " (set crop_size, or resize the "
+                                                            "images when converting)"))
+            try:
+                self.transformer.check(*a.shape)
+            except NetspecError as e:
+                raise NetspecError(f"{where[i]}: {e}") from None
+            self.transformer(a[None], images[i:i + 1])
 
     def reshape(self, bottom, top):
         top[0].reshape(self.out_shape)
@@ -205,6 +250,9 @@ class Data(Layer):
         prefetcher = getattr(self, "_prefetcher", None)
         if prefetcher is not None:
             prefetcher.stop()
+        if self._decoders is not None:
+            self._decoders.shutdown()
+            self._decoders = None
         cursor = getattr(self, "cursor", None)
         if cursor is not None:
             cursor.close()
