@@ -183,6 +183,8 @@ def _mount_tools():
         ("netspec.datasets.mnist", "convert_mnist_command", "convert_mnist"),
         ("netspec.datasets.mnist", "get_mnist_command", "get_mnist"),
         ("netspec.datasets.image_mean", "compute_image_mean_command", "compute_image_mean"),
+        ("netspec.datasets.imageset", "convert_imageset_command", "convert_imageset"),
+        ("netspec.features", "extract_features_command", "extract_features"),
     ]
     import importlib
     for module, attr, name in mounts:

@@ -43,7 +43,7 @@ def open_cursor(path, backend="lmdb"):
         raise NetspecError(f"{SHOWN[named]} '{path}' does not exist")
     actual = detect_backend(path) or named
     if actual != named:
-        glog.warning(f"{path} holds a {SHOWN[actual]} database, not the {SHOWN[named]} that the backend "
+        glog.warning(f"{path} holds {'an' if actual == 'lmdb' else 'a'} {SHOWN[actual]} database, not the {SHOWN[named]} that the backend "
                      f"names (LEVELDB is Caffe's default when backend is absent); reading it as "
                      f"{SHOWN[actual]}", "db.cpp:0")
     return lmdb_io.LMDBCursor(path) if actual == "lmdb" else leveldb_io.LevelDBCursor(path)

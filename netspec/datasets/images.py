@@ -49,7 +49,7 @@ def read_image(path, color=True, height=0, width=0):
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise NetspecError(f"cannot read image {path}: {e.strerror}") from None
+        raise NetspecError(f"{path}: {e.strerror}") from None
     image = decode_image(data, color, where=os.fspath(path))
     if height > 0 and width > 0:
         image = resize_linear(image, height, width)

@@ -1,4 +1,6 @@
-"""Layers that bring data into a net: Input, DummyData, Data (LMDB), MemoryData, ImageData."""
+"""Layers that bring data into a net: Input, DummyData, Data (LMDB/LevelDB), MemoryData.
+
+ImageData (image files from a list) is in image_data.py; it shares the prefetcher here."""
 import os
 import queue
 import threading
@@ -131,6 +133,24 @@ def decoded_color(layer):
     return False if t.force_gray else None
 
 
+def transform_images(transformer, pixels, where, shape, out):
+    """Transform decoded images into `out` (N, C, h, w): all at once when they all have `shape`,
+    else one by one, which crop_size allows (Caffe crops each image on its own)."""
+    if all(a.shape == shape for a in pixels):
+        transformer(np.stack(pixels), out)
+        return
+    crop = transformer.param.crop_size
+    for i, a in enumerate(pixels):
+        if a.shape[0] != shape[0] or (not crop and a.shape != shape):
+            raise NetspecError(f"{where[i]} has shape {a.shape}; the first one has {shape}"
+                               + ("" if crop else " (set crop_size, or resize the images to one size)"))
+        try:
+            transformer.check(*a.shape)
+        except NetspecError as e:
+            raise NetspecError(f"{where[i]}: {e}") from None
+        transformer(a[None], out[i:i + 1])
+
+
 @register("Data")
 class Data(Layer):
     """Batches of Caffe Datum records from an LMDB or LevelDB, transformed, prepared in a background thread.
@@ -216,20 +236,7 @@ class Data(Layer):
             self._decoders = ThreadPoolExecutor(decode_threads(), thread_name_prefix="netspec-decode")
         pixels = list(self._decoders.map(lambda i: datum_to_array(datums[i], where[i], self.color),
                                          range(len(datums))))
-        if all(a.shape == self.datum_shape for a in pixels):
-            self.transformer(np.stack(pixels), images)
-            return
-        crop = self.layer_param.transform_param.crop_size
-        for i, a in enumerate(pixels):
-            if a.shape[0] != self.datum_shape[0] or not crop:
-                raise NetspecError(f"{where[i]} decodes to shape {a.shape}; the first record has "
-                                   f"{self.datum_shape}" + ("" if crop else " (set crop_size, or resize the "
-                                                            "images when converting)"))
-            try:
-                self.transformer.check(*a.shape)
-            except NetspecError as e:
-                raise NetspecError(f"{where[i]}: {e}") from None
-            self.transformer(a[None], images[i:i + 1])
+        transform_images(self.transformer, pixels, where, self.datum_shape, images)
 
     def reshape(self, bottom, top):
         top[0].reshape(self.out_shape)
@@ -314,87 +321,12 @@ class MemoryData(Layer):
 
     def reshape(self, bottom, top):
         top[0].reshape(self.shape)
-        top[1].reshape(self.shape[:1])
+        top[1].reshape(self.shape[:1] + (1, 1, 1))        # Caffe's added_label_ is N x 1 x 1 x 1
 
     def forward(self, bottom, top):
         if self.data is None:
             raise self.error("no data: call net.set_input_arrays(data, labels) before forward")
         n = self.shape[0]
         top[0].data[...] = self.data[self.pos:self.pos + n]
-        top[1].data[...] = self.labels[self.pos:self.pos + n]
+        top[1].data[...] = self.labels[self.pos:self.pos + n].reshape(-1, 1, 1, 1)
         self.pos = (self.pos + n) % len(self.data)
-
-
-def _load_image(path, color, new_height, new_width):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise NetspecError("ImageData needs an image library: pip install pillow") from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if color else "L")
-            if new_height and new_width:
-                img = img.resize((new_width, new_height), Image.BILINEAR)
-            arr = np.asarray(img, np.uint8)
-    except OSError as e:
-        raise NetspecError(f"cannot read image {path}: {e}") from None
-    # Caffe (OpenCV) stores colour images as BGR, channel-major.
-    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
-
-
-@register("ImageData")
-class ImageData(Layer):
-    """Images listed in a text file (`path label` per line), read with Pillow, as Caffe's ImageData."""
-    num_bottoms = 0
-    num_tops = (1, 2)
-    is_data = True
-
-    def setup(self, bottom, top):
-        p = self.layer_param.image_data_param
-        try:
-            with open(p.source) as f:
-                lines = [line.rsplit(None, 1) for line in f if line.strip()]
-        except OSError as e:
-            raise self.error(f"cannot read image list {p.source}: {e.strerror}") from None
-        try:
-            self.items = [(os.path.join(p.root_folder, name), int(label)) for name, label in lines]
-        except ValueError:
-            raise self.error(f"{p.source}: each line must be `path label` with an integer label") from None
-        if not self.items:
-            raise self.error(f"image list {p.source} is empty")
-        self.rng = np.random.default_rng(int(get_rng().integers(2 ** 63)))
-        if p.shuffle:
-            self.rng.shuffle(self.items)
-        self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
-        first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)),
-                                       where=f"layer '{self.name}' ({self.type})")
-        self.transformer.check(*first.shape)
-        self.image_shape = first.shape
-        self.shape = (p.batch_size,) + self.transformer.output_shape(*first.shape)
-
-    def reshape(self, bottom, top):
-        top[0].reshape(self.shape)
-        if len(top) > 1:
-            top[1].reshape(self.shape[:1])
-
-    def forward(self, bottom, top):
-        p = self.layer_param.image_data_param
-        batch = np.empty((self.shape[0],) + self.image_shape, np.uint8)
-        labels = np.empty(self.shape[0], np.float32)
-        for i in range(self.shape[0]):
-            path, label = self.items[self.pos]
-            img = _load_image(path, p.is_color, p.new_height, p.new_width)
-            if img.shape != self.image_shape:
-                raise self.error(f"image {path} has shape {img.shape}, the first image has {self.image_shape} "
-                                 "(set new_height and new_width to resize)")
-            batch[i], labels[i] = img, label
-            self.pos += 1
-            if self.pos == len(self.items):
-                self.pos = 0
-                if p.shuffle:
-                    self.rng.shuffle(self.items)
-        self.transformer(batch, top[0].data)
-        if len(top) > 1:
-            top[1].data[...] = labels
