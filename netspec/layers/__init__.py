@@ -1,12 +1,8 @@
 """Layers by family, one module each; importing this package fills LAYER_REGISTRY.
 
-<<<<<<< HEAD
     data.py       Input, DummyData, Data (LMDB, LevelDB), MemoryData
     image_data.py ImageData (image files named in a list)
-=======
-    data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
     hdf5.py       HDF5Data, HDF5Output
->>>>>>> main
     conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
     pooling.py    Pooling, SPP (windows: window_pool.py)
     common.py     InnerProduct, Softmax
@@ -19,11 +15,7 @@
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-<<<<<<< HEAD
-from . import data, image_data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
-=======
-from . import data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
->>>>>>> main
+from . import data, image_data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):
