@@ -18,6 +18,7 @@ from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
 from .schema import read_binary_message, read_net, write_atomically
+from .upgrade import upgrade_net
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -531,7 +532,6 @@ class Net:
                 raise NetspecError(f"{where}: --weights takes a .caffemodel file; a .solverstate holds the solver's "
                                    "history (use --snapshot to resume from it)")
             trained = read_binary_message(where, caffe_pb2.NetParameter())
-            from .upgrade import upgrade_net
             trained = upgrade_net(trained, where)
         copy_layer_blobs(self, trained, where)
 
