@@ -21,7 +21,6 @@ Shares are against the iteration; prepare's share is the figure to keep under 10
 On a shared machine every figure is noisy: compare ratios within one run.
 """
 import argparse
-import io
 import logging
 import os
 import subprocess

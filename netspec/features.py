@@ -8,11 +8,10 @@ index), one database per blob.
 import queue
 import threading
 
-import click
 import numpy as np
 
 from . import glog
-from .datasets.db import BACKENDS, write_db_atomically
+from .datasets.db import write_db_atomically
 from .errors import NetspecError
 from .proto import caffe_pb2
 
@@ -117,28 +116,3 @@ def _run(net, blob_names, feeds, num_mini_batches):
                     glog.info(f"Extracted features of {counts[name]} query images for feature blob {name}",
                               "extract_features.cpp:162")
     return counts
-
-
-@click.command("extract_features")
-@click.argument("pretrained_weights")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("blob_names")
-@click.argument("db_names")
-@click.argument("num_mini_batches", type=click.IntRange(min=0))
-@click.argument("db_type", required=False, type=click.Choice(BACKENDS))
-@click.argument("device", required=False, nargs=-1)
-@click.option("--backend", type=click.Choice(BACKENDS), default=None,
-              help="Database type (also accepted as the positional DB_TYPE, as Caffe takes it).")
-def extract_features_command(pretrained_weights, net, blob_names, db_names, num_mini_batches, db_type,
-                             device, backend):
-    """Save the named blobs of NET, for NUM_MINI_BATCHES forwards, as float Datums (Caffe's extract_features).
-
-    BLOB_NAMES and DB_NAMES are comma-separated, one database per blob; an optional trailing CPU
-    is accepted (GPU is refused: netspec runs on the CPU).
-    """
-    if device and device[0].upper() == "GPU":
-        raise click.UsageError("GPU: netspec runs on the CPU only; drop the GPU argument")
-    if db_type and backend and db_type != backend:
-        raise click.UsageError(f"DB_TYPE {db_type} and --backend={backend} disagree")
-    extract_features(pretrained_weights, net, [b for b in blob_names.split(",") if b],
-                     [d for d in db_names.split(",") if d], num_mini_batches, backend or db_type or "lmdb")

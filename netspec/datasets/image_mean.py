@@ -5,7 +5,6 @@ width (the legacy 4-D fields) and `data` = the mean in C x H x W order.
 """
 import os
 
-import click
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -13,7 +12,7 @@ from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..schema import write_atomically
-from .db import BACKENDS, open_cursor
+from .db import open_cursor
 from .lmdb_io import datum_to_array, parse_datum
 
 CHUNK = 1024   # Datums summed per numpy call
@@ -106,13 +105,3 @@ def load_mean_binaryproto(path):
         raise NetspecError(f"mean file '{path}' is not a 1xCxHxW mean (corrupted?): shape {shape}, "
                            f"{len(values)} values")
     return np.asarray(values, np.float32).reshape(dims)
-
-
-@click.command("compute_image_mean")
-@click.argument("input_db", type=click.Path())
-@click.argument("output_file", type=click.Path(dir_okay=False), required=False)
-@click.option("--backend", type=click.Choice(BACKENDS), default="lmdb", show_default=True,
-              help="Database type.")
-def compute_image_mean_command(input_db, output_file, backend):
-    """Per-pixel mean of a database's images, written as a .binaryproto (as Caffe's tool does)."""
-    compute_image_mean(input_db, output_file, backend)

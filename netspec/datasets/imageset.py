@@ -16,7 +16,7 @@ import numpy as np
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from .db import BACKENDS, write_db_atomically
+from .db import write_db_atomically
 from .images import encode_image, read_image
 
 CHUNK = 64                      # images read and converted together by the thread pool
@@ -176,31 +176,3 @@ def _progress(total, show):
 def _threads():
     from ..layers.data import decode_threads
     return decode_threads()
-
-
-@click.command("convert_imageset")
-@click.argument("root_folder")
-@click.argument("listfile", type=click.Path(dir_okay=False))
-@click.argument("db_name", type=click.Path())
-@click.option("--gray", is_flag=True, help="Treat images as grey ones.")
-@click.option("--shuffle", is_flag=True, help="Randomly shuffle the order of images and their labels.")
-@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=None,
-              help="Seed of the shuffle (netspec's addition; Caffe seeds it from /dev/urandom each run).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="lmdb", show_default=True,
-              help="The backend for storing the result.")
-@click.option("--resize_width", type=int, default=0, help="Width images are resized to.")
-@click.option("--resize_height", type=int, default=0, help="Height images are resized to.")
-@click.option("--check_size", is_flag=True, help="Check that all the datums have the same size.")
-@click.option("--encoded", is_flag=True, help="Store the encoded image in the datum.")
-@click.option("--encode_type", default="", help="Encoding of the stored images ('png', 'jpg', ...).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output database.")
-def convert_imageset_command(root_folder, listfile, db_name, gray, shuffle, seed, backend, resize_width,
-                             resize_height, check_size, encoded, encode_type, overwrite):
-    """Convert a set of images to a Caffe LMDB/LevelDB (as Caffe's convert_imageset).
-
-    ROOT_FOLDER is prefixed to each name in LISTFILE as it stands (give it a trailing /);
-    LISTFILE lines are `subfolder1/file1.JPEG 7`.
-    """
-    convert_imageset(root_folder, listfile, db_name, gray=gray, shuffle=shuffle, backend=backend,
-                     resize_width=resize_width, resize_height=resize_height, check_size=check_size,
-                     encoded=encoded, encode_type=encode_type, seed=seed, overwrite=overwrite)
