@@ -117,7 +117,7 @@ def child(args):
     cores = sorted(os.sched_getaffinity(0))[:args.child]
     os.sched_setaffinity(0, cores)
     from netspec import glog
-    from netspec.layers.data import decode_threads
+    from netspec.datasets.images import decode_threads
     glog.configure(level=logging.WARNING)
     solver = caffenet_solver(args.db)
     iteration, prepare, wait = measure(solver, args.iters, args.batches)
@@ -125,7 +125,7 @@ def child(args):
     print(f"{len(cores)} core{'s' if len(cores) > 1 else ''} ({decode_threads()} decode thread"
           f"{'s' if decode_threads() > 1 else ''}): iteration {iteration * 1e3:8.1f} ms | prepare "
           f"{prepare * 1e3:6.1f} ms ({100 * prepare / iteration:4.1f}%) | wait {wait * 1e3:6.2f} ms "
-          f"({100 * wait / iteration:4.2f}%)", flush=True)
+          f"({100 * wait / iteration:4.2f}%) | BLAS {blas_line()}", flush=True)
 
 
 def blas_line():
@@ -148,7 +148,7 @@ def caffenet(args):
     glog.configure(level=logging.WARNING)
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           "(shared with other work: figures are noisy)")
-    print(f"BLAS: {blas_line()}; Pillow JPEG: libjpeg-turbo {features.version('libjpeg_turbo')}")
+    print(f"Pillow JPEG: libjpeg-turbo {features.version('libjpeg_turbo')}")
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         folder = os.path.join(tmp, "images")
         listfile = photo_jpegs(folder, args.images)

@@ -4,26 +4,18 @@ import os
 import subprocess
 import sys
 
-import lmdb
 import numpy as np
 import pytest
 
 from netspec import glog
 from netspec.datasets.imageset import BoostMT19937, caffe_shuffle, convert_imageset
 from netspec.errors import NetspecError
+from test_fork_schema import varint
 from test_image_datasets import opencv_linear_rule, smooth_rgb
+from test_lmdb_io import read_all
 
 Image = pytest.importorskip("PIL.Image")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def wire(field, value):
@@ -42,14 +34,6 @@ def caffe_raw_record(bgr, label):
 def caffe_encoded_record(data, label):
     """ReadFileToDatum: data = the file's bytes, label, encoded=true (no shape fields)."""
     return wire(4, data) + wire(5, label) + wire(7, 1)
-
-
-def read_lmdb(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        records = list(txn.cursor())
-    env.close()
-    return records
 
 
 @pytest.fixture
@@ -84,7 +68,7 @@ def test_raw_records_are_caffes_bytes_and_unreadable_images_are_skipped(folder, 
     assert (count, skipped) == (3, 2)
     expected = [(f"{i:08d}_{name}".encode(), caffe_raw_record(decoded_bgr(tmp / "images" / name), label))
                 for i, (name, label) in enumerate(lines) if name in images]
-    assert read_lmdb(tmp / "db") == expected                       # keys keep the line index: 0, 2, 4
+    assert read_all(tmp / "db") == expected                       # keys keep the line index: 0, 2, 4
     err = log.getvalue()
     assert err.count("Could not open or find file") == 2
     assert f"Could not open or find file {tmp}/images/missing.png: No such file or directory" in err
@@ -95,7 +79,7 @@ def test_resize_and_gray(folder):
     tmp, images, lines = folder
     convert_imageset(f"{tmp}/images/", str(tmp / "list.txt"), str(tmp / "db"), resize_height=8,
                      resize_width=6, gray=True)
-    records = read_lmdb(tmp / "db")
+    records = read_all(tmp / "db")
     png = tmp / "images" / "cats" / "a.png"
     rgb = np.asarray(Image.open(png)).astype(int)
     # Grey as libpng makes it, then resized by OpenCV's rule.
@@ -109,7 +93,7 @@ def test_resize_and_gray(folder):
 def test_encoded_keeps_the_files_bytes_or_reencodes(folder):
     tmp, images, lines = folder
     convert_imageset(f"{tmp}/images/", str(tmp / "list.txt"), str(tmp / "db"), encoded=True)
-    records = dict(read_lmdb(tmp / "db"))
+    records = dict(read_all(tmp / "db"))
     for i, (name, label) in enumerate(lines):
         if name in images:
             data = (tmp / "images" / name).read_bytes()
@@ -117,7 +101,7 @@ def test_encoded_keeps_the_files_bytes_or_reencodes(folder):
     # --encode_type=png on a JPEG: decoded and stored as a PNG of the same pixels.
     convert_imageset(f"{tmp}/images/", str(tmp / "list.txt"), str(tmp / "png_db"), encode_type="png")
     from netspec.proto import caffe_pb2
-    datum = caffe_pb2.Datum.FromString(dict(read_lmdb(tmp / "png_db"))[b"00000002_cats/b.jpg"])
+    datum = caffe_pb2.Datum.FromString(dict(read_all(tmp / "png_db"))[b"00000002_cats/b.jpg"])
     assert datum.encoded and datum.data[:8] == b"\x89PNG\r\n\x1a\n"
     back = np.asarray(Image.open(io.BytesIO(datum.data)))[:, :, ::-1].transpose(2, 0, 1)
     np.testing.assert_array_equal(back, decoded_bgr(tmp / "images" / "cats" / "b.jpg"))
@@ -129,7 +113,7 @@ def test_leveldb_holds_the_same_records(folder):
     convert_imageset(f"{tmp}/images/", str(tmp / "list.txt"), str(tmp / "lmdb"))
     convert_imageset(f"{tmp}/images/", str(tmp / "list.txt"), str(tmp / "ldb"), backend="leveldb")
     db = plyvel.DB(str(tmp / "ldb"))
-    assert list(db.iterator()) == read_lmdb(tmp / "lmdb")
+    assert list(db.iterator()) == read_all(tmp / "lmdb")
     db.close()
 
 
@@ -193,7 +177,7 @@ def test_cli_shuffles_with_a_seed_and_logs_plainly_off_a_terminal(folder):
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     order = caffe_shuffle(lines, 7)
-    keys = [k.decode() for k, _ in read_lmdb(tmp / "db")]
+    keys = [k.decode() for k, _ in read_all(tmp / "db")]
     assert keys == [f"{i:08d}_{n}" for i, (n, _) in enumerate(order) if n in images]
     assert "Shuffling data" in done.stderr and "Processed 3 files." in done.stderr
     assert "\r" not in done.stderr                                   # no progress bar in a pipe

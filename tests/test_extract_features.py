@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import lmdb
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ import netspec as caffe
 from netspec.datasets.lmdb_io import array_to_datum, write_lmdb_atomically
 from netspec.errors import NetspecError
 from netspec.features import extract_features
+from test_lmdb_io import read_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = """
@@ -45,14 +45,6 @@ def setup(tmp_path):
     return tmp_path, images, w, np.array([0.5, -40, 1], np.float32)
 
 
-def read_lmdb(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        records = list(txn.cursor())
-    env.close()
-    return records
-
-
 def test_features_are_float_datums_in_order(setup):
     tmp, images, w, b = setup
     counts = extract_features(str(tmp / "w.caffemodel"), str(tmp / "net.prototxt"), ["ip", "data"],
@@ -61,9 +53,9 @@ def test_features_are_float_datums_in_order(setup):
     order = [0, 1, 2, 3, 4, 0]                                        # 3 batches of 2 wrap the 5 records
     flat = images.reshape(5, 4).astype(np.float32)
     ip = flat @ w.T + b
-    assert read_lmdb(tmp / "ip_db") == [(b"%010d" % k, float_datum_bytes(ip[i], 3, 1, 1))
+    assert read_all(tmp / "ip_db") == [(b"%010d" % k, float_datum_bytes(ip[i], 3, 1, 1))
                                         for k, i in enumerate(order)]
-    assert read_lmdb(tmp / "data_db") == [(b"%010d" % k, float_datum_bytes(flat[i], 1, 2, 2))
+    assert read_all(tmp / "data_db") == [(b"%010d" % k, float_datum_bytes(flat[i], 1, 2, 2))
                                           for k, i in enumerate(order)]
 
 

@@ -17,6 +17,16 @@ ENCODE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "ti
 JPEG_QUALITY = 95                         # cv::imencode's default (IMWRITE_JPEG_QUALITY)
 
 
+def decode_threads():
+    """Threads that decode images in parallel: one per core this process may use (Pillow's
+    decoders release the GIL), at most 4, so that decoding keeps ahead of a training iteration."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def _pillow():
     try:
         from PIL import Image

@@ -10,14 +10,13 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import click
 import numpy as np
 
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from .db import write_db_atomically
-from .images import encode_image, read_image
+from .images import decode_threads, encode_image, read_image
 
 CHUNK = 64                      # images read and converted together by the thread pool
 
@@ -129,7 +128,7 @@ def convert_imageset(root_folder, listfile, db_name, gray=False, shuffle=False, 
 
     def records(progress):
         first_size = None
-        with ThreadPoolExecutor(_threads(), thread_name_prefix="netspec-convert") as pool:
+        with ThreadPoolExecutor(decode_threads(), thread_name_prefix="netspec-convert") as pool:
             for start in range(0, len(items), CHUNK):
                 ids = range(start, min(start + CHUNK, len(items)))
                 for line_id, datum in zip(ids, pool.map(convert, ids)):
@@ -169,10 +168,6 @@ def _progress(total, show):
     if not show:
         yield lambda done: None
         return
+    import click
     with click.progressbar(length=total, label="Converting images", file=sys.stderr) as bar:
         yield lambda done: bar.update(done - bar.pos)
-
-
-def _threads():
-    from ..layers.data import decode_threads
-    return decode_threads()

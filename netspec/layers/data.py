@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..datasets.db import SHOWN, backend_name, open_cursor
+from ..datasets.images import decode_threads
 from ..datasets.lmdb_io import datum_to_array, parse_datum
 from ..errors import NetspecError
 from ..fillers import fill
@@ -111,16 +112,6 @@ class _Prefetcher:
                 pass
         while not self.queue.empty():
             self.queue.get_nowait()
-
-
-def decode_threads():
-    """Threads that decode encoded Datums: one per core this process may use (Pillow's decoders
-    release the GIL), at most 4, so that decoding keeps ahead of an iteration."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
 
 
 def decoded_color(layer):

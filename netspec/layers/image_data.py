@@ -4,13 +4,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..datasets.images import read_image
+from ..datasets.images import decode_threads, read_image
 from ..datasets.imageset import read_image_list
 from ..errors import NetspecError
 from ..rng import get_rng
 from ..transform import Transformer
 from .base import Layer, register
-from .data import _Prefetcher, decode_threads, transform_images
+from .data import _Prefetcher, transform_images
 
 
 @register("ImageData")
