@@ -183,6 +183,7 @@ def _mount_tools():
         ("netspec.datasets.mnist", "convert_mnist_command", "convert_mnist"),
         ("netspec.datasets.mnist", "get_mnist_command", "get_mnist"),
         ("netspec.datasets.image_mean", "compute_image_mean_command", "compute_image_mean"),
+        ("netspec.onnx_export.command", "export_command", "export"),
     ]
     import importlib
     for module, attr, name in mounts:
