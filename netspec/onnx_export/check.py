@@ -7,9 +7,12 @@ rounding that is large relative to themselves yet tiny next to the tensor's scal
 by the tensor's largest magnitude measures the error at the scale the output lives at.
 An all-zero netspec output falls back to the absolute difference.
 """
+import json
+
 import numpy as np
 
 from .builder import ExportError
+from .export import OUTPUT_BLOBS
 
 
 def relative_difference(got, want):
@@ -91,6 +94,8 @@ def compare(net, model, feeds=None, every_blob=False, seed=0, threads=None):
     _, helper, _, TensorProto = onnx_modules()
     feeds = random_inputs(net, model, seed) if feeds is None else feeds
     names = [o.name for o in model.graph.output]
+    props = {p.key: p.value for p in model.metadata_props}
+    blob_of = json.loads(props.get(OUTPUT_BLOBS, "{}"))
     if every_blob:
         produced = {out for node in model.graph.node for out in node.output}
         extra = [n for n in net.blobs if n in produced and n not in names]
@@ -99,7 +104,7 @@ def compare(net, model, feeds=None, every_blob=False, seed=0, threads=None):
     session = ort_session(model, threads)
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     netspec_forward(net, feeds)
-    return {name: relative_difference(got[name], net.blobs[name].data) for name in names}
+    return {name: relative_difference(got[name], net.blobs[blob_of.get(name, name)].data) for name in names}
 
 
 def _with_outputs(model, extra, helper, TensorProto):

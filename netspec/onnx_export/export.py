@@ -4,11 +4,14 @@ Value names are Caffe's blob names: the ONNX value `X` holds what `net.blobs['X'
 holds after a forward. A blob that in-place layers rewrite (conv1 -> ReLU relu1 -> conv1)
 has one ONNX value per state; the last state keeps the blob's name and each earlier one is
 named `<blob>/<layer that wrote it>` (`conv1/conv1` for the convolution's output, before
-relu1 rewrote it). Split layers (netspec's, inserted where a blob feeds several layers) add
+relu1 rewrote it); a graph input keeps its name, so all its in-place rewrites are named so.
+Split layers (netspec's, inserted where a blob feeds several layers) add
 no node: their tops are the bottom's value. Data layers (Input, DummyData, Data, ...) become
 graph inputs of the shapes they produce; the net's outputs (blobs no layer consumes) are the
 graph outputs. Parameters are initializers named `<layer>/weight`, `<layer>/bias`, ...
 """
+import json
+
 from ..errors import NetspecError
 from . import common, neuron, norm, structure, vision  # noqa: F401  (fill the registry)
 from .builder import ExportError, GraphBuilder, Value, onnx_modules
@@ -16,6 +19,7 @@ from .registry import EXPORTERS
 
 DEFAULT_OPSET = 21       # ONNX 1.16's opset: ONNX Runtime >= 1.18, TensorRT 10, OpenCV 5 read it
 MIN_OPSET = 13           # Softmax on one axis, Split/ReduceSum/Squeeze taking their sizes as inputs
+OUTPUT_BLOBS = "netspec.output_blobs"   # metadata: {output value: Caffe blob}
 BATCH = "batch"          # the symbolic batch dimension's name (--dynamic-batch)
 
 _NOT_EXPORTED = {
@@ -32,6 +36,11 @@ def _opset_range():
     return MIN_OPSET, onnx.defs.onnx_opset_version()
 
 
+def is_input_layer(layer):
+    """A data layer (Input, DummyData, Data, ...): its tops become graph inputs."""
+    return layer.is_data and not layer.layer_param.bottom
+
+
 def _layer_blobs(net, layer):
     lp = layer.layer_param
     return [net.blobs[n] for n in lp.bottom], [net.blobs[n] for n in lp.top]
@@ -41,7 +50,7 @@ def batch_dims(net):
     """{blob: dims} with None for every dimension that changes with the batch size: the net is
     reshaped at batch N + 1 (its data tops grown on axis 0), compared, and put back."""
     shapes = {name: blob.shape for name, blob in net.blobs.items()}
-    data_tops = [(name, net.blobs[name]) for layer in net.layers if layer.is_data and not layer.layer_param.bottom
+    data_tops = [(name, net.blobs[name]) for layer in net.layers if is_input_layer(layer)
                  for name in layer.layer_param.top]
     saved = {name: blob.data.copy() for name, blob in data_tops}
 
@@ -50,7 +59,7 @@ def batch_dims(net):
             shape = shapes[name]
             blob.reshape((shape[0] + grow,) + tuple(shape[1:]) if shape else shape)
         for layer in net.layers:
-            if not (layer.is_data and not layer.layer_param.bottom):
+            if not is_input_layer(layer):
                 layer.reshape(*_layer_blobs(net, layer))
 
     try:
@@ -76,6 +85,8 @@ def value_names(net):
     last = {}
     for i, layer in enumerate(net.layers):
         for name in layer.layer_param.top:
+            if name in last and is_input_layer(net.layers[last[name]]):
+                continue            # a graph input keeps its name; every rewrite of it is <blob>/<layer>
             last[name] = i
     used = set(net.blobs)
     names = {}
@@ -115,7 +126,7 @@ def to_onnx(net, opset=None, dynamic_batch=False, producer="netspec"):
             continue
         if layer.type == "Silence":
             continue
-        if layer.is_data and not lp.bottom:
+        if is_input_layer(layer):
             for t, v in zip(lp.top, tops):
                 inputs.append(v)
                 current[t] = v
@@ -131,15 +142,16 @@ def to_onnx(net, opset=None, dynamic_batch=False, producer="netspec"):
     g.layer = None
 
     input_names = {v.name for v in inputs}
-    outputs = []
+    outputs, output_blobs = [], {}
     for name in net.outputs:
         v = current[name]
         if v.name in input_names:
             continue                # an input nothing reads (a label in a deploy net): not an output
-        if v.name != name:          # the top of a Split: give the blob's name to its value
+        if v.name != name and name not in input_names:    # a Split's top: give its value the blob's name
             g.identity(v.name, name)
             v = Value(name, v.shape, v.dims)
         outputs.append(v)
+        output_blobs[v.name] = name
     info = [_tensor_info(helper, TensorProto, v, inputs) for v in current.values()
             if v.name not in input_names and v not in outputs]
     graph = helper.make_graph(
@@ -149,6 +161,8 @@ def to_onnx(net, opset=None, dynamic_batch=False, producer="netspec"):
         g.initializers, value_info=_unique(info))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
     model.ir_version = min(model.ir_version, _ir_version_for(onnx, opset))
+    # Which Caffe blob each output is (they differ only for an input rewritten in place).
+    helper.set_model_props(model, {OUTPUT_BLOBS: json.dumps(output_blobs)})
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
