@@ -13,6 +13,7 @@ import numpy as np
 
 from .builder import ExportError
 from .export import OUTPUT_BLOBS
+from .losses import LABEL_BOTTOMS
 
 
 def relative_difference(got, want):
@@ -55,15 +56,42 @@ def ort_session(model, threads=None):
 
 
 def random_inputs(net, model, seed=0, batch=None):
-    """Standard normal data for each graph input, at the net's shapes (or with another batch size)."""
+    """Random data for each graph input at the net's shapes (or another batch size): standard
+    normal, except labels (class indices in range, 0/1 similarity, targets in [0, 1])."""
     rng = np.random.default_rng(seed)
+    kinds = label_inputs(net)
     feeds = {}
     for value in model.graph.input:
         shape = list(net.blobs[value.name].shape)
         if batch is not None and shape:
             shape[0] = batch
-        feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+        kind, classes = kinds.get(value.name, (None, None))
+        if kind == "class":
+            data = rng.integers(0, classes, shape)
+        elif kind == "binary":
+            data = rng.integers(0, 2, shape)
+        elif kind == "unit":
+            data = rng.uniform(0, 1, shape)
+        else:
+            data = rng.standard_normal(shape)
+        feeds[value.name] = data.astype(np.float32)
     return feeds
+
+
+def label_inputs(net):
+    """{input blob: (kind, classes)} for the blobs loss layers and Accuracy read as labels."""
+    source = {}                     # a Split's top -> the blob it copies
+    kinds = {}
+    for layer in net.layers:
+        lp = layer.layer_param
+        if layer.type == "Split":
+            for t in lp.top:
+                source[t] = source.get(lp.bottom[0], lp.bottom[0])
+        for index, kind in LABEL_BOTTOMS.get(layer.type, {}).items():
+            if index < len(lp.bottom):
+                classes = getattr(layer, "C", None)
+                kinds[source.get(lp.bottom[index], lp.bottom[index])] = (kind, classes)
+    return kinds
 
 
 def netspec_forward(net, feeds):
