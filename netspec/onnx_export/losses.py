@@ -8,8 +8,11 @@ follow the batch are taken from the tensors' sizes at run time.
 """
 import numpy as np
 
-from ..layers.common import FLT_MIN, Norm
+from ..proto import caffe_pb2
 from .registry import exports
+
+Norm = caffe_pb2.LossParameter
+FLT_MIN = float(np.finfo(np.float32).tiny)     # Caffe clamps probabilities here before the log
 
 # Graph inputs these layers read as labels, for random test input: {type: {bottom index: kind}}.
 LABEL_BOTTOMS = {"SoftmaxWithLoss": {1: "class"}, "Accuracy": {1: "class"},
