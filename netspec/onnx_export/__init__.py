@@ -9,9 +9,8 @@
     common.py     InnerProduct, Softmax, Eltwise, ArgMax, Reduction, Embed, BatchReindex
     structure.py  Concat, Slice, Flatten, Reshape, Crop, Tile, Parameter
     check.py      ONNX Runtime against netspec's forward (the relative difference used)
-    command.py    the `netspec export` command
 
-The `onnx` package is needed to export (optional extra `onnx`), ONNX Runtime to check.
+The `netspec export` command is netspec/commands/export.py. The `onnx` package is needed to export (optional extra `onnx`), ONNX Runtime to check.
 """
 from .builder import ExportError  # noqa: F401
 from .export import DEFAULT_OPSET, export_onnx, to_onnx  # noqa: F401

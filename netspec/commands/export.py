@@ -1,7 +1,8 @@
 """`netspec export --format onnx`: a deploy net and its weights as an ONNX file, optionally checked."""
 import click
 
-from .builder import ExportError
+from ..onnx_export.builder import ExportError
+from .base import command
 
 DEFAULT_TOLERANCE = 1e-5
 
@@ -29,8 +30,8 @@ def export_command(fmt, model, weights, output, opset, dynamic_batch, check, tol
     """Export a net to ONNX with Caffe's numbers (and check it against netspec with --check)."""
     from .. import glog
     from ..net import Net
+    from ..onnx_export.export import DEFAULT_OPSET, to_onnx, save
     from ..proto import caffe_pb2
-    from .export import DEFAULT_OPSET, to_onnx, save
     net = Net(model, caffe_pb2.Phase.Value(phase.upper()))
     if weights:
         for w in weights.split(","):
@@ -46,7 +47,7 @@ def export_command(fmt, model, weights, output, opset, dynamic_batch, check, tol
                + ", ".join(f"{v.name} {_shape(v)}" for v in graph.output))
     if not check:
         return
-    from .check import compare, runtime_version
+    from ..onnx_export.check import compare, runtime_version
     diffs = compare(net, onnx_model)
     click.echo(f"check: ONNX Runtime {runtime_version()} vs netspec forward, random N(0, 1) input "
                "(seed 0); largest relative difference max|onnx - netspec| / max|netspec|:")
