@@ -22,6 +22,7 @@ TOL = 1e-5
 BIG = {"models/googlenet/deploy.prototxt", "models/resnet50/ResNet-50-deploy.prototxt",
        "models/caffenet/deploy.prototxt"}
 MODELS = ["models/lenet/lenet.prototxt"] + DEPLOY
+SLOW_AT_4 = {"models/squeezenet/squeezenet_v1.1_deploy.prototxt", "models/mobilenet/mobilenet_deploy.prototxt"}
 
 
 def at_batch(path, batch):
@@ -49,8 +50,8 @@ def test_model_zoo_net_matches_netspec(path):
     assert_close(compare(net, model, every_blob=True), path)
 
 
-@pytest.mark.parametrize("path", ["models/lenet/lenet.prototxt", "models/cifar10/cifar10_quick.prototxt",
-                                  "models/mnist_siamese/mnist_siamese.prototxt"])
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in BIG | SLOW_AT_4 else p
+                                  for p in MODELS])
 def test_dynamic_batch_exported_at_1_runs_at_4(path):
     net = netspec.Net(at_batch(path, 1), netspec.TEST)
     random_weights(net)
