@@ -57,11 +57,12 @@ def photo_jpegs(folder, count, h=375, w=500):
 
 
 def time_convert(folder, listfile, db, **flags):
+    """(records per second, CPU ms per record: every thread of the process, unaffected by others' load)."""
     from netspec.datasets.imageset import convert_imageset
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     count, _ = convert_imageset(folder + "/", listfile, db, resize_height=SIZE, resize_width=SIZE,
                                 show_progress=False, **flags)
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (time.process_time() - cpu) * 1e3 / count
 
 
 def caffenet_solver(source):
@@ -88,7 +89,7 @@ def caffenet_solver(source):
 
 
 def measure(solver, iters, batches):
-    """(iteration s, prepare s, wait s) for the solver's Data layer."""
+    """(iteration s, prepare s, wait s, prepare CPU s) for the solver's Data layer."""
     data = next(layer for layer in solver.net.layers if layer.type == "Data")
     waits, forward = [], data.forward
 
@@ -106,10 +107,10 @@ def measure(solver, iters, batches):
     wait = sum(waits) / len(waits)
     data._prefetcher.stop()
     data._next_batch()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         data._next_batch()
-    return iteration, (time.perf_counter() - start) / batches, wait
+    return iteration, (time.perf_counter() - start) / batches, wait, (time.process_time() - cpu) / batches
 
 
 def child(args):
@@ -120,11 +121,11 @@ def child(args):
     from netspec.datasets.images import decode_threads
     glog.configure(level=logging.WARNING)
     solver = caffenet_solver(args.db)
-    iteration, prepare, wait = measure(solver, args.iters, args.batches)
+    iteration, prepare, wait, prepare_cpu = measure(solver, args.iters, args.batches)
     solver.net.close()
     print(f"{len(cores)} core{'s' if len(cores) > 1 else ''} ({decode_threads()} decode thread"
           f"{'s' if decode_threads() > 1 else ''}): iteration {iteration * 1e3:8.1f} ms | prepare "
-          f"{prepare * 1e3:6.1f} ms ({100 * prepare / iteration:4.1f}%) | wait {wait * 1e3:6.2f} ms "
+          f"{prepare * 1e3:6.1f} ms ({100 * prepare / iteration:4.1f}%; CPU {prepare_cpu * 1e3:.0f} ms) | wait {wait * 1e3:6.2f} ms "
           f"({100 * wait / iteration:4.2f}%) | BLAS {blas_line()}", flush=True)
 
 
@@ -144,6 +145,7 @@ def blas_line():
 
 def caffenet(args):
     from netspec import glog
+    from netspec.datasets.images import decode_threads
     from PIL import features
     glog.configure(level=logging.WARNING)
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
@@ -153,10 +155,11 @@ def caffenet(args):
         folder = os.path.join(tmp, "images")
         listfile = photo_jpegs(folder, args.images)
         db = os.path.join(tmp, "train_lmdb")
-        encoded = time_convert(folder, listfile, db, encoded=True)
-        raw = time_convert(folder, listfile, os.path.join(tmp, "raw_lmdb"))
-        print(f"convert_imageset, {args.images} JPEGs 500x375 -> 256x256: {encoded:6.1f} records/s with --encoded "
-              f"(decode, resize, re-encode), {raw:6.1f} records/s raw (decode, resize)")
+        encoded, encoded_cpu = time_convert(folder, listfile, db, encoded=True)
+        raw, raw_cpu = time_convert(folder, listfile, os.path.join(tmp, "raw_lmdb"))
+        print(f"convert_imageset, {args.images} JPEGs 500x375 -> 256x256 ({decode_threads()} threads): "
+              f"{encoded:6.1f} records/s with --encoded (decode, resize, re-encode; {encoded_cpu:.1f} ms CPU each), "
+              f"{raw:6.1f} records/s raw (decode, resize; {raw_cpu:.1f} ms CPU each)")
         print(f"CaffeNet train net, batch {BATCH}, {SIZE}x{SIZE} JPEG Datums, crop {CROP}, mirror, "
               f"{args.iters} iterations, {args.batches} batches prepared")
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -173,7 +176,7 @@ def lenet(args):
     os.chdir(REPO)
     glog.configure(level=logging.WARNING)
     solver = Solver("solvers/lenet_solver.prototxt")
-    iteration, prepare, wait = measure(solver, args.iters, args.batches)
+    iteration, prepare, wait, _ = measure(solver, args.iters, args.batches)
     print(f"LeNet train net, batch 64, {args.iters} iterations, {args.batches} batches prepared")
     print(f"  iteration  {iteration * 1e3:8.3f} ms")
     print(f"  prepare    {prepare * 1e3:8.3f} ms  ({100 * prepare / iteration:4.1f}% of an iteration, "
