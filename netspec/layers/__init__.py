@@ -6,14 +6,16 @@
     common.py     InnerProduct, Softmax
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
     loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
-    structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
+    structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, Permute, ...
     indexing.py   select, gather or reduce by index: Filter, BatchReindex, ArgMax, Reduction, Embed
-    norm.py       BatchNorm, Scale, Bias, LRN, MVN
+    norm.py       BatchNorm, Scale, Bias, LRN, MVN, Normalize (SSD)
+    detection.py  SSD's PriorBox, DetectionOutput, DetectionEvaluate (box arithmetic: ../bbox.py)
     python.py     user layers (`type: "Python"`)
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
 from . import data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from . import detection  # noqa: F401,E402
 
 
 def __getattr__(name):
