@@ -10,12 +10,14 @@
     indexing.py   select, gather or reduce by index: Filter, BatchReindex, ArgMax, Reduction, Embed
     norm.py       BatchNorm, Scale, Bias, LRN, MVN, Normalize (SSD)
     detection.py  SSD's PriorBox, DetectionOutput, DetectionEvaluate (box arithmetic: ../bbox.py)
+    multibox.py   SSD's MultiBoxLoss
+    annotated_data.py  SSD's AnnotatedData (augmentation: ../datasets/annotated.py)
     python.py     user layers (`type: "Python"`)
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
 from . import data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
-from . import detection  # noqa: F401,E402
+from . import detection, multibox, annotated_data  # noqa: F401,E402
 
 
 def __getattr__(name):
