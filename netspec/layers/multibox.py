@@ -7,8 +7,8 @@ import numpy as np
 
 from .. import bbox
 from ..proto import caffe_pb2
-from .base import Layer, register
-from .common import FLT_MIN, Norm, loss_normalization, normalizer
+from .base import FLT_MIN, Layer, register
+from .loss import Norm, loss_normalization, normalizer
 
 P = caffe_pb2.MultiBoxLossParameter
 
