@@ -125,6 +125,7 @@ def test_nms_keeps_boxes_whose_overlap_is_at_most_the_threshold():
     # IoU of the first two: 9 * 9 / (100 + 100 - 81) = 0.68
     np.testing.assert_array_equal(nms(boxes, scores, 0.5), [1, 2])
     np.testing.assert_array_equal(nms(boxes, scores, 0.7), [1, 0, 2])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, max_keep=1), [1])
 
 
 ONE_ANCHOR = """type: "Proposal" python_param { param_str: "'feat_stride': 16, 'scales': [1], 'ratios': [1]%s" }"""
@@ -169,6 +170,51 @@ def test_param_str_as_py_faster_rcnn_writes_it():
     text = r"""type: "Proposal" python_param { param_str: "'feat_stride': 16\n'scales': !!python/tuple [1]\n'ratios': [1]" }"""
     rois, = forward(text, rpn_inputs([[0.1, 0.4], [0.3, 0.2]]), phase=caffe_pb2.TEST)
     assert rois.shape == (4, 5)
+
+
+def naive_proposals(prob, deltas, im_info, stride, pre, post, thresh, min_size):
+    """The README's description, one box at a time: anchor a of cell (y, x) reads score channel
+    A + a and delta channels 4a .. 4a + 3."""
+    anchors = generate_anchors()
+    a_count, (height, width) = len(anchors), prob.shape[2:]
+    found = []
+    for y in range(height):
+        for x in range(width):
+            for a in range(a_count):
+                x1, y1, x2, y2 = anchors[a] + [x * stride, y * stride, x * stride, y * stride]
+                w, h = x2 - x1 + 1, y2 - y1 + 1
+                dx, dy, dw, dh = deltas[0, 4 * a:4 * a + 4, y, x]
+                cx, cy = x1 + 0.5 * w + dx * w, y1 + 0.5 * h + dy * h
+                pw, ph = np.exp(dw) * w, np.exp(dh) * h
+                box = [min(max(v, 0), limit - 1) for v, limit in
+                       ((cx - pw / 2, im_info[1]), (cy - ph / 2, im_info[0]),
+                        (cx + pw / 2, im_info[1]), (cy + ph / 2, im_info[0]))]
+                if box[2] - box[0] + 1 >= min_size * im_info[2] and box[3] - box[1] + 1 >= min_size * im_info[2]:
+                    found.append((prob[0, a_count + a, y, x], box))
+    found.sort(key=lambda item: -item[0])
+    kept = []
+    for score, box in found[:pre]:
+        def iou(other):
+            iw = max(0, min(box[2], other[2]) - max(box[0], other[0]) + 1)
+            ih = max(0, min(box[3], other[3]) - max(box[1], other[1]) + 1)
+            area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+            return iw * ih / (area(box) + area(other) - iw * ih)
+        if all(iou(other) <= thresh for _, other in kept):
+            kept.append((score, box))
+    return np.array([[0] + box for _, box in kept[:post]])
+
+
+def test_proposals_match_a_box_by_box_reading_of_the_rules():
+    rng = np.random.default_rng(7)
+    prob = rng.uniform(0, 1, (1, 18, 5, 6))
+    deltas = rng.normal(0, 0.3, (1, 36, 5, 6))
+    im_info = np.array([[80, 96, 0.6]])
+    text = ('type: "Proposal" python_param { param_str: "\'feat_stride\': 16, \'pre_nms_topN\': 150, '
+            '\'post_nms_topN\': 40, \'nms_thresh\': 0.6" }')
+    rois, = forward(text, [prob, deltas, im_info], phase=caffe_pb2.TEST)
+    want = naive_proposals(prob, deltas, im_info[0], 16, 150, 40, 0.6, 16)
+    assert len(want) > 10
+    np.testing.assert_allclose(rois, want, rtol=1e-10, atol=1e-9)
 
 
 def test_proposal_settings_follow_the_phase():
