@@ -9,6 +9,7 @@ import pytest
 import netspec
 from gradcheck import build, check_layer, forward
 from netspec.errors import NetspecError
+from netspec.layers import native, roi_pooling
 from netspec.layers.proposal import decode_boxes, generate_anchors, nms, shifted_anchors
 from netspec.proto import caffe_pb2
 
@@ -21,15 +22,24 @@ def roi_pool(pooled_h, pooled_w, scale=1.0):
 
 
 GRID = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)     # x[h, w] = 4h + w
+NATIVE = pytest.mark.skipif(getattr(native.kernels, "roi_pool", None) is None,
+                            reason="compiled kernels (netspec._native) not built")
+
+
+@pytest.fixture(params=["numpy", pytest.param("native", marks=NATIVE)])
+def roi_path(request, monkeypatch):
+    """Run the test with ROIPooling's numpy scan, then with the compiled one."""
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
+    return request.param
 
 
 # ---------------------------------------------------------------- ROIPooling
-def test_roi_pooling_whole_map_into_quarters():
+def test_roi_pooling_whole_map_into_quarters(roi_path):
     top, = forward(roi_pool(2, 2), [GRID, [[0, 0, 0, 3, 3]]])
     np.testing.assert_array_equal(top[0, 0], [[5, 7], [13, 15]])
 
 
-def test_roi_pooling_rounds_halves_away_from_zero():
+def test_roi_pooling_rounds_halves_away_from_zero(roi_path):
     # 1 * 0.5 and 5 * 0.5 round to 1 and 3 (numpy's round would give 0 and 2): a 3x3 roi at
     # (1, 1) whose 2x2 bins overlap: rows floor(0)..ceil(1.5) = 1..2, floor(1.5)..ceil(3) = 2..3.
     top, = forward(roi_pool(2, 2, 0.5), [GRID, [[0, 1, 1, 5, 5]]])
@@ -39,7 +49,7 @@ def test_roi_pooling_rounds_halves_away_from_zero():
     assert top[0, 0, 0, 0] == 5
 
 
-def test_roi_pooling_empty_bins_negative_maps_and_batch_index():
+def test_roi_pooling_empty_bins_negative_maps_and_batch_index(roi_path):
     x = np.stack([GRID[0], -1 - GRID[0]])                            # image 1 is all negative
     top, = forward(roi_pool(2, 2), [x, [[0, 10, 10, 12, 12], [1, 0, 0, 1, 1]]])
     np.testing.assert_array_equal(top[0, 0], np.zeros((2, 2)))       # off the map: empty, 0
@@ -47,7 +57,7 @@ def test_roi_pooling_empty_bins_negative_maps_and_batch_index():
     np.testing.assert_array_equal(top[1, 0], [[-1, -2], [-5, -6]])
 
 
-def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there():
+def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there(roi_path):
     layer, bottom, top = build(roi_pool(1, 1), [np.ones((1, 1, 3, 3)), [[0, 0, 0, 2, 2]]])
     layer.forward(bottom, top)
     assert layer.argmax_[0, 0, 0, 0] == 0
@@ -58,7 +68,7 @@ def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there():
     np.testing.assert_array_equal(bottom[0].diff[0, 0], expected)
 
 
-def test_roi_pooling_matches_a_naive_scan():
+def test_roi_pooling_matches_a_naive_scan(roi_path):
     x = R.standard_normal((2, 3, 9, 11))
     rois = np.array([[0, 3, 2, 40, 30], [1, -20, 5, 90, 120], [1, 17, 17, 17, 17], [0, 0, 0, 175, 143]], float)
     top, = forward(roi_pool(3, 2, 1 / 16), [x, rois])
@@ -75,13 +85,28 @@ def test_roi_pooling_matches_a_naive_scan():
                 np.testing.assert_allclose(top[i, :, ph, pw], want)
 
 
-def test_roi_pooling_gradient():
+@NATIVE
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pooling_compiled_scan_equals_numpy(dtype, monkeypatch):
+    x = R.integers(-3, 4, (2, 5, 13, 17)).astype(dtype)            # many ties
+    rois = np.column_stack([R.integers(0, 2, 40), R.uniform(-60, 300, (40, 4))])
+    rois[:, 3:] = np.maximum(rois[:, 3:], rois[:, 1:3] - 20)         # some empty, some inverted
+    monkeypatch.setattr(native, "ENABLED", True)
+    fast = roi_pooling.roi_pool_forward(x, rois, 1 / 16, 6, 4)
+    monkeypatch.setattr(native, "ENABLED", False)
+    slow = roi_pooling.roi_pool_forward(x, rois, 1 / 16, 6, 4)
+    assert (slow[1] == -1).any() and (slow[1] >= 0).any()
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+
+
+def test_roi_pooling_gradient(roi_path):
     x = R.permutation(2 * 3 * 8 * 8).reshape(2, 3, 8, 8) * 0.1     # distinct: no ties at the argmax
     rois = [[0, 0, 0, 7, 7], [1, 2, 1, 6, 7], [0, 3, 3, 5, 4], [1, 1, 1, 2, 2]]
     check_layer(roi_pool(3, 3), [x, rois], check_bottoms=[0])
 
 
-def test_roi_pooling_errors():
+def test_roi_pooling_errors(roi_path):
     with pytest.raises(NetspecError, match="pooled_h and pooled_w must be positive"):
         build('type: "ROIPooling"', [GRID, [[0, 0, 0, 1, 1]]])
     with pytest.raises(NetspecError, match=r"must hold rois as \(R, 5\)"):
