@@ -13,7 +13,7 @@ import numpy as np
 
 from . import glog, layers as _layers  # noqa: F401  (importing layers fills the registry)
 from .blob import Blob, BlobTooLarge
-from .errors import NetspecError
+from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -43,6 +43,14 @@ def create_layer(layer_param):
     return cls(layer_param)
 
 
+def _batch_slice(values, lo, batch):
+    """values[lo:lo + batch], zero-padded to a full batch."""
+    part = values[lo:lo + batch]
+    if len(part) < batch:
+        part = np.concatenate([part, np.zeros((batch - len(part),) + part.shape[1:], part.dtype)])
+    return part
+
+
 class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
     `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
@@ -67,6 +75,7 @@ class Net:
         for s in stages or ():
             state.stage.append(s)
         self._created = []               # every layer made, even one whose setup failed, for close()
+        self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
         try:
             self._init(param, state)
         except NetspecError as e:
@@ -93,7 +102,7 @@ class Net:
         """The error with the net's file in front (once)."""
         if not self.source or str(e).startswith(f"{self.source}:"):
             return e
-        return NetspecError(f"{self.source}: {e}")
+        return prefixed(e, self.source)
 
     # ------------------------------------------------------------ construction
     def _init(self, param, state):
@@ -195,7 +204,9 @@ class Net:
             self._bottom_need_backward.append(need)
             self._layer_need_backward.append(need_backward)
 
-        self.outputs = [name for name in self.blobs if name in available]
+        # Caffe keeps the unconsumed blobs in a std::set: outputs come in name order, and so do
+        # the "net output #N" log lines and the columns log parsers make of them.
+        self.outputs = sorted(available)
         self._prune_backward(filtered)
         for layer, need in zip(self.layers, self._layer_need_backward):
             layer.runs_backward = need
@@ -322,7 +333,10 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         try:
+            before, after = self._hooks["before_forward"], self._hooks["after_forward"]
             for i in range(start, end + 1):
+                for hook in before:
+                    hook(i)
                 layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
                 layer.reshape(bottom, top)
                 layer.forward(bottom, top)
@@ -331,6 +345,8 @@ class Net:
                     loss += w * float(blob.data.sum(dtype=np.float64))
                 if self.debug_info:
                     self._debug(i, "Forward")
+                for hook in after:
+                    hook(i)
         except NetspecError as e:
             raise self._located(e) from e
         return loss
@@ -338,13 +354,32 @@ class Net:
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
         try:
+            before, after = self._hooks["before_backward"], self._hooks["after_backward"]
             for i in range(start, end - 1, -1):
+                for hook in before:
+                    hook(i)
                 if self._layer_need_backward[i]:
                     self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
                     if self.debug_info:
                         self._debug(i, "Backward")
+                for hook in after:
+                    hook(i)
         except NetspecError as e:
             raise self._located(e) from e
+
+    # pycaffe's Net callbacks: `fn(layer_index)` around every layer's forward or backward, as Caffe
+    # calls them (backward ones for every layer in the range, whether or not it runs backward).
+    def before_forward(self, fn):
+        self._hooks["before_forward"].append(fn)
+
+    def after_forward(self, fn):
+        self._hooks["after_forward"].append(fn)
+
+    def before_backward(self, fn):
+        self._hooks["before_backward"].append(fn)
+
+    def after_backward(self, fn):
+        self._hooks["after_backward"].append(fn)
 
     def _debug(self, i, direction):
         """Caffe's debug_info lines: mean absolute value of each blob a layer touched."""
@@ -448,13 +483,7 @@ class Net:
         n = len(next(iter(kwargs.values()))) if kwargs else 0
         batch = self.blobs[next(iter(kwargs))].shape[0] if kwargs else 1
         for lo in range(0, n, batch):
-            chunk = {}
-            for name, value in kwargs.items():
-                part = np.asarray(value[lo:lo + batch])
-                if len(part) < batch:
-                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
+            chunk = {name: _batch_slice(np.asarray(value), lo, batch) for name, value in kwargs.items()}
             out = self.forward(blobs=blobs, **chunk)
             for name in outputs:
                 value = out[name].copy()
@@ -463,6 +492,33 @@ class Net:
                 else:
                     collected[name].extend(value[:min(batch, n - lo)])
         return {name: np.asarray(v) for name, v in collected.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: inputs (by input name) and top diffs (by output name) of any
+        length, run in batches of the net's batch size; returns ({output: data}, {input: diff}).
+
+        The last batch is padded with zeros and the padding dropped from the results.
+        """
+        forward_in = {k: np.asarray(v) for k, v in kwargs.items() if k not in self.outputs}
+        backward_in = {k: np.asarray(v) for k, v in kwargs.items() if k in self.outputs}
+        out_names = list(dict.fromkeys(self.outputs + list(blobs or [])))
+        diff_names = list(dict.fromkeys(self.inputs + list(diffs or [])))
+        outs = {name: [] for name in out_names}
+        grads = {name: [] for name in diff_names}
+        given = {**forward_in, **backward_in}
+        if given:
+            n, batch = len(next(iter(given.values()))), self.blobs[next(iter(given))].shape[0]
+        else:                            # nothing to feed (a data layer fills the net): one pass
+            n = batch = None
+        for lo in range(0, n or 1, batch or 1):
+            keep = min(batch, n - lo) if n else None
+            fwd = {k: _batch_slice(v, lo, batch) for k, v in forward_in.items()}
+            bwd = {k: _batch_slice(v, lo, batch) for k, v in backward_in.items()}
+            for collected, result in ((outs, self.forward(blobs=blobs, **fwd)),
+                                      (grads, self.backward(diffs=diffs, **bwd))):
+                for name, value in result.items():
+                    collected[name].extend([value.copy()] if value.ndim == 0 else value[:keep].copy())
+        return ({k: np.asarray(v) for k, v in outs.items()}, {k: np.asarray(v) for k, v in grads.items()})
 
     # ------------------------------------------------------------ weights
     def to_proto(self, write_diff=False):

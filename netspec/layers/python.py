@@ -28,11 +28,48 @@ def _user_frame(exc):
     return None
 
 
+class PythonLayerError(NetspecError, RuntimeError):
+    """A user's Python layer raised. pycaffe lets the layer's own exception through, and its tests
+    expect RuntimeError; this is a NetspecError (one line in the CLI) and both of those."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""      # not KeyError's quoted repr
+
+
+_ERROR_CLASSES = {}
+
+
+def _error_class(exc):
+    """PythonLayerError that is also an instance of the user's exception class, where Python allows."""
+    base = type(exc)
+    if base not in _ERROR_CLASSES:
+        try:
+            _ERROR_CLASSES[base] = type(f"PythonLayer{base.__name__}", (PythonLayerError, base), {})
+        except TypeError:                # e.g. a final or layout-incompatible exception class
+            _ERROR_CLASSES[base] = PythonLayerError
+    return _ERROR_CLASSES[base]
+
+
 def _user_error(layer_param, stage, exc):
     where = _user_frame(exc)
-    return NetspecError(f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
-                        f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}"
-                        + (f" (at {where})" if where else ""))
+    message = (f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
+               f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}"
+               + (f" (at {where})" if where else ""))
+    cls = _error_class(exc)
+    try:
+        error = cls.__new__(cls, message)     # not __init__: the user's class may take other arguments
+        error.args = (message,)
+        return error
+    except Exception:  # noqa: BLE001 - a class that cannot be made this way
+        return PythonLayerError(message)
+
+
+def _is_missing(module, exc):
+    """Whether the ImportError says `module` itself (or a package above it) is not on the path, as
+    opposed to an import inside the module failing."""
+    name = getattr(exc, "name", None)
+    return isinstance(exc, ModuleNotFoundError) and name is not None and (
+        module == name or module.startswith(name + "."))
 
 
 @register("Python")
@@ -48,6 +85,8 @@ class PythonLayer(Layer):
         try:
             module = importlib.import_module(p.module)
         except ImportError as e:
+            if not _is_missing(p.module, e):      # the module was found; an import inside it failed
+                raise _user_error(layer_param, f"importing '{p.module}'", e) from None
             raise NetspecError(f"layer '{layer_param.name}' (Python): cannot import module '{p.module}' "
                                f"({e}); put it on PYTHONPATH or in the working directory") from None
         except Exception as e:  # noqa: BLE001 - the user's module raised while importing
