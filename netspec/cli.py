@@ -77,9 +77,13 @@ def _refuse_gpu(gpu):
 @click.option("--gpu", default=None, hidden=True)
 @click.option("--level", type=int, default=None, help="Override the train net's level.")
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
+@click.option("--on_divergence", type=click.Choice(["stop", "continue"]), default="stop", show_default=True,
+              help="At a NaN/inf loss: stop with a .diverged snapshot, or carry on as Caffe does.")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage, on_divergence):
     """Train a net (caffe train)."""
     _refuse_gpu(gpu)
+    from .solver import set_on_divergence
+    set_on_divergence(on_divergence)
     if snapshot and weights:
         raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
     from .schema import read_solver
@@ -208,12 +212,16 @@ def _gflags_to_click(argv):
 
 def run(command, argv=None, prog_name="netspec"):
     """Run a click command as a program: user errors print one line and exit 1, usage errors 2."""
-    argv = _gflags_to_click(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in argv
-    glog.configure()
+    glog.configure(level=glog.default_level())
     try:
         try:
-            command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+            from .gflags import expand_flagfiles, take_log_dir
+            argv, log_dir = take_log_dir(expand_flagfiles(argv))
+            if log_dir:
+                glog.add_log_files(log_dir, prog_name)
+            command.main(args=_gflags_to_click(argv), prog_name=prog_name, standalone_mode=False)
         except BaseException as e:      # MPI: a failing rank ends the whole job (no-op in one process)
             from .parallel import abort_job
             abort_job(e, verbose)
