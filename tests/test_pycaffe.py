@@ -1,6 +1,7 @@
 """pycaffe parity: the `caffe` package, pycaffe 1.0's names and the behaviour pycaffe users rely on."""
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -438,3 +439,79 @@ def test_python_api_logs_to_stderr_by_default(tmp_path):
 def test_level_from_glog():
     assert [glog.level_from_glog(n) for n in (0, 1, 2, 3, 9)] == [
         logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL, logging.CRITICAL]
+
+
+# ---------------------------------------------------------------- coord_map, Detector, draw_net
+
+def test_coord_map_dilation_rect_pooling_and_errors():
+    from caffe import layers as L, params as P
+    from caffe.coord_map import coord_map_from_to, crop
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 40, 40]))
+    n.dil = L.Convolution(n.data, num_output=1, kernel_size=3, dilation=2, pad=1)    # extent 5
+    ax, a, b = coord_map_from_to(n.dil, n.data)
+    assert ax == 1 and np.all(a == 1) and np.all(b == 1)       # x_data = x_dil + (5 - 1) / 2 - 1
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_h=2, kernel_w=4, stride_h=2, stride_w=4)
+    ax, a, b = coord_map_from_to(n.pool, n.data)
+    np.testing.assert_allclose(a, [2, 4])
+    np.testing.assert_allclose(b, [0.5, 1.5])                  # centre of the first window
+    with pytest.raises(RuntimeError, match="no common input"):
+        coord_map_from_to(n.pool, L.Input(shape=dict(dim=[1])))
+    with pytest.raises(AssertionError, match="different scales"):
+        crop(n.pool, n.data)
+    up = L.Deconvolution(n.pool, convolution_param=dict(num_output=1, kernel_size=4, stride=2))
+    with pytest.raises(AssertionError):
+        crop(up, n.data)
+
+
+DETECT_DEPLOY = """
+name: 'det'
+layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
+layer { name: 'fc' type: 'InnerProduct' bottom: 'data' top: 'fc'
+        inner_product_param { num_output: 4 weight_filler { type: 'gaussian' std: 0.2 } } }
+"""
+
+
+def test_detector_windows_and_context_crop(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    deploy = write(tmp_path / "deploy.prototxt", DETECT_DEPLOY)
+    weights = str(tmp_path / "det.caffemodel")
+    plain = netspec.Net(deploy, netspec.TEST)
+    plain.save(weights)
+    pixels = np.random.default_rng(2).integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "im.png")
+    image = pixels.astype(np.float64) / 255
+    mean = np.array([0.1, 0.2, 0.3])
+    det = caffe.Detector(deploy, weights, mean=mean, raw_scale=2.0, channel_swap=(2, 1, 0))
+
+    def by_hand(crop):
+        plain.blobs["data"].data[0] = (crop[:, :, ::-1] * 2.0 - mean).transpose(2, 0, 1)
+        return plain.forward()["fc"][0].copy()
+
+    windows = np.array([[2, 3, 8, 9], [0, 0, 6, 6]])
+    found = det.detect_windows([(str(tmp_path / "im.png"), windows)])
+    assert [d["filename"] for d in found] == [str(tmp_path / "im.png")] * 2
+    for d, (y0, x0, y1, x1) in zip(found, windows):
+        np.testing.assert_allclose(d["prediction"], by_hand(image[y0:y1, x0:x1]), rtol=1e-4, atol=1e-6)
+
+    det.configure_crop(1)            # 1 pixel of context on each side of a 6-pixel input: windows grow x1.5
+    np.testing.assert_allclose(det.crop_mean[0, 0], [0.15, 0.1, 0.05], rtol=1e-6)   # mean in image space
+    np.testing.assert_allclose(det.crop(image, [2, 2, 5, 5]), image[1:7, 1:7], rtol=1e-6)
+    edge = det.crop(image, [0, 0, 3, 3])             # widened box (-1, -1, 5, 5): one row/column off the image
+    np.testing.assert_allclose(edge[1:, 1:], image[0:5, 0:5], rtol=1e-6)
+    np.testing.assert_allclose(edge[0], np.tile([0.15, 0.1, 0.05], (6, 1)), rtol=1e-6)
+
+
+def test_draw_net_returns_rendered_bytes():
+    import caffe.draw
+    from google.protobuf import text_format
+    with open(os.path.join(REPO, "models", "lenet", "lenet_train_test.prototxt")) as f:
+        net = text_format.Parse(f.read(), caffe_pb2.NetParameter())
+    dot = caffe.draw.draw_net(net, "LR", ext="dot", display_lrm=True).decode()
+    assert "lr mult: 1, 2" in dot and "Batch 64" in dot
+    assert "lr mult" not in caffe.draw.draw_net(net, "LR", ext="dot").decode()
+    with pytest.raises(NetspecError, match="unknown output format 'xyz'"):
+        caffe.draw.draw_net(net, "LR", ext="xyz")
+    if shutil.which("dot") is not None:
+        assert caffe.draw.draw_net(net, "TB", ext="png", phase=caffe.TEST).startswith(b"\x89PNG")
