@@ -53,30 +53,36 @@ def _read_flagfile(path, depth, seen):
     return expand_flagfiles(flags, depth + 1, seen | {real})
 
 
+def _scan(argv, name):
+    """Yield ("arg", arg) for each argument, or ("flag", value) for each --name flag (its value taken)."""
+    i = 0
+    while i < len(argv):
+        found = _flag_value(argv[i], name, argv[i + 1] if i + 1 < len(argv) else None)
+        if found is None:
+            yield "arg", argv[i]
+            i += 1
+        else:
+            yield "flag", found[0]
+            i += found[1]
+
+
 def expand_flagfiles(argv, depth=0, seen=frozenset()):
     """argv with every --flagfile=FILE replaced by the flags in FILE."""
-    out, i = [], 0
-    while i < len(argv):
-        found = _flag_value(argv[i], "flagfile", argv[i + 1] if i + 1 < len(argv) else None)
-        if found is None:
-            out.append(argv[i])
-            i += 1
-            continue
-        path, used = found
-        out.extend(_read_flagfile(path, depth, seen))
-        i += used
+    out = []
+    for kind, value in _scan(argv, "flagfile"):
+        if kind == "arg":
+            out.append(value)
+        else:
+            out.extend(_read_flagfile(value, depth, seen))
     return out
 
 
 def take_log_dir(argv):
     """(argv without glog's --log_dir, the folder it names or GLOG_log_dir, else None). The last one counts."""
-    out, log_dir, i = [], os.environ.get("GLOG_log_dir") or None, 0
-    while i < len(argv):
-        found = _flag_value(argv[i], "log_dir", argv[i + 1] if i + 1 < len(argv) else None)
-        if found is None:
-            out.append(argv[i])
-            i += 1
-            continue
-        log_dir, used = found
-        i += used
+    out, log_dir = [], os.environ.get("GLOG_log_dir") or None
+    for kind, value in _scan(argv, "log_dir"):
+        if kind == "arg":
+            out.append(value)
+        else:
+            log_dir = value
     return out, log_dir

@@ -8,17 +8,7 @@ import pytest
 
 from netspec import NetspecError
 from netspec.gflags import expand_flagfiles, take_log_dir
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-NET = """
-name: 'regression'
-layer { name: 'data' type: 'DummyData' top: 'x' top: 'y'
-  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 }
-    data_filler { type: 'constant' value: 1 } data_filler { type: 'constant' value: 2 } } }
-layer { name: 'ip' type: 'InnerProduct' bottom: 'x' top: 'ip' inner_product_param { num_output: 1 } }
-layer { name: 'loss' type: 'EuclideanLoss' bottom: 'ip' bottom: 'y' top: 'loss' }
-"""
+from test_pycaffe import REGRESSION as NET      # a net that diverges at a large lr
 
 
 def netspec_cli(args, cwd, env=None):
