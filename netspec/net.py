@@ -354,6 +354,35 @@ class Net:
     def _layer_names(self):
         return [record.name for record in self.records]
 
+    # pycaffe's index-based views of the C++ Net (some scripts reach for them).
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        return [self._blob_names.index(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(name) for name in self.outputs]
+
+    @property
+    def _blob_loss_weights(self):
+        return [self.blob_loss_weights.get(name, 0.0) for name in self.blobs]
+
+    def _bottom_ids(self, i):
+        return [self._blob_names.index(name) for name in self.records[i].bottom_names]
+
+    def _top_ids(self, i):
+        return [self._blob_names.index(name) for name in self.records[i].top_names]
+
+    def _forward(self, start, end):
+        return self.forward_prefilled(start, end)
+
+    def _backward(self, start, end):
+        self.backward_from_to(start, end)
+
     # Per-index views of the records' backward flags (read-only).
     @property
     def _layer_need_backward(self):
@@ -503,6 +532,9 @@ class Net:
                 if not np.all(np.isfinite(blob.diff)):
                     return f"first non-finite gradient in backward of layer '{record.name}'"
         return "no non-finite value found in the net's blobs"
+
+    def _set_input_arrays(self, data, labels):
+        self.set_input_arrays(data, labels)
 
     def set_input_arrays(self, data, labels):
         """pycaffe: hand arrays to the net's first layer, which must be a MemoryData layer."""

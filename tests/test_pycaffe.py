@@ -515,3 +515,17 @@ def test_draw_net_returns_rendered_bytes():
         caffe.draw.draw_net(net, "LR", ext="xyz")
     if shutil.which("dot") is not None:
         assert caffe.draw.draw_net(net, "TB", ext="png", phase=caffe.TEST).startswith(b"\x89PNG")
+
+
+def test_index_views_of_the_cpp_net(ip_net):
+    assert ip_net._blob_names == ["data", "ip"] and ip_net._blobs[1] is ip_net.blobs["ip"]
+    assert ip_net._inputs == [0] and ip_net._outputs == [1]
+    assert ip_net._bottom_ids(1) == [0] and ip_net._top_ids(1) == [1] and ip_net._top_ids(2) == [1]
+    assert ip_net._blob_loss_weights == [0.0, 0.0]
+    ip_net.blobs["data"].data[...] = 1
+    ip_net._forward(0, 1)                         # stops before the ReLU
+    w, b = ip_net.params["ip"][0].data, ip_net.params["ip"][1].data
+    np.testing.assert_allclose(ip_net.blobs["ip"].data, np.ones((2, 3)) @ w.T + b, rtol=1e-6)
+    ip_net.blobs["ip"].diff[...] = 1
+    ip_net._backward(1, 1)
+    np.testing.assert_allclose(ip_net.blobs["data"].diff, np.ones((2, 2)) @ w, rtol=1e-6)
