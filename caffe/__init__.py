@@ -12,6 +12,10 @@ never changes what an existing Caffe setup runs, and `import netspec as caffe` s
 picks netspec explicitly. NETSPEC_CAFFE=netspec in the environment keeps netspec as
 `caffe` even then. (A real Caffe that comes earlier on sys.path, e.g. through
 PYTHONPATH, is found before this package is even looked at.)
+
+When netspec itself runs a net with Python layers, their modules' `import caffe`
+gets this package whatever else is installed (netspec.layers.python binds the name
+first), since their layers must subclass netspec's Layer.
 """
 import importlib
 import importlib.util
@@ -21,7 +25,7 @@ import sys
 
 def _real_caffe_spec():
     """The spec of another `caffe` package that has Caffe's compiled _caffe module, or None."""
-    if os.environ.get("NETSPEC_CAFFE", "").strip().lower() == "netspec":
+    if os.environ.get("NETSPEC_CAFFE", "").strip().lower() == "netspec" or globals().get("_netspec_only"):
         return None
     here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
     for entry in sys.path:

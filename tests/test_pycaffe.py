@@ -529,3 +529,27 @@ def test_index_views_of_the_cpp_net(ip_net):
     ip_net.blobs["ip"].diff[...] = 1
     ip_net._backward(1, 1)
     np.testing.assert_allclose(ip_net.blobs["data"].diff, np.ones((2, 2)) @ w, rtol=1e-6)
+
+
+def test_python_layers_get_netspecs_caffe_even_beside_a_real_one(tmp_path):
+    real = fake_real_caffe(tmp_path / "real")
+    (tmp_path / "layer_mod.py").write_text(textwrap.dedent("""
+        import caffe
+
+        class Plus(caffe.Layer):
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].data.shape)
+
+            def forward(self, bottom, top):
+                top[0].data[...] = bottom[0].data + 1
+    """))
+    net_file = write(tmp_path / "net.prototxt", PY_NET % ("layer_mod", "Plus"))
+    # The real Caffe comes first on the path: a plain `import caffe` would load it.
+    result = run_python(f"""
+        import netspec
+        net = netspec.Net({net_file!r}, netspec.TEST)
+        import caffe
+        print(float(net.forward()["out"].sum()), caffe.Layer is netspec.Layer, hasattr(caffe, "REAL"))
+    """, tmp_path, path=[real, str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6.0", "True", "False"]

@@ -5,6 +5,7 @@ same four methods as every built-in layer, so the net drives both alike.
 """
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -72,6 +73,27 @@ def _is_missing(module, exc):
         module == name or module.startswith(name + "."))
 
 
+def bind_caffe_name():
+    """Make `import caffe` in user layer modules give netspec's caffe package, even when a real
+    Caffe is installed: layers netspec runs must subclass netspec's Layer. A `caffe` imported
+    already (the user's own choice) is left alone."""
+    if "caffe" in sys.modules:
+        return
+    folder = os.path.join(os.path.dirname(_NETSPEC_DIR), "caffe")
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location("caffe", init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    module._netspec_only = True          # read by caffe/__init__.py: do not step aside
+    sys.modules["caffe"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["caffe"]
+        raise
+
+
 @register("Python")
 class PythonLayer(Layer):
     """Creates the user's layer at construction and hands every call to it."""
@@ -82,6 +104,7 @@ class PythonLayer(Layer):
             raise NetspecError(f"layer '{layer_param.name}' (Python): python_param needs both module and layer")
         if "" not in sys.path and "." not in sys.path:
             sys.path.append("")      # pycaffe users rely on modules beside the working directory
+        bind_caffe_name()
         try:
             module = importlib.import_module(p.module)
         except ImportError as e:
