@@ -11,11 +11,10 @@ import os
 import shutil
 import subprocess
 
-import click
-
 from .errors import NetspecError
 from .graph import filter_net
 from .proto import caffe_pb2
+from .schema import read_net, write_atomically
 
 RANKDIRS = ("LR", "TB", "BT", "RL")
 # What Graphviz's `dot -T` writes and a user is likely to ask for by file extension.
@@ -135,7 +134,6 @@ def _is_in_place(layer, j):
 def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=False, display_lrm=False):
     """Graphviz DOT text for `net_param` (a NetParameter or a path to a net file)."""
     if not isinstance(net_param, caffe_pb2.NetParameter):
-        from .schema import read_net
         net_param = read_net(net_param)
     if rankdir not in RANKDIRS:
         raise NetspecError(f"unknown rankdir '{rankdir}' (expected one of {', '.join(RANKDIRS)})")
@@ -240,7 +238,6 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=
                            f"(use .dot, .gv or one of .{', .'.join(RENDERED_FORMATS)})")
     dot_text = net_to_dot(caffe_net, rankdir, phase, label_edges, display_lrm)
     data = dot_text.encode("utf-8") if ext in ("dot", "gv") else _render(dot_text, ext, path)
-    from .schema import write_atomically
     write_atomically(path, data)
 
 
@@ -254,17 +251,3 @@ def get_pydot_graph(caffe_net, rankdir="LR", label_edges=True, phase=None, displ
                            "draw_net_to_file work without it") from None
     graphs = pydot.graph_from_dot_data(net_to_dot(caffe_net, rankdir, phase, label_edges, display_lrm))
     return graphs[0]
-
-
-@click.command(name="draw")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--rankdir", type=click.Choice(RANKDIRS, case_sensitive=False), default="LR",
-              show_default=True, help="Direction the graph flows.")
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
-              show_default=True, help="Draw only the layers this phase includes.")
-@click.option("--display_lrm", is_flag=True, help="Show the lr_mult of Convolution, Deconvolution and InnerProduct.")
-def draw_command(net, out, rankdir, phase, display_lrm):
-    """Draw the net in NET as OUT (.dot, or .png/.jpg/.svg/.pdf/... with Graphviz installed)."""
-    from .schema import read_net
-    draw_net_to_file(read_net(net), out, rankdir.upper(), phase.upper(), display_lrm)

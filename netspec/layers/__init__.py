@@ -1,11 +1,12 @@
 """Layers by family, one module each; importing this package fills LAYER_REGISTRY.
 
     data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
+    hdf5.py       HDF5Data, HDF5Output
     conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
     pooling.py    Pooling, SPP (windows: window_pool.py)
-    common.py     InnerProduct, Softmax
+    common.py     InnerProduct, Softmax, Eltwise (and the axis/softmax helpers)
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
-    loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
+    loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ... (and the label/normalization helpers)
     structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
     indexing.py   select, gather or reduce by index: Filter, BatchReindex, ArgMax, Reduction, Embed
     norm.py       BatchNorm, Scale, Bias, LRN, MVN
@@ -13,7 +14,7 @@
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from . import data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):
