@@ -35,9 +35,12 @@ def draw(boxes, height, width, rng):
     return image
 
 
-def write_annotated_lmdb(path, height=48, width=64, boxes=BOXES, typed=True, seed=0):
+def annotated_records(height=48, width=64, boxes=BOXES, typed=True, seed=0):
     rng = np.random.default_rng(seed)
-    records = [(b"%08d" % i, annotated_datum(draw(b, height, width, rng), b, typed).SerializeToString())
-               for i, b in enumerate(boxes)]
-    write_lmdb_atomically(path, records)
+    return [(b"%08d" % i, annotated_datum(draw(b, height, width, rng), b, typed).SerializeToString())
+            for i, b in enumerate(boxes)]
+
+
+def write_annotated_lmdb(path, height=48, width=64, boxes=BOXES, typed=True, seed=0):
+    write_lmdb_atomically(path, annotated_records(height, width, boxes, typed, seed))
     return path

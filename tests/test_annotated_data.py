@@ -7,7 +7,7 @@ from gradcheck import build
 from netspec.datasets import annotated as A
 from netspec.errors import NetspecError
 from netspec.proto import caffe_pb2
-from ssd_data import BOXES, write_annotated_lmdb
+from ssd_data import BOXES, annotated_records, write_annotated_lmdb
 
 B = np.array
 
@@ -84,10 +84,11 @@ def test_resize_bilinear_by_hand():
     assert A.resize(image, 1, 1, nearest=True)[0, 0, 0] == 0
 
 
-def data_layer(tmp_path, transform="", anno="", phase=caffe_pb2.TEST, batch=4, typed=True):
-    source = write_annotated_lmdb(str(tmp_path / "lmdb"), typed=typed)
+def data_layer(tmp_path, transform="", anno="", phase=caffe_pb2.TEST, batch=4, typed=True, source=None,
+               backend="backend: LMDB"):
+    source = source or write_annotated_lmdb(str(tmp_path / "lmdb"), typed=typed)
     text = (f'type: "AnnotatedData" top: "data" top: "label" transform_param {{ {transform} }} '
-            f'data_param {{ source: "{source}" batch_size: {batch} backend: LMDB }} '
+            f'data_param {{ source: "{source}" batch_size: {batch} {backend} }} '
             f'annotated_data_param {{ {anno} }}')
     return build(text, [], num_tops=2, phase=phase)
 
@@ -151,3 +152,38 @@ def test_refusals(tmp_path):
         data_layer(tmp_path, "resize_param { resize_mode: FIT_SMALL_SIZE height: 8 width: 8 }")
     with pytest.raises(NetspecError, match="does not exist"):
         build('type: "AnnotatedData" data_param { source: "nowhere" batch_size: 1 backend: LMDB }', [], num_tops=2)
+
+
+def first_batch(layer, top):
+    try:
+        layer.forward([], top)
+        return top[0].data.copy(), top[1].data.copy()
+    finally:
+        layer.close()
+
+
+def test_leveldb_without_a_backend_line_gives_the_lmdbs_batch(tmp_path):
+    plyvel = pytest.importorskip("plyvel")
+    db = plyvel.DB(str(tmp_path / "ldb"), create_if_missing=True)       # written by plyvel directly
+    for key, value in annotated_records():
+        db.put(key, value)
+    db.close()
+    transform = "mean_value: 100 resize_param { height: 24 width: 32 }"
+    from_lmdb = first_batch(*data_layer(tmp_path, transform, batch=3)[::2])
+    from_leveldb = first_batch(*data_layer(tmp_path, transform, batch=3, source=tmp_path / "ldb", backend="")[::2])
+    assert from_lmdb[0].shape == (3, 3, 24, 32) and from_lmdb[1].shape[2] == 5      # the boxes of images 0-2
+    np.testing.assert_array_equal(from_leveldb[0], from_lmdb[0])
+    np.testing.assert_array_equal(from_leveldb[1], from_lmdb[1])
+
+
+def test_lmdb_without_a_backend_line_is_read_with_the_data_layers_warning(tmp_path):
+    import io
+    from netspec import glog
+    stream = io.StringIO()
+    glog.configure(stream)
+    try:
+        images, _ = first_batch(*data_layer(tmp_path, "resize_param { height: 8 width: 8 }", backend="")[::2])
+    finally:
+        glog.configure()
+    assert images.shape == (4, 3, 8, 8)
+    assert "holds an LMDB database, not the LevelDB that the backend names" in stream.getvalue()

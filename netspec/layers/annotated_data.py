@@ -1,10 +1,10 @@
-"""SSD's AnnotatedData: images and their boxes from an LMDB of AnnotatedDatum records."""
+"""SSD's AnnotatedData: images and their boxes from an LMDB or LevelDB of AnnotatedDatum records."""
 import os
 
 import numpy as np
 
 from ..datasets.annotated import AnnotatedTransformer, parse_annotated
-from ..datasets.lmdb_io import LMDBCursor
+from ..datasets.db import SHOWN, backend_name, open_cursor
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..rng import get_rng
@@ -26,16 +26,14 @@ class AnnotatedData(Data):
 
     def setup(self, bottom, top):
         p, anno = self.layer_param.data_param, self.layer_param.annotated_data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB:
-            raise self.error("backend LEVELDB is not supported; convert the database to LMDB")
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         if not p.source or not os.path.exists(p.source):
-            raise self.error(f"LMDB '{p.source}' does not exist (data_param.source is relative to the working "
+            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is relative to the working "
                              "directory)")
         self.batch_size = p.batch_size
         try:
-            self.cursor = LMDBCursor(p.source)
+            self.cursor = open_cursor(p.source, p.backend)   # absent backend: LEVELDB, or what the source is
             image, _, kind, _ = parse_annotated(self.cursor.peek(), f"{p.source} record 0")
         except NetspecError as e:
             raise self.error(str(e)) from None
