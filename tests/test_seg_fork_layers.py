@@ -313,3 +313,20 @@ def test_dense_image_data_errors(tmp_path):
         build(dense(tmp_path, tmp_path / "bad.txt", "batch_size: 1"), [], 2)
     with pytest.raises(NetspecError, match="cannot read image list"):
         build(dense(tmp_path, tmp_path / "missing.txt", "batch_size: 1"), [], 2)
+
+
+def test_dense_image_data_resizes_as_opencv(tmp_path):
+    """Image: cv::resize INTER_LINEAR; label: INTER_NEAREST, source index floor(d * src / dst)."""
+    from PIL import Image
+    red = np.array([0, 100, 200, 255])
+    rgb = np.stack([red, 255 - red, np.full(4, 7)], -1)[None].repeat(2, 0)           # 2x4, rows alike
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.arange(1, 9, dtype=np.uint8).reshape(2, 4)).save(tmp_path / "lab.png")
+    (tmp_path / "list.txt").write_text("img.png lab.png\n")
+    data, label = forward(dense(tmp_path, tmp_path / "list.txt", "batch_size: 1 new_height: 3 new_width: 2"),
+                          [], num_tops=2, phase=caffe_pb2.TEST)
+    # Columns 4 -> 2: centres at source 0.5 and 2.5, so each output is the mean of a pair, half up:
+    # red (0+100)/2, (200+255)/2 = 50, 228; green (255+155)/2, (55+0)/2 = 205, 28; blue 7.
+    np.testing.assert_array_equal(data[0], np.array([[7, 7], [205, 28], [50, 228]])[:, None].repeat(3, 1))
+    # Label rows 2 -> 3 take floor(0, 2/3, 4/3) = 0, 0, 1; columns 4 -> 2 take floor(0, 2) = 0, 2.
+    np.testing.assert_array_equal(label[0, 0], [[1, 3], [1, 3], [5, 7]])

@@ -133,6 +133,15 @@ def resize_linear(image, height, width):
     return ((out + (1 << (shift - 1))) >> shift).clip(0, 255).astype(np.uint8)
 
 
+def resize_nearest(image, height, width):
+    """cv::resize(INTER_NEAREST) of a (C, H, W) image: output index d takes source floor(d * src / dst)
+    (scale in double, as OpenCV's 1 / (dst / src)), clamped to the last source index."""
+    c, h, w = image.shape
+    ys = np.minimum(np.floor(np.arange(height) * (1.0 / (height / h))).astype(np.int64), h - 1)
+    xs = np.minimum(np.floor(np.arange(width) * (1.0 / (width / w))).astype(np.int64), w - 1)
+    return image[:, ys[:, None], xs]
+
+
 def encode_image(image, encoding):
     """Encoded bytes of a (C, H, W) uint8 BGR image, as cv::imencode('.' + encoding) writes them."""
     fmt = ENCODE_FORMATS.get(encoding.lower())

@@ -3,34 +3,27 @@
 The source lists `image label` per line (paths after root_folder). Tops: data (N, C, H, W),
 transformed as ImageData's (mean, scale; no crop or mirror: the label would not follow, so
 the fork refuses them too), and label (N, 1, H, W), the label image's grey values as read.
-new_height/new_width resize both (the image bilinear, the label nearest). With batch_size 1
-and no resize, the tops take each image's own size, as the fork's single-image mode does.
+new_height/new_width resize both with cv::resize's rules (the image bilinear, the label nearest).
+With batch_size 1 and no resize, the tops take each image's own size, as the fork's single-image
+mode does.
 """
 import os
 
 import numpy as np
 
-from ..errors import NetspecError
+from ..datasets.images import read_image, resize_linear, resize_nearest
 from ..rng import get_rng
 from ..transform import Transformer
 from .base import Layer, register
 
 
 def read_pair_image(path, color, size, nearest):
-    """(C, H, W) uint8 as Caffe reads it (colour as BGR), resized to size (h, w) when given."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise NetspecError("DenseImageData needs an image library: pip install pillow") from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if color else "L")
-            if size:
-                img = img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
-            arr = np.asarray(img, np.uint8)
-    except OSError as e:
-        raise NetspecError(f"cannot read image {path}: {e}") from None
-    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
+    """(C, H, W) uint8 as the fork's ReadImageToCVMat reads it (cv::imread, colour as BGR), resized to
+    size (h, w) when given: cv::resize INTER_LINEAR for images, INTER_NEAREST for labels."""
+    image = read_image(path, color)
+    if not size:
+        return image
+    return resize_nearest(image, *size) if nearest else resize_linear(image, *size)
 
 
 @register("DenseImageData")
