@@ -163,8 +163,8 @@ def draw_net_to_file(net_param, path, rankdir="LR", phase=None):
                            "(use .dot, .gv, .png, .svg or .pdf)")
     dot_text = net_to_dot(net_param, rankdir, phase)
     if ext in ("dot", "gv"):
-        from .schema import write_atomically
-        write_atomically(path, dot_text.encode("utf-8"))
+        from .durable import write_file
+        write_file(path, dot_text.encode("utf-8"))
         return
     dot_program = shutil.which("dot")
     if dot_program is None:

@@ -45,6 +45,7 @@ from collections import OrderedDict
 
 import click
 
+from .durable import open_for_write
 from .errors import NetspecError
 
 BASE_COLUMNS = ("NumIters", "Seconds", "LearningRate")
@@ -235,7 +236,7 @@ def write_csv(rows, path, delimiter=","):
     if len(delimiter) != 1:
         raise NetspecError(f"--delimiter must be one character, got {delimiter!r}")
     names = columns(rows)
-    with open(path, "w", newline="") as f:
+    with open_for_write(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter=delimiter)  # excel dialect: CRLF, like Caffe's files
         writer.writerow(names)
         writer.writerows([row.get(c) for c in names] for row in rows)
@@ -245,7 +246,7 @@ def write_json(rows, path):
     """Rows as a JSON list of objects; NaN becomes null so the file is strict JSON."""
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
              for row in rows]
-    with open(path, "w") as f:
+    with open_for_write(path, "w") as f:
         json.dump(clean, f, indent=1, allow_nan=False)
         f.write("\n")
 

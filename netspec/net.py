@@ -17,7 +17,8 @@ from .errors import NetspecError
 from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
-from .schema import read_binary_message, read_net, write_atomically
+from .durable import write_file
+from .schema import read_binary_message, read_net
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -478,7 +479,7 @@ class Net:
         return out
 
     def save(self, path):
-        write_atomically(path, self.to_proto().SerializeToString())
+        write_file(path, self.to_proto().SerializeToString())
 
     def copy_from(self, source):
         """Copy parameters by layer name from a .caffemodel path or a NetParameter."""

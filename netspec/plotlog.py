@@ -16,6 +16,7 @@ import os
 
 import click
 
+from .durable import open_for_write
 from .errors import NetspecError
 from .logparse import fail, parse_log
 
@@ -119,10 +120,8 @@ def plot_logs(chart_type, output_path, log_paths):
     if not log_paths:
         raise NetspecError("no log files given to plot")
     fig = build_figure(chart_type, log_paths)
-    try:
-        fig.savefig(output_path, format=fmt, dpi=100)
-    except OSError as e:
-        raise NetspecError(f"{output_path}: cannot write: {e.strerror or e}") from None
+    with open_for_write(output_path, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=100)
     return output_path
 
 

@@ -7,13 +7,13 @@ by name. Every malformed file becomes a ParseError reading `path:line:col: messa
 import difflib
 import os
 import re
-import tempfile
 
 import numpy as np
 import yaml
 from google.protobuf import descriptor, text_format
 from google.protobuf.message import DecodeError
 
+from .durable import write_file
 from .errors import NetspecError, ParseError
 from .proto import caffe_pb2
 
@@ -313,42 +313,8 @@ def read_solver(path_or_param):
     return _read_upgraded(path_or_param, caffe_pb2.SolverParameter, upgrade_solver)
 
 
-def write_atomically(path, data):
-    """Write bytes so that a crash leaves either the old file or the new one, never a torn one.
-
-    The bytes go to a uniquely named temporary file in the same folder, which is
-    flushed, synced and then renamed over `path` (rename is atomic on POSIX).
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") \
-                from None
-        raise
-    try:
-        # Make the rename itself durable.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+# Every file netspec writes goes through durable.write_file; the old name stays importable.
+write_atomically = write_file
 
 
 def write_text_message(path, message):
@@ -357,4 +323,4 @@ def write_text_message(path, message):
         text = message_to_yaml(message)
     else:
         text = text_format.MessageToString(message)
-    write_atomically(path, text.encode("utf-8"))
+    write_file(path, text.encode("utf-8"))

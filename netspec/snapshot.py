@@ -13,7 +13,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from .errors import NetspecError
 from .proto import caffe_pb2
-from .schema import read_binary_message, write_atomically
+from .durable import write_file
+from .schema import read_binary_message
 
 RESUME_FIELD = 1000
 
@@ -43,7 +44,7 @@ def write_solverstate(path, state, resume=None):
     data = state.SerializeToString()
     if resume is not None:
         data += ResumeState(netspec_resume=json.dumps(resume).encode("utf-8")).SerializeToString()
-    write_atomically(path, data)
+    write_file(path, data)
 
 
 def read_solverstate(path):

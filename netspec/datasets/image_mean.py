@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from ..schema import write_atomically
+from ..durable import write_file
 from .lmdb_io import open_lmdb_readonly, parse_datum
 
 CHUNK = 1024   # Datums summed per numpy call
@@ -37,7 +37,7 @@ def compute_image_mean(lmdb_path, out_binaryproto=None):
         glog.info(f"mean_value channel [{c}]: {value:g}", "compute_image_mean.cpp:0")
     if out_binaryproto is not None:
         glog.info(f"Write to {out_binaryproto}", "compute_image_mean.cpp:0")
-        write_atomically(out_binaryproto, blob.SerializeToString())
+        write_file(out_binaryproto, blob.SerializeToString())
     return blob
 
 

@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from .. import glog
+from ..durable import temp_name_for
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from .lmdb_io import open_lmdb_readonly, write_lmdb_atomically
@@ -205,7 +206,7 @@ def download_mnist(dest_dir, mirrors=None, timeout=20):
 
 def _fetch_checked(url, target, md5, timeout):
     """Download url to target if its contents have the given md5; return None or why it failed."""
-    tmp = target + ".part"
+    tmp = temp_name_for(target)      # netspec's temp pattern: cleaned up if left by a kill
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
