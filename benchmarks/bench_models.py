@@ -66,14 +66,15 @@ def gemm_shapes(net):
     net's blobs (weight and top shapes), not from the layers' internals.
     """
     out = []
-    for i, (name, layer) in enumerate(zip(net._layer_names, net.layers)):
+    for record in net.records:
+        name, layer = record.name, record.layer
         kind = layer.type
         if kind not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
             continue
         w = layer.blobs[0].shape
-        back = net._layer_need_backward[i]
-        for j, (bottom, top) in enumerate(zip(net._bottoms[i], net._tops[i])):
-            dgrad = back and net._bottom_need_backward[i][j]
+        back = record.need_backward
+        for j, (bottom, top) in enumerate(zip(record.bottoms, record.tops)):
+            dgrad = back and record.bottom_need_backward[j]
             if kind == "InnerProduct":
                 p = layer.layer_param.inner_product_param
                 n_out, k = (w[1], w[0]) if p.transpose else (w[0], w[1])

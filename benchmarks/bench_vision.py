@@ -114,20 +114,19 @@ def time_lenet(batch, rounds):
     import netspec.glog as glog
     glog.configure(open(os.devnull, "w"))
     net = lenet_net(batch)
-    per_layer = {name: [1e9, 1e9] for name in net._layer_names}
+    per_layer = {record.name: [1e9, 1e9] for record in net.records}
     best = 1e9
     for _ in range(rounds + 3):
         start = time.perf_counter()
-        for i, (layer, bottom, top) in enumerate(zip(net.layers, net._bottoms, net._tops)):
+        for record in net.records:
             t = time.perf_counter()
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            per_layer[net._layer_names[i]][0] = min(per_layer[net._layer_names[i]][0], time.perf_counter() - t)
-        for i in reversed(range(len(net.layers))):
-            if net._layer_need_backward[i]:
+            record.forward()
+            per_layer[record.name][0] = min(per_layer[record.name][0], time.perf_counter() - t)
+        for record in reversed(net.records):
+            if record.need_backward:
                 t = time.perf_counter()
-                net.layers[i].backward(net._tops[i], net._bottom_need_backward[i], net._bottoms[i])
-                per_layer[net._layer_names[i]][1] = min(per_layer[net._layer_names[i]][1], time.perf_counter() - t)
+                record.backward()
+                per_layer[record.name][1] = min(per_layer[record.name][1], time.perf_counter() - t)
         best = min(best, time.perf_counter() - start)
     rows = [(name, f * 1e3, (b if b < 1e9 else 0) * 1e3) for name, (f, b) in per_layer.items()]
     return best * 1e3, rows

@@ -44,6 +44,41 @@ def create_layer(layer_param):
     return cls(layer_param)
 
 
+class LayerRecord:
+    """One layer of a built Net: the layer, the blobs it reads and writes (and their names),
+    the loss weight of each top that carries one, and whether backward runs through it and
+    into each bottom. `forward()` and `backward()` run just this layer (timing, benchmarks)."""
+
+    __slots__ = ("name", "layer", "bottoms", "tops", "bottom_names", "top_names", "loss_weights",
+                 "need_backward", "bottom_need_backward")
+
+    def __init__(self, name, layer, bottoms, tops, loss_weights, need_backward, bottom_need_backward):
+        self.name, self.layer = name, layer
+        self.bottoms, self.tops = bottoms, tops
+        self.bottom_names = list(layer.layer_param.bottom)
+        self.top_names = list(layer.layer_param.top)
+        self.loss_weights = loss_weights              # [(top blob, weight)] for the tops that carry a loss
+        self.need_backward = need_backward
+        self.bottom_need_backward = bottom_need_backward
+
+    def forward(self):
+        """Reshape to the bottoms' current shapes, then forward (Caffe's Layer::Forward)."""
+        self.layer.reshape(self.bottoms, self.tops)
+        self.layer.forward(self.bottoms, self.tops)
+
+    def backward(self):
+        """Gradients into the params and into each bottom that needs one (callers check need_backward)."""
+        self.layer.backward(self.tops, self.bottom_need_backward, self.bottoms)
+
+
+class _Wiring:
+    """What Net::Init tracks while it appends layers: blobs no layer has consumed yet (the
+    outputs), which layer made each blob (for errors), and which blobs carry a gradient."""
+
+    def __init__(self):
+        self.available, self.producer, self.blob_need_backward = set(), {}, {}
+
+
 class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
     `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
@@ -103,114 +138,112 @@ class Net:
         self.param = param
         filtered = insert_splits(filter_net(param, state))
         self.blobs = OrderedDict()
-        self.layers, self._layer_names = [], []
-        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
-        self._bottoms, self._tops = [], []
-        self._loss_weights = []          # per layer: [(top blob, weight)]
+        self.records = []                # one LayerRecord per layer, in run order
         self.blob_loss_weights = OrderedDict()
-        self._blob_need_backward = {}
-        self._bottom_need_backward = []
-        self._layer_need_backward = []
         self.inputs = []
         self._learnable = []             # (Blob, lr_mult, decay_mult), owners only
         self._param_owner = {}           # ParamSpec name -> (layer name, index, Blob)
-        self._param_display = []         # (layer name, index) of each learnable
-        available = set()
-        names_seen = set()
-        producer = {}                    # blob name -> the layer that made it
-
+        wiring = _Wiring()
         for layer_param in filtered.layer:
-            if not layer_param.HasField("phase"):
-                layer_param.phase = state.phase
-            if layer_param.name in names_seen:
-                # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
-                # matched by name, so it is refused below only for layers that carry parameters.
-                glog.warning(f"duplicate layer name '{layer_param.name}'", "net.cpp:90")
-            names_seen.add(layer_param.name)
-            glog.info(f"Creating Layer {layer_param.name}", "net.cpp:84")
-            layer = create_layer(layer_param)
-            self._created.append(layer)
-            bottoms, need = [], []
-            for j, name in enumerate(layer_param.bottom):
-                if name not in self.blobs:
-                    raise self._missing_bottom(layer_param, name, filtered, param, state)
-                glog.info(f"{layer_param.name} <- {name}", "net.cpp:406")
-                bottoms.append(self.blobs[name])
-                available.discard(name)
-                ok = self._blob_need_backward.get(name, False)
-                if j < len(layer_param.propagate_down):
-                    ok = ok and layer_param.propagate_down[j]
-                need.append(ok)
-            tops = []
-            for j, name in enumerate(layer_param.top):
-                in_place = j < len(layer_param.bottom) and layer_param.bottom[j] == name
-                if in_place:
-                    glog.info(f"{layer_param.name} -> {name} (in-place)", "net.cpp:410")
-                    tops.append(self.blobs[name])
-                elif name in self.blobs:
-                    where = f"layer '{layer_param.name}' ({layer_param.type})"
-                    if list(layer_param.top).count(name) > 1:
-                        raise NetspecError(f"{where}: top blob '{name}' appears twice among its tops")
-                    raise NetspecError(f"{where}: top blob '{name}' is already produced by layer '{producer[name]}' "
-                                       "(only an in-place layer, with the blob as its bottom too, may write it again)")
-                else:
-                    glog.info(f"{layer_param.name} -> {name}", "net.cpp:452")
-                    blob = Blob()
-                    self.blobs[name] = blob
-                    producer[name] = layer_param.name
-                    tops.append(blob)
-                available.add(name)
-                if layer_param.type == "Input":
-                    self.inputs.append(name)
-            check_blob_counts(layer, bottoms, tops)
-            glog.info(f"Setting up {layer_param.name}", "net.cpp:129")
-            try:
-                layer.setup(bottoms, tops)
-                layer.reshape(bottoms, tops)
-            except BlobTooLarge as e:
-                so_far = sum(b.count for b in self.blobs.values()) * 4
-                raise NetspecError(
-                    f"layer '{layer_param.name}' ({layer_param.type}): {e}. Memory required for data up to "
-                    f"this layer: {so_far + e.needed // 2} bytes; reduce batch_size or the input size") from None
-            weights = self._set_loss_weights(layer, tops)
-            for name, blob in zip(layer_param.top, tops):
-                glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
-            self._attach_params(layer, layer_param)
-            if layer_param.name in self._layer_names and (layer.blobs or self.layer_dict_partial(layer_param.name)):
-                raise NetspecError(f"duplicate layer name '{layer_param.name}': layers with parameters must have "
-                                   "unique names (weights are copied by layer name)")
-
-            need_backward = any(need) and not layer.is_data
-            for j, blob in enumerate(layer.blobs):
-                spec = layer_param.param[j] if j < len(layer_param.param) else caffe_pb2.ParamSpec()
-                need_backward |= spec.lr_mult != 0
-            for name in layer_param.top:
-                self._blob_need_backward[name] = need_backward
-            self.layers.append(layer)
-            self._layer_names.append(layer_param.name)
-            self.bottom_names[layer_param.name] = list(layer_param.bottom)
-            self.top_names[layer_param.name] = list(layer_param.top)
-            self._bottoms.append(bottoms)
-            self._tops.append(tops)
-            self._loss_weights.append(weights)
-            self._bottom_need_backward.append(need)
-            self._layer_need_backward.append(need_backward)
-
-        self.outputs = [name for name in self.blobs if name in available]
+            self.records.append(self._append_layer(layer_param, wiring, filtered, param, state))
+        self.outputs = [name for name in self.blobs if name in wiring.available]
         self._prune_backward(filtered)
-        for layer, need in zip(self.layers, self._layer_need_backward):
-            layer.runs_backward = need
-        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        for record in self.records:
+            record.layer.runs_backward = record.need_backward
+        self.layers = [record.layer for record in self.records]
+        self.layer_dict = OrderedDict((record.name, record.layer) for record in self.records)
+        self.bottom_names = OrderedDict((record.name, record.bottom_names) for record in self.records)
+        self.top_names = OrderedDict((record.name, record.top_names) for record in self.records)
         mem = sum(b.count for b in self.blobs.values()) * 4
         glog.info(f"Memory required for data: {mem}", "net.cpp:255")
 
-    def layer_dict_partial(self, name):
+    def _append_layer(self, lp, wiring, filtered, param, state):
+        """Caffe's Net::Init body for one layer: create, wire bottoms and tops, set up, attach params."""
+        if not lp.HasField("phase"):
+            lp.phase = state.phase
+        seen = any(record.name == lp.name for record in self.records)
+        if seen:
+            # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
+            # matched by name, so it is refused below only for layers that carry parameters.
+            glog.warning(f"duplicate layer name '{lp.name}'", "net.cpp:90")
+        glog.info(f"Creating Layer {lp.name}", "net.cpp:84")
+        layer = create_layer(lp)
+        self._created.append(layer)
+        bottoms, bottom_need = self._append_bottoms(lp, wiring, filtered, param, state)
+        tops = self._append_tops(lp, wiring)
+        check_blob_counts(layer, bottoms, tops)
+        glog.info(f"Setting up {lp.name}", "net.cpp:129")
+        try:
+            layer.setup(bottoms, tops)
+            layer.reshape(bottoms, tops)
+        except BlobTooLarge as e:
+            so_far = sum(b.count for b in self.blobs.values()) * 4
+            raise NetspecError(
+                f"layer '{lp.name}' ({lp.type}): {e}. Memory required for data up to "
+                f"this layer: {so_far + e.needed // 2} bytes; reduce batch_size or the input size") from None
+        loss_weights = self._set_loss_weights(layer, tops)
+        for blob in tops:
+            glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
+        self._attach_params(layer, lp)
+        if seen and (layer.blobs or self._has_params_named(lp.name)):
+            raise NetspecError(f"duplicate layer name '{lp.name}': layers with parameters must have "
+                               "unique names (weights are copied by layer name)")
+        need_backward = any(bottom_need) and not layer.is_data
+        for j in range(len(layer.blobs)):
+            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
+            need_backward |= spec.lr_mult != 0
+        for name in lp.top:
+            wiring.blob_need_backward[name] = need_backward
+        return LayerRecord(lp.name, layer, bottoms, tops, loss_weights, need_backward, bottom_need)
+
+    def _append_bottoms(self, lp, wiring, filtered, param, state):
+        """Caffe's AppendBottom for each bottom: (bottom blobs, whether each gets a gradient)."""
+        bottoms, need = [], []
+        for j, name in enumerate(lp.bottom):
+            if name not in self.blobs:
+                raise self._missing_bottom(lp, name, filtered, param, state)
+            glog.info(f"{lp.name} <- {name}", "net.cpp:406")
+            bottoms.append(self.blobs[name])
+            wiring.available.discard(name)
+            ok = wiring.blob_need_backward.get(name, False)
+            if j < len(lp.propagate_down):
+                ok = ok and lp.propagate_down[j]
+            need.append(ok)
+        return bottoms, need
+
+    def _append_tops(self, lp, wiring):
+        """Caffe's AppendTop for each top: a new blob, or the bottom's own when in place."""
+        tops = []
+        for j, name in enumerate(lp.top):
+            in_place = j < len(lp.bottom) and lp.bottom[j] == name
+            if in_place:
+                glog.info(f"{lp.name} -> {name} (in-place)", "net.cpp:410")
+                tops.append(self.blobs[name])
+            elif name in self.blobs:
+                where = f"layer '{lp.name}' ({lp.type})"
+                if list(lp.top).count(name) > 1:
+                    raise NetspecError(f"{where}: top blob '{name}' appears twice among its tops")
+                raise NetspecError(f"{where}: top blob '{name}' is already produced by layer "
+                                   f"'{wiring.producer[name]}' (only an in-place layer, with the blob as its "
+                                   "bottom too, may write it again)")
+            else:
+                glog.info(f"{lp.name} -> {name}", "net.cpp:452")
+                blob = Blob()
+                self.blobs[name] = blob
+                wiring.producer[name] = lp.name
+                tops.append(blob)
+            wiring.available.add(name)
+            if lp.type == "Input":
+                self.inputs.append(name)
+        return tops
+
+    def _has_params_named(self, name):
         """Whether an already built layer of this name has parameters."""
-        return any(n == name and l.blobs for n, l in zip(self._layer_names, self.layers))
+        return any(record.name == name and record.layer.blobs for record in self.records)
 
     def _missing_bottom(self, lp, name, filtered, param, state):
         where = f"layer '{lp.name}' ({lp.type})"
-        done = set(self._layer_names) | {lp.name}
+        done = {record.name for record in self.records} | {lp.name}
         later = [l.name for l in filtered.layer if name in l.top and l.name not in done]
         if later:
             return NetspecError(f"{where}: bottom blob '{name}' is produced only by the later layer '{later[0]}' "
@@ -252,7 +285,6 @@ class Net:
                 if spec.name:
                     self._param_owner[spec.name] = (lp.name, j, blob)
                 self._learnable.append((blob, spec.lr_mult, spec.decay_mult))
-                self._param_display.append((lp.name, j))
                 continue
             owner_layer, owner_index, owner_blob = owner
             strict = spec.share_mode != caffe_pb2.ParamSpec.PERMISSIVE
@@ -273,33 +305,31 @@ class Net:
         """Caffe's rule: no backward through layers that reach no loss, or whose
         tops need no gradient; then force_backward turns everything back on."""
         under_loss, skip = set(), set()
-        for i in reversed(range(len(self.layers))):
-            lp = self.layers[i].layer_param
-            contributes = any(w for _, w in self._loss_weights[i]) or any(t in under_loss for t in lp.top)
-            skip_down = all(t in skip for t in lp.top) if lp.top else True
-            if self._layer_need_backward[i] and skip_down:
-                self._layer_need_backward[i] = False
-                self._bottom_need_backward[i] = [False] * len(lp.bottom)
+        for record in reversed(self.records):
+            contributes = any(w for _, w in record.loss_weights) or any(t in under_loss for t in record.top_names)
+            skip_down = all(t in skip for t in record.top_names) if record.top_names else True
+            if record.need_backward and skip_down:
+                record.need_backward = False
+                record.bottom_need_backward = [False] * len(record.bottom_names)
             if not contributes:
-                self._layer_need_backward[i] = False
-            for j, name in enumerate(lp.bottom):
+                record.need_backward = False
+            for j, name in enumerate(record.bottom_names):
                 if contributes:
                     under_loss.add(name)
                 else:
-                    self._bottom_need_backward[i][j] = False
-                if not self._bottom_need_backward[i][j]:
+                    record.bottom_need_backward[j] = False
+                if not record.bottom_need_backward[j]:
                     skip.add(name)
         if filtered.force_backward:
-            for i, layer in enumerate(self.layers):
-                self._layer_need_backward[i] = True
-                self._bottom_need_backward[i] = [
-                    need or layer.allow_force_backward(j) for j, need in enumerate(self._bottom_need_backward[i])]
+            for record in self.records:
+                record.need_backward = True
+                record.bottom_need_backward = [need or record.layer.allow_force_backward(j)
+                                               for j, need in enumerate(record.bottom_need_backward)]
 
     # ------------------------------------------------------------ pycaffe API
     @property
     def params(self):
-        return OrderedDict((name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
-                           if layer.blobs)
+        return OrderedDict((record.name, record.layer.blobs) for record in self.records if record.layer.blobs)
 
     @property
     def learnable_params(self):
@@ -309,6 +339,19 @@ class Net:
     @property
     def _blob_names(self):
         return list(self.blobs)
+
+    @property
+    def _layer_names(self):
+        return [record.name for record in self.records]
+
+    # Per-index views of the records' backward flags (read-only).
+    @property
+    def _layer_need_backward(self):
+        return [record.need_backward for record in self.records]
+
+    @property
+    def _bottom_need_backward(self):
+        return [list(record.bottom_need_backward) for record in self.records]
 
     def _layer_index(self, name, default):
         if name is None:
@@ -320,47 +363,45 @@ class Net:
 
     def forward_prefilled(self, start=0, end=None):
         """Run layers start..end (indices); return the weighted loss."""
-        end = len(self.layers) - 1 if end is None else end
+        end = len(self.records) - 1 if end is None else end
         loss = 0.0
         try:
-            for i in range(start, end + 1):
-                layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
-                layer.reshape(bottom, top)
-                layer.forward(bottom, top)
-                for blob, w in self._loss_weights[i]:
+            for record in self.records[start:end + 1]:
+                record.forward()
+                for blob, w in record.loss_weights:
                     blob.diff[...] = w
                     loss += w * float(blob.data.sum(dtype=np.float64))
                 if self.debug_info:
-                    self._debug(i, "Forward")
+                    self._debug(record, "Forward")
         except NetspecError as e:
             raise self._located(e) from e
         return loss
 
     def backward_from_to(self, start=None, end=0):
-        start = len(self.layers) - 1 if start is None else start
+        start = len(self.records) - 1 if start is None else start
         try:
             for i in range(start, end - 1, -1):
-                if self._layer_need_backward[i]:
-                    self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+                record = self.records[i]
+                if record.need_backward:
+                    record.backward()
                     if self.debug_info:
-                        self._debug(i, "Backward")
+                        self._debug(record, "Backward")
         except NetspecError as e:
             raise self._located(e) from e
 
-    def _debug(self, i, direction):
+    def _debug(self, record, direction):
         """Caffe's debug_info lines: mean absolute value of each blob a layer touched."""
-        name, layer = self._layer_names[i], self.layers[i]
+        name, layer = record.name, record.layer
         mean_abs = lambda a: float(np.abs(a).mean()) if a.size else 0.0  # noqa: E731
         if direction == "Forward":
-            for top_name, blob in zip(layer.layer_param.top, self._tops[i]):
+            for top_name, blob in zip(record.top_names, record.tops):
                 glog.info(f"    [Forward] Layer {name}, top blob {top_name} data: {mean_abs(blob.data):g}",
                           "net.cpp:604")
             for j, blob in enumerate(layer.blobs):
                 glog.info(f"    [Forward] Layer {name}, param blob {j} data: {mean_abs(blob.data):g}",
                           "net.cpp:616")
         else:
-            for bottom_name, blob, need in zip(layer.layer_param.bottom, self._bottoms[i],
-                                               self._bottom_need_backward[i]):
+            for bottom_name, blob, need in zip(record.bottom_names, record.bottoms, record.bottom_need_backward):
                 if need:
                     glog.info(f"    [Backward] Layer {name}, bottom blob {bottom_name} diff: "
                               f"{mean_abs(blob.diff):g}", "net.cpp:632")
@@ -383,7 +424,7 @@ class Net:
                                    f"net expects {target.shape}")
             target.data[...] = value
         i0 = self._layer_index(start, 0)
-        i1 = self._layer_index(end, len(self.layers) - 1)
+        i1 = self._layer_index(end, len(self.records) - 1)
         self.forward_prefilled(i0, i1)
         wanted = list(blobs or [])
         names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
@@ -400,7 +441,7 @@ class Net:
                 raise NetspecError(f"backward: diff for '{name}' has shape {value.shape}, "
                                    f"blob has {target.shape}")
             target.diff[...] = value
-        i0 = self._layer_index(start, len(self.layers) - 1)
+        i0 = self._layer_index(start, len(self.records) - 1)
         i1 = self._layer_index(end, 0)
         self.backward_from_to(i0, i1)
         names = ([self.bottom_names[end][0]] if end is not None and self.bottom_names[end] else self.inputs)
@@ -415,17 +456,17 @@ class Net:
 
     def first_non_finite(self):
         """Where a NaN/inf first shows: the earliest layer output, else the earliest gradient in backward order."""
-        for name, layer, tops in zip(self._layer_names, self.layers, self._tops):
-            for top_name, blob in zip(layer.layer_param.top, tops):
+        for record in self.records:
+            for top_name, blob in zip(record.top_names, record.tops):
                 if not np.all(np.isfinite(blob.data)):
-                    return f"first non-finite value in the output '{top_name}' of layer '{name}'"
-            for j, blob in enumerate(layer.blobs):
+                    return f"first non-finite value in the output '{top_name}' of layer '{record.name}'"
+            for j, blob in enumerate(record.layer.blobs):
                 if not np.all(np.isfinite(blob.data)):
-                    return f"first non-finite value in param {j} of layer '{name}'"
-        for i in reversed(range(len(self.layers))):
-            for blob in list(self._bottoms[i]) + list(self.layers[i].blobs):
+                    return f"first non-finite value in param {j} of layer '{record.name}'"
+        for record in reversed(self.records):
+            for blob in list(record.bottoms) + list(record.layer.blobs):
                 if not np.all(np.isfinite(blob.diff)):
-                    return f"first non-finite gradient in backward of layer '{self._layer_names[i]}'"
+                    return f"first non-finite gradient in backward of layer '{record.name}'"
         return "no non-finite value found in the net's blobs"
 
     def set_input_arrays(self, data, labels):
@@ -439,8 +480,8 @@ class Net:
             blob.diff[...] = 0
 
     def reshape(self):
-        for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
-            layer.reshape(bottom, top)
+        for record in self.records:
+            record.layer.reshape(record.bottoms, record.tops)
 
     def forward_all(self, blobs=None, **kwargs):
         """Forward inputs of any length in batches of the net's batch size; concatenated outputs."""
@@ -499,7 +540,8 @@ class Net:
 
     def share_with(self, other):
         """Make this net's parameters the same blobs as `other`'s (train/test nets), by layer name."""
-        for name, layer in zip(self._layer_names, self.layers):
+        for record in self.records:
+            name, layer = record.name, record.layer
             source = other.layer_dict.get(name)
             if source is None or not layer.blobs:
                 continue

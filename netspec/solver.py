@@ -367,9 +367,9 @@ class Solver:
         nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
         layers = {}
         for tag, net in nets.items():
-            for name, layer in zip(net._layer_names, net.layers):
-                if hasattr(layer, "get_resume_state"):
-                    layers[f"{tag}/{name}"] = layer.get_resume_state()
+            for record in net.records:
+                if hasattr(record.layer, "get_resume_state"):
+                    layers[f"{tag}/{record.name}"] = record.layer.get_resume_state()
         return {"rng": rng.get_state(), "layers": layers, "losses": list(map(float, self._losses)),
                 "smoothed_loss": float(self._smoothed_loss),
                 "loss_index_base": int(self._loss_start)}

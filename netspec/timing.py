@@ -19,32 +19,31 @@ def time_net(net, iterations, backward=True):
     if backward:
         glog.info("Performing Backward", "caffe.cpp:354")
         net.backward_from_to()
-    n = len(net.layers)
-    fwd, bwd = np.zeros(n), np.zeros(n)
+    records = net.records
+    fwd, bwd = np.zeros(len(records)), np.zeros(len(records))
     glog.info("*** Benchmark begins ***", "caffe.cpp:360")
     glog.info(f"Testing for {iterations} iterations.", "caffe.cpp:361")
     clock = time.perf_counter
     total_start = clock()
     for it in range(iterations):
         iter_start = clock()
-        for i, (layer, bottom, top) in enumerate(zip(net.layers, net._bottoms, net._tops)):
+        for i, record in enumerate(records):
             t = clock()
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
+            record.forward()
             fwd[i] += clock() - t
         if backward:
-            for i in reversed(range(n)):
-                if net._layer_need_backward[i]:
+            for i in reversed(range(len(records))):
+                if records[i].need_backward:
                     t = clock()
-                    net.layers[i].backward(net._tops[i], net._bottom_need_backward[i], net._bottoms[i])
+                    records[i].backward()
                     bwd[i] += clock() - t
         glog.info(f"Iteration: {it + 1} forward-backward time: {(clock() - iter_start) * 1e3:.3f} ms.",
                   "caffe.cpp:389")
     total = clock() - total_start
     glog.info("Average time per layer: ", "caffe.cpp:392")
     rows = []
-    for i, name in enumerate(net._layer_names):
-        f_ms, b_ms = fwd[i] * 1e3 / iterations, bwd[i] * 1e3 / iterations
+    for record, f, b in zip(records, fwd, bwd):
+        name, f_ms, b_ms = record.name, f * 1e3 / iterations, b * 1e3 / iterations
         rows.append((name, f_ms, b_ms))
         glog.info(f"{name:>10}\tforward: {f_ms:.5g} ms.", "caffe.cpp:395")
         if backward:
