@@ -19,7 +19,6 @@ from contextlib import contextmanager
 import click
 
 from . import schema
-from .durable import write_file
 from .errors import NetspecError, ParseError
 from .proto import caffe_pb2
 from .upgrade import solver_upgrade_reasons, upgrade_net, upgrade_reasons, upgrade_solver
@@ -97,7 +96,7 @@ def upgrade_file(src, dst, kind=None):
         reasons = solver_upgrade_reasons(message)
         upgrade_solver(message, src)
     if _has_suffix(dst, BINARY_SUFFIXES):
-        write_file(dst, message.SerializeToString())
+        schema.write_binary_message(dst, message)
     else:
         schema.write_text_message(dst, message)
     return kind, reasons

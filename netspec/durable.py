@@ -15,6 +15,7 @@ goes through `write_file`, `open_for_write` or `building_directory`.
 """
 import contextlib
 import os
+import re
 import secrets
 import shutil
 
@@ -29,11 +30,15 @@ def temp_name_for(path):
     return os.path.join(parent, f".{base}{TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}")
 
 
+# Before durable.py, snapshots went through tempfile.mkstemp: `.<target>.<8 random chars>.tmp`.
+_OLD_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def is_temp_name(name, target_base=None):
     """Whether a file name is one of netspec's temp names (for `target_base`, when given)."""
-    if not name.startswith(".") or TEMP_MARK not in name:
+    if target_base is not None and not name.startswith(f".{target_base}."):
         return False
-    return target_base is None or name.startswith(f".{target_base}{TEMP_MARK}")
+    return name.startswith(".") and (TEMP_MARK in name or bool(_OLD_TEMP.match(name)))
 
 
 def _cannot_write(path, error):

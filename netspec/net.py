@@ -17,8 +17,7 @@ from .errors import NetspecError
 from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
-from .durable import write_file
-from .schema import read_binary_message, read_net
+from .schema import read_binary_message, read_net, write_binary_message
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -520,10 +519,10 @@ class Net:
         return out
 
     def save(self, path):
-        write_file(path, self.to_proto().SerializeToString())
+        write_binary_message(path, self.to_proto())
 
-    def copy_from(self, source):
-        """Copy parameters by layer name from a .caffemodel path or a NetParameter."""
+    def copy_from(self, source, require_all=False):
+        """Copy parameters by layer name from a .caffemodel path or a NetParameter (see copy_layer_blobs)."""
         if isinstance(source, caffe_pb2.NetParameter):
             trained, where = source, "<NetParameter>"
         else:
@@ -534,7 +533,7 @@ class Net:
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             from .upgrade import upgrade_net
             trained = upgrade_net(trained, where)
-        copy_layer_blobs(self, trained, where)
+        copy_layer_blobs(self, trained, where, require_all)
 
     copy_trained_layers_from = copy_from
 

@@ -209,7 +209,7 @@ class DataParallel:
         """Average every parameter's gradient, and the loss, over the ranks; return the mean loss."""
         request = self._poll_signals() if self._poll_signals is not None else "none"
         tail = self._tail
-        tail[0], tail[1], tail[2] = loss, request == "stop", request == "snapshot"
+        tail[0], tail[1], tail[2] = loss, request in ("stop", "snapshot_stop"), request in ("snapshot", "snapshot_stop")
         scale = 1.0 / self.size
         in_place, total = self.MPI.IN_PLACE, self.MPI.SUM
         for bucket in self._buckets:
@@ -218,7 +218,8 @@ class DataParallel:
             self.comm.Allreduce(in_place, bucket.buffer, op=total)
             for view, blob in zip(bucket.views, bucket.blobs):
                 np.multiply(view, scale, out=blob.diff)
-        self._agreed = "stop" if tail[1] else "snapshot" if tail[2] else "none"
+        self._agreed = {(1, 1): "snapshot_stop", (1, 0): "stop", (0, 1): "snapshot"}.get((bool(tail[1]), bool(tail[2])),
+                                                                                       "none")
         return float(tail[0]) * scale
 
     def average(self, value):

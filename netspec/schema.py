@@ -15,7 +15,9 @@ from google.protobuf.message import DecodeError
 
 from .durable import write_file
 from .errors import NetspecError, ParseError
+from .integrity import seal, unseal
 from .proto import caffe_pb2
+from .reading import MAX_TEXT_BYTES, read_bytes
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # libyaml's loader when present: an order of magnitude faster on large nets, same marks.
@@ -23,19 +25,19 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _FD = descriptor.FieldDescriptor
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _read_text(path):
+    """A net or solver file's text: a regular file (or /dev/stdin), at most MAX_TEXT_BYTES, UTF-8."""
+    data = read_bytes(path, "a file", limit=MAX_TEXT_BYTES, allow_stdin=True)
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]          # a UTF-8 byte order mark (Windows editors): not part of the text
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise NetspecError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NetspecError(f"{path}: is a directory, expected a file") from None
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise NetspecError(f"{path}: not a text file ({e.reason} at byte {e.start}); "
                            "binary files (.caffemodel) are read with --weights") from None
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
 
 
 # ------------------------------------------------------------------ prototxt
@@ -265,15 +267,18 @@ def read_text_message(path, message):
     return parse_prototxt(text, message, path)
 
 
-def read_binary_message(path, message):
+_BINARY_SUFFIX = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
+
+
+def read_binary_payload(path, what):
+    """The protobuf bytes of a binary file: a regular file, size-bounded, its integrity record checked."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise NetspecError(f"{path}: no such file") from None
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_bytes(path, what)
+    return unseal(data, path)[0]
+
+
+def parse_binary(path, data, message):
+    """Fill `message` from protobuf bytes read from `path`, with a clear error for anything else."""
     try:
         message.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -282,12 +287,23 @@ def read_binary_message(path, message):
         except UnicodeDecodeError:
             pass
         else:
-            suffix = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
             raise NetspecError(f"{path}: a text file, not a binary {message.DESCRIPTOR.name} "
-                               f"({suffix.get(message.DESCRIPTOR.name, 'binary protobuf')})") from None
+                               f"({_BINARY_SUFFIX.get(message.DESCRIPTOR.name, 'binary protobuf')})") from None
         raise NetspecError(f"{path}: not a valid binary {message.DESCRIPTOR.name} "
                            f"(truncated or corrupted file: {e})") from None
     return message
+
+
+def read_binary_message(path, message):
+    """Fill `message` from a binary protobuf file (a .caffemodel, .solverstate, .binaryproto)."""
+    name = message.DESCRIPTOR.name
+    what = f"a binary {name} ({_BINARY_SUFFIX[name]})" if name in _BINARY_SUFFIX else f"a binary {name}"
+    return parse_binary(os.fspath(path), read_binary_payload(path, what), message)
+
+
+def write_binary_message(path, message):
+    """Write a message as Caffe's binary format, with netspec's integrity record (integrity.py) in front."""
+    write_file(path, seal(message.SerializeToString()))
 
 
 def _read_upgraded(path_or_param, message_class, upgrade):

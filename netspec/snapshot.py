@@ -6,15 +6,19 @@ cursors and the smoothed-loss window. They ride along inside the .solverstate
 as one extra length-delimited field (number 1000, JSON) that Caffe's parser
 skips as an unknown field, so the file stays a valid caffe.SolverState.
 """
+import fcntl
 import json
 import os
+import time
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from .errors import NetspecError
 from .proto import caffe_pb2
-from .durable import write_file
-from .schema import read_binary_message
+from . import glog
+from .durable import remove_stale_temps, write_file
+from .integrity import seal
+from .schema import parse_binary, read_binary_payload
 
 RESUME_FIELD = 1000
 
@@ -40,11 +44,11 @@ def snapshot_paths(prefix, iteration):
 
 
 def write_solverstate(path, state, resume=None):
-    """Write a caffe.SolverState, with netspec's resume payload appended when given."""
+    """Write a caffe.SolverState, with netspec's resume payload appended when given (and the integrity record)."""
     data = state.SerializeToString()
     if resume is not None:
         data += ResumeState(netspec_resume=json.dumps(resume).encode("utf-8")).SerializeToString()
-    write_file(path, data)
+    write_file(path, seal(data))
 
 
 def read_solverstate(path):
@@ -53,22 +57,23 @@ def read_solverstate(path):
     if path.endswith(".caffemodel"):
         raise NetspecError(f"{path}: --snapshot takes a .solverstate file; a .caffemodel holds only weights "
                            "(use --weights to start from it)")
-    state = read_binary_message(path, caffe_pb2.SolverState())
+    data = read_binary_payload(path, "a solver state (.solverstate)")
+    state = parse_binary(path, data, caffe_pb2.SolverState())
     if isinstance(state.learned_net, bytes):
         # protobuf hands back bytes for a string field that is not valid UTF-8
         raise NetspecError(f"{path}: the weights file name it records is not valid UTF-8 (corrupted file?)")
-    with open(path, "rb") as f:
-        extra = ResumeState()
-        try:
-            extra.ParseFromString(f.read())
-        except Exception:  # noqa: BLE001 - the SolverState parsed; a bad extra just means no exact resume
-            return state, None
+    extra = ResumeState()
+    try:
+        extra.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - the SolverState parsed; a bad extra just means no exact resume
+        return state, None
     if not extra.HasField("netspec_resume"):
         return state, None
     try:
-        return state, json.loads(extra.netspec_resume.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        resume = json.loads(extra.netspec_resume.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return state, None
+    return state, resume if isinstance(resume, dict) else None
 
 
 def resolve_learned_net(state_path, learned_net):
@@ -85,3 +90,63 @@ def resolve_learned_net(state_path, learned_net):
             return guess, f"{state_path} names no .caffemodel; using {guess}"
     raise NetspecError(f"{state_path}: the weights file '{learned_net}' it records does not exist, "
                        "nor does a file of that name beside it")
+
+
+# ------------------------------------------------------------------ one training per prefix
+
+_HELD_LOCKS = {}        # lock file's real path -> [fd, holders in this process]
+
+
+def lock_prefix(prefix, source="solver"):
+    """Hold an exclusive lock on `<prefix>.lock` for a training that snapshots to `prefix`.
+
+    fcntl.flock: the OS drops it when the process ends, however it ends, so a
+    killed run never leaves a stale lock. A second process on the same prefix is
+    refused with one line naming the prefix and the holder's pid. Solvers in
+    one process share the lock (theirs to coordinate). Then the stale temp files
+    of earlier, killed snapshot writes beside the prefix are removed: holding the
+    lock, none of them can still be in use. Returns the lock file's path, for
+    release_prefix.
+    """
+    path = os.path.realpath(f"{prefix}.lock")
+    held = _HELD_LOCKS.get(path)
+    if held is not None:
+        held[1] += 1
+        return path
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise NetspecError(f"{source}: cannot write snapshots to prefix '{prefix}' ({e.strerror}); "
+                           "make sure the directory exists and is writable") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise NetspecError(f"{source}: snapshot_prefix '{prefix}' is in use by another training (pid {holder}, "
+                           f"holding {path}); two runs on one prefix would overwrite each other's snapshots: "
+                           "give this run its own snapshot_prefix") from None
+    except OSError as e:        # a filesystem without flock (some NFS): train, but say so
+        glog.warning(f"cannot lock {path} ({e.strerror}): another training on the same snapshot_prefix "
+                     "would not be noticed", "solver.cpp:60")
+    started = time.time()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _HELD_LOCKS[path] = [fd, 1]
+    folder, base = os.path.split(os.fspath(prefix))
+    removed = remove_stale_temps(folder, f"{base}_iter_", older_than=started)
+    if removed:
+        glog.info(f"Removed {len(removed)} temp file(s) left beside '{prefix}' by interrupted snapshot writes",
+                  "solver.cpp:60")
+    return path
+
+
+def release_prefix(path):
+    """Give back a lock_prefix lock (the last holder in the process unlocks)."""
+    held = _HELD_LOCKS.get(path)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD_LOCKS[path]
+        os.close(held[0])          # closing the only descriptor releases the flock

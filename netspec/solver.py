@@ -11,12 +11,14 @@ import time
 import numpy as np
 
 from . import glog, rng
+from .durable import temp_name_for
 from .errors import NetspecError
 from .lr_policy import advance_multistep, check_policy, learning_rate
 from .net import Net
 from .proto import caffe_pb2
 from .schema import read_net, read_solver
-from .snapshot import read_solverstate, resolve_learned_net, snapshot_paths, write_solverstate
+from .snapshot import (lock_prefix, read_solverstate, release_prefix, resolve_learned_net, snapshot_paths,
+                       write_solverstate)
 from .updates import make_rule
 from .weights import array_to_blob, blob_to_array
 
@@ -41,7 +43,9 @@ class Solver:
         self.rule = make_rule(p, self.source)
         self.iter = 0
         self.current_step = 0
-        self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
+        self.action_request = None        # callable -> "none" | "stop" | "snapshot" | "snapshot_stop" (signals)
+        self._prefix_lock = None          # snapshot.lock_prefix's lock while this solver trains
+        self._snapshot_iter = None        # the iteration of the last snapshot written
         self.parallel = None              # netspec.parallel.DataParallel when training on several MPI ranks
         self.requested_early_exit = False
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
@@ -59,7 +63,10 @@ class Solver:
         glog.info("Solver scaffolding done.", "solver.cpp:57")
 
     def close(self):
-        """Release the nets' prefetch threads and LMDBs (Net.close)."""
+        """Release the nets' prefetch threads and LMDBs (Net.close), and the snapshot prefix's lock."""
+        if self._prefix_lock is not None:
+            release_prefix(self._prefix_lock)
+            self._prefix_lock = None
         for net in [self.net] + list(self.test_nets):
             if net is not None:
                 net.close()
@@ -83,7 +90,7 @@ class Solver:
             raise NetspecError(f"{where}: more than one train net given ({', '.join(sources)}); set exactly one")
         if p.snapshot < 0:
             raise NetspecError(f"{where}: snapshot must not be negative, got {p.snapshot}")
-        if p.snapshot or p.snapshot_after_train:
+        if p.snapshot or p.snapshot_after_train or p.snapshot_prefix:   # a signal may ask for one, too
             self._default_prefix()
             self._check_snapshot_writable()
 
@@ -98,7 +105,7 @@ class Solver:
 
     def _check_snapshot_writable(self):
         prefix = self.param.snapshot_prefix
-        probe = f"{prefix}_iter_probe.tempfile"
+        probe = temp_name_for(f"{prefix}_iter_probe")      # netspec's temp pattern: removed if left by a kill
         try:
             folder = os.path.dirname(prefix)
             blocker = folder
@@ -199,8 +206,15 @@ class Solver:
             self._smoothed_loss += (loss - self._losses[idx]) / n
             self._losses[idx] = loss
 
+    def _hold_prefix(self):
+        """One training per snapshot_prefix (rank 0 alone writes under MPI)."""
+        p = self.param
+        if self._prefix_lock is None and p.snapshot_prefix and (self.parallel is None or self.parallel.rank == 0):
+            self._prefix_lock = lock_prefix(p.snapshot_prefix, self.source)
+
     def step(self, iters):
         p = self.param
+        self._hold_prefix()
         stop_iter = self.iter + iters
         if self._resumed_losses is not None:
             # Exact resume: continue the smoothed-loss window of the interrupted run.
@@ -240,9 +254,9 @@ class Solver:
                 glog.progress(f"  iteration {self.iter}/{p.max_iter}: {done}/{p.display} of this display "
                               f"interval, loss {self._smoothed_loss:.4g}")
             request = self.action_request() if self.action_request else "none"
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+            if (p.snapshot and self.iter % p.snapshot == 0) or request in ("snapshot", "snapshot_stop"):
                 self.snapshot()
-            if request == "stop":
+            if request in ("stop", "snapshot_stop"):
                 self.requested_early_exit = True
                 break
 
@@ -310,13 +324,14 @@ class Solver:
         glog.info(f"Solving {self.net.name}", "solver.cpp:289")
         glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
         self.requested_early_exit = False
+        self._hold_prefix()
         if self.parallel is not None:         # MPI: rank 0 restores; every rank starts from its state
             self.parallel.start(self, resume_file)
         elif resume_file:
             glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if p.snapshot_after_train and self._snapshot_iter != self.iter:
             self.snapshot()
         if self.requested_early_exit:
             glog.info("Optimization stopped early.", "solver.cpp:312")
@@ -344,9 +359,9 @@ class Solver:
         n = p.test_iter[index]
         for _ in range(n):
             request = self.action_request() if self.action_request else "none"
-            if request == "snapshot":
+            if request in ("snapshot", "snapshot_stop"):
                 self.snapshot()
-            elif request == "stop":
+            if request in ("stop", "snapshot_stop"):
                 self.requested_early_exit = True
                 glog.info("Test interrupted.", "solver.cpp:364")
                 return None
@@ -375,6 +390,7 @@ class Solver:
                 "loss_index_base": int(self._loss_start)}
 
     def snapshot(self):
+        self._snapshot_iter = self.iter           # on every rank, so that they agree on the next one
         resume = self._resume_payload()
         if self.parallel is not None:         # MPI: all ranks' data cursors go into rank 0's file
             resume = self.parallel.gather_resume(resume)
@@ -399,11 +415,13 @@ class Solver:
             raise NetspecError(f"{state_path}: holds {len(state.history)} history blobs, but a {self.param.type} "
                                f"solver for this net needs {expected} (was it written by another solver type "
                                "or for another net?)")
-        if state.learned_net or not resume:
-            model, note = resolve_learned_net(state_path, state.learned_net)
-            if note:
-                glog.warning(note, "solver.cpp:470")
-            self.net.copy_from(model)
+        if not state.learned_net:
+            raise NetspecError(f"{state_path}: records no weights file (its learned_net is empty), so a resume "
+                               "would train on from random weights; start from a .caffemodel with --weights instead")
+        model, note = resolve_learned_net(state_path, state.learned_net)
+        if note:
+            glog.warning(note, "solver.cpp:470")
+        self.net.copy_from(model, require_all=True)
         n = len(self._histories)
         for k in range(self.rule.num_histories):
             for i, history in enumerate(self._histories):

@@ -2,7 +2,9 @@
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from ..errors import NetspecError
 from ..proto import caffe_pb2
+from ..schema import read_binary_payload
 from ..weights import blob_to_array
 from .base import Layer, register, scratch
 from .common import (FLT_MIN, LOG_THRESHOLD, LabelMixin, Norm, loss_normalization, normalizer,
@@ -107,10 +109,9 @@ class InfogainLoss(_SoftmaxLabelLoss):
             raise self.error("needs infogain_loss_param.source (a BlobProto .binaryproto) or a third bottom with H")
         bp = caffe_pb2.BlobProto()
         try:
-            with open(path, "rb") as f:
-                bp.ParseFromString(f.read())
-        except OSError as e:
-            raise self.error(f"cannot read infogain matrix '{path}': {e.strerror}") from None
+            bp.ParseFromString(read_binary_payload(path, "an infogain matrix (.binaryproto)"))
+        except NetspecError as e:
+            raise self.error(f"cannot read infogain matrix '{path}': {e}") from None
         except DecodeError:
             raise self.error(f"infogain matrix '{path}' is not a BlobProto (.binaryproto) file") from None
         return blob_to_array(bp)
