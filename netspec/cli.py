@@ -123,6 +123,7 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, sigterm_effec
     signals = _Signals(sigint_effect, sighup_effect, sigterm_effect)
     signals.install()
     s.action_request = signals
+    s.snapshot_on_user_exit = sigint_effect in ("stop", "snapshot")
     if mpi is not None:
         mpi.attach(s)
     glog.info("Starting Optimization", "caffe.cpp:248")

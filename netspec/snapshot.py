@@ -150,3 +150,63 @@ def release_prefix(path):
     if held[1] == 0:
         del _HELD_LOCKS[path]
         os.close(held[0])          # closing the only descriptor releases the flock
+
+
+# ------------------------------------------------------------------ the resume record's types
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_rng_state(state, where):
+    """Raise ValueError unless `state` is a numpy bit generator state netspec could have saved."""
+    import numpy as np
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError(f"{where}: not a PCG64 random state")
+    try:
+        np.random.PCG64().state = state           # numpy checks every field; a scratch generator takes it
+    except (TypeError, ValueError, OverflowError, KeyError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def check_layer_state(state, where):
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: not a mapping")
+    if "position" in state and not _integer(state["position"]):
+        raise ValueError(f"{where}: position {state['position']!r} is not an integer")
+    if "rng" in state:
+        check_rng_state(state["rng"], f"{where} rng")
+
+
+def check_resume_record(resume):
+    """Check the types of a whole resume record before any of it is used; ValueError names the first bad field.
+
+    (The record is netspec's own JSON, but a damaged or hand-edited file can hold anything.)
+    """
+    check_rng_state(resume.get("rng"), "rng")
+    layers = resume.get("layers", {})
+    if not isinstance(layers, dict):
+        raise ValueError("layers: not a mapping")
+    for key, value in layers.items():
+        check_layer_state(value, f"layer {key}")
+    losses = resume.get("losses", [])
+    if not isinstance(losses, list) or not all(_number(v) for v in losses):
+        raise ValueError(f"losses: {str(losses)[:60]} is not a list of numbers")
+    if not _number(resume.get("smoothed_loss", 0.0)):
+        raise ValueError(f"smoothed_loss: {resume.get('smoothed_loss')!r} is not a number")
+    if not _integer(resume.get("loss_index_base", 0)):
+        raise ValueError(f"loss_index_base: {resume.get('loss_index_base')!r} is not an integer")
+    ranks = resume.get("mpi_ranks")
+    if ranks is not None:
+        if not isinstance(ranks, list):
+            raise ValueError("mpi_ranks: not a list")
+        for r, rank in enumerate(ranks):
+            if not isinstance(rank, dict):
+                raise ValueError(f"mpi_ranks[{r}]: not a mapping")
+            check_rng_state(rank.get("rng"), f"mpi_ranks[{r}] rng")
+            for key, value in (rank.get("layers") or {}).items():
+                check_layer_state(value, f"mpi_ranks[{r}] layer {key}")

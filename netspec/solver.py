@@ -13,11 +13,12 @@ import numpy as np
 from . import glog, rng
 from .durable import temp_name_for
 from .errors import NetspecError
+from .layers.python import UserCodeExit
 from .lr_policy import advance_multistep, check_policy, learning_rate
 from .net import Net
 from .proto import caffe_pb2
 from .schema import read_net, read_solver
-from .snapshot import (lock_prefix, read_solverstate, release_prefix, resolve_learned_net, snapshot_paths,
+from .snapshot import (check_resume_record, lock_prefix, read_solverstate, release_prefix, resolve_learned_net, snapshot_paths,
                        write_solverstate)
 from .updates import make_rule
 from .weights import array_to_blob, blob_to_array
@@ -46,6 +47,7 @@ class Solver:
         self.action_request = None        # callable -> "none" | "stop" | "snapshot" | "snapshot_stop" (signals)
         self._prefix_lock = None          # snapshot.lock_prefix's lock while this solver trains
         self._snapshot_iter = None        # the iteration of the last snapshot written
+        self.snapshot_on_user_exit = False  # the CLI: whether --sigint_effect keeps work (stop, snapshot)
         self.parallel = None              # netspec.parallel.DataParallel when training on several MPI ranks
         self.requested_early_exit = False
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
@@ -232,8 +234,16 @@ class Solver:
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
+            try:
+                for _ in range(p.iter_size):
+                    loss += self.net.forward_backward()
+            except NetspecError as e:
+                # A Python layer called sys.exit(): an error, but the work so far is kept as a
+                # SIGINT would keep it (the weights are those of the last finished iteration).
+                user_exit = isinstance(e, UserCodeExit) or isinstance(e.__cause__, UserCodeExit)
+                if user_exit and self.snapshot_on_user_exit and self.parallel is None:
+                    self.snapshot()
+                raise
             loss /= p.iter_size
             if self.parallel is not None:     # MPI: average gradients (and the loss) over the ranks
                 loss = self.parallel.reduce_gradients(loss)
@@ -434,8 +444,9 @@ class Solver:
         self.iter, self.current_step = state.iter, state.current_step
         if resume:
             try:
+                check_resume_record(resume)
                 self._apply_resume(resume)
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError, NetspecError) as e:
                 # OverflowError: numpy refuses a PCG64 state integer that does not fit (fuzz-found).
                 glog.warning(f"{state_path}: its netspec resume data is damaged ({type(e).__name__}: {e}); resuming "
                              "without the exact random state, data positions and loss window", "solver.cpp:470")

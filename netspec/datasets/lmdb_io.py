@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from ..durable import building_directory
 from ..errors import NetspecError
+from ..reading import check_regular
 from ..proto import caffe_pb2
 
 COMMIT_EVERY = 1000              # records per write transaction, as Caffe's converters commit
@@ -71,8 +72,10 @@ def open_lmdb_readonly(path):
     if not os.path.exists(path):
         raise NetspecError(f"LMDB '{path}' does not exist")
     is_dir = os.path.isdir(path)
-    if is_dir and not os.path.isfile(os.path.join(path, "data.mdb")):
+    if is_dir and not os.path.lexists(os.path.join(path, "data.mdb")):
         raise NetspecError(f"'{path}' is not an LMDB: the directory has no data.mdb")
+    # A FIFO or device in its place would block or read without end.
+    check_regular(os.path.join(path, "data.mdb") if is_dir else path, "an LMDB")
     key = os.path.realpath(path)
     with _SHARED_LOCK:
         if key not in _SHARED_ENVS:

@@ -9,6 +9,7 @@ from ..datasets.lmdb_io import LMDBCursor, datum_to_array, parse_datum
 from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
+from ..reading import MAX_TEXT_BYTES, check_regular, read_bytes
 from ..rng import get_rng
 from ..transform import Transformer
 from .base import Layer, register
@@ -93,7 +94,14 @@ class _Prefetcher:
                 return
 
     def get(self):
-        item = self.queue.get()
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                # Never wait for a thread that is gone (stopped, or killed with its queue empty).
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise NetspecError("the data prefetch thread has stopped; no more batches will come") from None
         if isinstance(item, BaseException):
             raise item
         return item
@@ -210,11 +218,15 @@ class Data(Layer):
             cursor.close()
 
     def set_resume_state(self, state):
+        """Go on from a get_resume_state() dict; on a bad one, raise with the prefetch thread running again."""
         self._prefetcher.stop()
-        self.cursor.seek(state["position"])
-        self.transformer.set_state(state["rng"])
-        self._consumed = self._state()
-        self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
+        try:
+            self.cursor.seek(state["position"])
+            self.transformer.set_state(state["rng"])
+        finally:
+            # Whatever failed above, the next forward must find a thread filling the queue.
+            self._consumed = self._state()
+            self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
 
     # --- MPI data parallelism (netspec.parallel) ---
     def _read_values(self):
@@ -282,6 +294,7 @@ def _load_image(path, color, new_height, new_width):
         from PIL import Image
     except ImportError:
         raise NetspecError("ImageData needs an image library: pip install pillow") from None
+    check_regular(path, "an image")
     try:
         with Image.open(path) as img:
             img = img.convert("RGB" if color else "L")
@@ -304,10 +317,10 @@ class ImageData(Layer):
     def setup(self, bottom, top):
         p = self.layer_param.image_data_param
         try:
-            with open(p.source) as f:
-                lines = [line.rsplit(None, 1) for line in f if line.strip()]
-        except OSError as e:
-            raise self.error(f"cannot read image list {p.source}: {e.strerror}") from None
+            text = read_bytes(p.source, "an image list", limit=MAX_TEXT_BYTES).decode("utf-8", "replace")
+        except NetspecError as e:
+            raise self.error(f"cannot read image list {p.source}: {e}") from None
+        lines = [line.rsplit(None, 1) for line in text.splitlines() if line.strip()]
         try:
             self.items = [(os.path.join(p.root_folder, name), int(label)) for name, label in lines]
         except ValueError:
