@@ -13,6 +13,7 @@ import yaml
 from google.protobuf import descriptor, text_format
 from google.protobuf.message import DecodeError
 
+from . import dialects
 from .durable import write_file
 from .errors import NetspecError, ParseError
 from .integrity import seal, unseal
@@ -45,8 +46,42 @@ def _read_text(path):
 _TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
 
 
-def parse_prototxt(text, message, path="<string>"):
-    """Merge prototxt `text` into `message`; ParseError on malformed input."""
+def _in_dialects(parse, text, message, path, dialect):
+    """Parse in the named fork dialect, or in netspec's schema and then each fork's.
+
+    A file that fails in netspec's schema but parses in a fork's (SegNet's
+    `bn_param { bn_mode: ... }`) is that fork's; the error reported for a file
+    no schema reads is netspec's own.
+    """
+    if dialect is not None:
+        forked = parse(text, dialects.dialect(dialect).message_class(message.DESCRIPTOR.name)(), path)
+        message.MergeFrom(dialects.dialect(dialect).to_netspec(forked))
+        return message
+    try:
+        # Into a fresh message: a failed parse leaves what it read before the error.
+        message.MergeFrom(parse(text, type(message)(), path))
+        return message
+    except ParseError:
+        for fork in dialects.dialects_for(message.DESCRIPTOR.name):
+            try:
+                forked = parse(text, fork.message_class(message.DESCRIPTOR.name)(), path)
+            except ParseError:
+                continue
+            message.MergeFrom(fork.to_netspec(forked))
+            return message
+        raise
+
+
+def parse_prototxt(text, message, path="<string>", dialect=None):
+    """Merge prototxt `text` into `message`; ParseError on malformed input.
+
+    `dialect` names a Caffe fork's schema (see netspec.dialects) to read the
+    text with; by default a text that netspec's schema rejects is tried in each.
+    """
+    return _in_dialects(_parse_prototxt, text, message, path, dialect)
+
+
+def _parse_prototxt(text, message, path):
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as e:
@@ -202,8 +237,12 @@ def _merge_yaml(node, message, path):
     return message
 
 
-def parse_yaml(text, message, path="<string>"):
-    """Merge YAML `text` into `message`; ParseError on malformed input."""
+def parse_yaml(text, message, path="<string>", dialect=None):
+    """Merge YAML `text` into `message`; ParseError on malformed input (dialects as parse_prototxt)."""
+    return _in_dialects(_parse_yaml, text, message, path, dialect)
+
+
+def _parse_yaml(text, message, path):
     try:
         root = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.MarkedYAMLError as e:
@@ -258,13 +297,13 @@ def _plain_value(field, value):
 
 # ------------------------------------------------------------------ files
 
-def read_text_message(path, message):
+def read_text_message(path, message, dialect=None):
     """Fill `message` from a prototxt or YAML file (chosen by extension)."""
     path = os.fspath(path)
     text = _read_text(path)
     if path.lower().endswith(YAML_SUFFIXES):
-        return parse_yaml(text, message, path)
-    return parse_prototxt(text, message, path)
+        return parse_yaml(text, message, path, dialect)
+    return parse_prototxt(text, message, path, dialect)
 
 
 _BINARY_SUFFIX = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
@@ -294,11 +333,27 @@ def parse_binary(path, data, message):
     return message
 
 
-def read_binary_message(path, message):
-    """Fill `message` from a binary protobuf file (a .caffemodel, .solverstate, .binaryproto)."""
-    name = message.DESCRIPTOR.name
+def read_binary_message(path, message, dialect=None):
+    """Fill `message` from a binary protobuf file (a .caffemodel, .solverstate, .binaryproto).
+
+    A NetParameter (.caffemodel) written by a Caffe fork that reuses BVLC's
+    field numbers is recognised (netspec.dialects.detect_binary_dialect) and
+    read in that fork's schema, unless `dialect` names the schema to use.
+    """
+    path, name = os.fspath(path), message.DESCRIPTOR.name
     what = f"a binary {name} ({_BINARY_SUFFIX[name]})" if name in _BINARY_SUFFIX else f"a binary {name}"
-    return parse_binary(os.fspath(path), read_binary_payload(path, what), message)
+    data = read_binary_payload(path, what)
+    if dialect is None:
+        parse_binary(path, data, message)
+        if message.DESCRIPTOR.full_name == "caffe.NetParameter":
+            dialect = dialects.detect_binary_dialect(message)
+        if dialect is None:
+            return message
+        message.Clear()
+    fork = dialects.dialect(dialect)
+    forked = parse_binary(path, data, fork.message_class(name)())
+    message.MergeFrom(fork.to_netspec(forked))
+    return message
 
 
 def write_binary_message(path, message):
