@@ -236,7 +236,7 @@ def run(command, argv=None, prog_name="netspec"):
     glog.configure()
     try:
         try:
-            command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+            status = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
         except BaseException as e:      # MPI: a failing rank ends the whole job (no-op in one process)
             from .parallel import abort_job
             abort_job(e, verbose)
@@ -257,9 +257,10 @@ def run(command, argv=None, prog_name="netspec"):
         click.echo("netspec: interrupted", err=True)
         sys.exit(130)
     except MemoryError:
-        click.echo("netspec: error: out of memory (try a smaller batch_size)", err=True)
+        click.echo("netspec: error: out of memory", err=True)
         sys.exit(1)
-    sys.exit(0)
+    # click hands back ctx.exit(n) as a return value when not in standalone mode: keep its status.
+    sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
 
 
 def main(argv=None):

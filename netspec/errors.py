@@ -16,3 +16,9 @@ class ParseError(NetspecError):
         self.path, self.line, self.col = path, line, col
         where = f"{path}:{line}:{col}" if line else str(path)
         super().__init__(f"{where}: {message}")
+
+
+def install_hint(extra, package):
+    """How to install an optional dependency. Never the bare name `netspec` on the package index:
+    that name belongs to an unrelated project, so `pip install netspec[...]` would install its code."""
+    return f"pip install {package} (or, in the netspec checkout, pip install -e '.[{extra}]')"

@@ -271,9 +271,8 @@ def save_tables(parsed, logfile, output_dir=None, fmt="csv", delimiter=","):
 
 
 def fail(error):
-    """The CLI's way out for a NetspecError: one line on stderr, exit status 1."""
-    click.echo(f"netspec: error: {error}", err=True)
-    click.get_current_context().exit(1)
+    """The CLI's way out for a NetspecError: netspec.cli.run prints it as one line and exits 1."""
+    raise error
 
 
 @click.command("parse-log")

@@ -26,7 +26,7 @@ import traceback
 import numpy as np
 
 from . import glog, rng
-from .errors import NetspecError
+from .errors import NetspecError, install_hint
 
 # (size, rank) variables the launchers set: Open MPI, MPICH and Intel MPI (Hydra's PMI), MVAPICH.
 _LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
@@ -67,8 +67,8 @@ def _import_mpi(why):
         from mpi4py import MPI
     except ImportError:
         raise NetspecError(f"started by an MPI launcher ({why}), but mpi4py is not installed: "
-                           "pip install 'netspec[mpi]' (it runs over the system's MPI, e.g. "
-                           "apt-get install openmpi-bin libopenmpi-dev)") from None
+                           f"{install_hint('mpi', 'mpi4py')}; it runs over the system's MPI, e.g. "
+                           "apt-get install openmpi-bin libopenmpi-dev") from None
     except (RuntimeError, OSError) as e:
         raise NetspecError(f"started by an MPI launcher ({why}), but mpi4py cannot load the MPI library "
                            f"({e}); install the system's MPI, e.g. apt-get install openmpi-bin libopenmpi-dev"
@@ -259,7 +259,7 @@ def _describe(exc):
     if hasattr(exc, "format_message"):                      # click's usage errors
         return exc.format_message()
     if isinstance(exc, MemoryError):
-        return "out of memory (try a smaller batch_size)"
+        return "out of memory"
     if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort":
         return "interrupted"
     return f"{type(exc).__name__}: {exc}"

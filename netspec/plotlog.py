@@ -9,7 +9,7 @@ Each chart type also has a name ("test-accuracy-vs-iters", ...). Several logs
 go on one chart, labelled by file name without ".log" as in Caffe. The output
 format (PNG or SVG) follows the extension. matplotlib is optional and only
 imported here, on first use, with the Agg canvas (no pyplot, no global backend
-switch); it comes with `pip install 'netspec[plot]'`.
+switch); `pip install matplotlib`, or the checkout's `plot` extra, brings it.
 """
 import itertools
 import os
@@ -17,7 +17,7 @@ import os
 import click
 
 from .durable import open_for_write
-from .errors import NetspecError
+from .errors import NetspecError, install_hint
 from .logparse import fail, parse_log
 
 # Caffe builds its list by sorting the field names; this is that order.
@@ -59,7 +59,7 @@ def _load_matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise NetspecError("plotting needs matplotlib: pip install 'netspec[plot]'") from None
+        raise NetspecError(f"plotting needs matplotlib: {install_hint('plot', 'matplotlib')}") from None
     return Figure, FigureCanvasAgg
 
 

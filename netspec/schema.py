@@ -201,19 +201,51 @@ def _scalar(field, node, path, owner):
         raise ParseError(path, line, col, msg) from None
 
 
-def _merge_yaml(node, message, path):
+class _YamlBudget:
+    """Counts the nodes a YAML document expands to: aliases can make an 80 KB file name billions
+    (a "billion laughs" bomb), or name themselves. Both are refused, with the alias's place."""
+
+    def __init__(self, text):
+        self.left = 4 * len(text) + 10_000   # a node takes at least a few characters unless aliased
+        self.open = set()                # ids of the mappings being merged: an alias back to one is a cycle
+
+    def spend(self, n, node, path):
+        self.left -= n
+        if self.left < 0:
+            line, col = _mark(node)
+            raise ParseError(path, line, col, "malformed YAML: its aliases expand to far more nodes than the "
+                                              "file holds (an alias bomb?); write the repeated parts out")
+
+    def enter(self, node, path):
+        self.spend(1, node, path)
+        if id(node) in self.open:
+            line, col = _mark(node)
+            raise ParseError(path, line, col, "malformed YAML: an alias refers to a mapping that contains it")
+        self.open.add(id(node))
+
+
+def _merge_yaml(node, message, path, budget):
     owner = message.DESCRIPTOR.full_name
     if not isinstance(node, yaml.MappingNode):
         line, col = _mark(node)
         raise ParseError(path, line, col, f"expected a mapping for message {owner}")
+    budget.enter(node, path)
     fields = message.DESCRIPTOR.fields_by_name
+    seen = {}
     for key_node, value_node in node.value:
         name = key_node.value
+        if name in seen:
+            line, col = _mark(key_node)
+            first = "%d:%d" % _mark(seen[name])
+            raise ParseError(path, line, col, f"field '{name}' of {owner} is given twice in one mapping (first at "
+                                              f"{first}); give a list for a repeated field")
+        seen[name] = key_node
         field = fields.get(name)
         if field is None:
             line, col = _mark(key_node)
             raise ParseError(path, line, col, _near_field(owner, name, f'Message type "{owner}" has no field named "{name}".'))
         items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        budget.spend(len(items), value_node, path)
         if not field.is_repeated and isinstance(value_node, yaml.SequenceNode):
             line, col = _mark(value_node)
             raise ParseError(path, line, col, f"field '{name}' of {owner} is not repeated; give one value, not a list")
@@ -223,7 +255,7 @@ def _merge_yaml(node, message, path):
                 sub.SetInParent()        # `dropout_param: {}` is present even when empty
                 if isinstance(item, yaml.ScalarNode) and item.value in ("", "~", "null"):
                     continue
-                _merge_yaml(item, sub, path)
+                _merge_yaml(item, sub, path, budget)
             else:
                 value = _scalar(field, item, path, owner)
                 try:
@@ -234,6 +266,7 @@ def _merge_yaml(node, message, path):
                 except (ValueError, TypeError) as e:
                     line, col = _mark(item)
                     raise ParseError(path, line, col, f"field '{name}' of {owner}: {e}") from None
+    budget.open.discard(id(node))
     return message
 
 
@@ -264,7 +297,7 @@ def _parse_yaml(text, message, path):
         raise ParseError(path, 0, 0, f"malformed YAML: {e}") from None
     if root is None:
         return message
-    return _merge_yaml(root, message, path)
+    return _merge_yaml(root, message, path, _YamlBudget(text))
 
 
 def message_to_yaml(message):

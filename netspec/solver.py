@@ -83,6 +83,9 @@ class Solver:
             raise NetspecError(f"{where}: unknown regularization_type '{p.regularization_type}' (L1 or L2)")
         if p.iter_size < 1:
             raise NetspecError(f"{where}: iter_size must be at least 1, got {p.iter_size}")
+        bad_iters = [n for n in p.test_iter if n < 1]
+        if bad_iters:
+            raise NetspecError(f"{where}: test_iter must be at least 1, got {bad_iters[0]}")
         if p.average_loss < 1:
             raise NetspecError(f"{where}: average_loss must be at least 1, got {p.average_loss}")
         sources = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
@@ -195,7 +198,13 @@ class Solver:
     def learning_rate(self):
         self.current_step = advance_multistep(self.param, self.iter, self.current_step) \
             if self.param.lr_policy == "multistep" else self.current_step
-        return learning_rate(self.param, self.iter, self.current_step)
+        rate = learning_rate(self.param, self.iter, self.current_step)
+        if not np.isfinite(rate):
+            p = self.param
+            raise NetspecError(f"{self.source}: lr_policy '{p.lr_policy}' gives a learning rate of {rate} at "
+                               f"iteration {self.iter} (base_lr {_fmt(p.base_lr)}, gamma {_fmt(p.gamma)}, power "
+                               f"{_fmt(p.power)}, stepsize {p.stepsize}); choose values that keep it finite")
+        return rate
 
     def _update_smoothed_loss(self, loss):
         n = self.param.average_loss
