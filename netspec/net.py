@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import glog, layers as _layers  # noqa: F401  (importing layers fills the registry)
+from . import glog, hdf5, layers as _layers  # noqa: F401  (importing layers fills the registry)
 from .blob import Blob, BlobTooLarge
 from .errors import NetspecError
 from .graph import filter_net, insert_splits
@@ -518,18 +518,29 @@ class Net:
                 array_to_blob(blob.data, lp.blobs.add(), blob.diff if write_diff else None)
         return out
 
-    def save(self, path):
-        write_binary_message(path, self.to_proto())
+    def save(self, path, write_diff=False):
+        write_binary_message(path, self.to_proto(write_diff))
+
+    def save_hdf5(self, path, write_diff=False):
+        """pycaffe's save_hdf5: Caffe's .caffemodel.h5 layout (data/<layer>/<i>)."""
+        hdf5.save_net(self, path, write_diff)
+
+    def load_hdf5(self, path):
+        """pycaffe's load_hdf5: copy parameters by layer name from a .caffemodel.h5."""
+        hdf5.copy_trained_layers(self, path)
 
     def copy_from(self, source, require_all=False):
-        """Copy parameters by layer name from a .caffemodel path or a NetParameter (see copy_layer_blobs)."""
+        """Copy parameters by layer name from a .caffemodel (binary or HDF5) path or a NetParameter
+        (see copy_layer_blobs)."""
         if isinstance(source, caffe_pb2.NetParameter):
             trained, where = source, "<NetParameter>"
         else:
             where = str(source)
-            if where.endswith(".solverstate"):
+            if where.endswith((".solverstate", ".solverstate.h5")):
                 raise NetspecError(f"{where}: --weights takes a .caffemodel file; a .solverstate holds the solver's "
                                    "history (use --snapshot to resume from it)")
+            if hdf5.is_hdf5(where):          # Caffe tells the two formats apart by content, not by name
+                return self.load_hdf5(where)
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             from .upgrade import upgrade_net
             trained = upgrade_net(trained, where)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import glog, rng
+from . import glog, hdf5, rng
 from .durable import temp_name_for
 from .errors import NetspecError
 from .layers.python import UserCodeExit
@@ -98,6 +98,8 @@ class Solver:
         if p.snapshot or p.snapshot_after_train or p.snapshot_prefix:   # a signal may ask for one, too
             self._default_prefix()
             self._check_snapshot_writable()
+            if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+                hdf5.h5py_module()            # missing h5py: say so now, not at the first snapshot
 
     def _default_prefix(self):
         # Newer Caffe: no prefix -> the solver file's path without extension; a directory -> + its name.
@@ -415,10 +417,17 @@ class Solver:
             resume = self.parallel.gather_resume(resume)
             if resume is None:                # not rank 0: rank 0 alone writes
                 return None
-        model_path, state_path = snapshot_paths(self.param.snapshot_prefix, self.iter)
-        glog.info(f"Snapshotting to binary proto file {model_path}", "solver.cpp:454")
-        self.net.save(model_path)
-        glog.info(f"Snapshotting solver state to binary proto file {state_path}", "sgd_solver.cpp:273")
+        p = self.param
+        as_hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        model_path, state_path = snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5)
+        if as_hdf5:
+            glog.info(f"Snapshotting to HDF5 file {model_path}", "solver.cpp:464")
+            self.net.save_hdf5(model_path, p.snapshot_diff)
+            glog.info(f"Snapshotting solver state to HDF5 file {state_path}", "sgd_solver.cpp:284")
+        else:
+            glog.info(f"Snapshotting to binary proto file {model_path}", "solver.cpp:454")
+            self.net.save(model_path, p.snapshot_diff)
+            glog.info(f"Snapshotting solver state to binary proto file {state_path}", "sgd_solver.cpp:273")
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_path, current_step=self.current_step)
         # Caffe's history order: every param's first history, then every param's second (AdaDelta, Adam).
         for k in range(self.rule.num_histories):

@@ -24,12 +24,19 @@ For the forward the net is rebuilt with batch 1 in those DummyData layers and in
 layer; fully convolutional nets (those with a Crop layer, which crops the upsampled scores back
 to the input's size) also get their Input images shrunk to 64x64 to keep the run short.
 
-HDF5Data and WindowData are not implemented, and `type: "Python"` layers need their module:
-those nets must fail with ONE NetspecError naming every unsupported type in the net, or the
-missing module. No other refusal is allowed.
+HDF5Data layers run for real, on HDF5 files written here in place of the absent ones: each top a
+dataset of 2 x batch_size rows, "data" rows 4 floats in [0, 1) (the 4-vectors of Caffe's
+hdf5_classification example, the corpus's only HDF5 nets), other tops zeros.
+
+WindowData is not implemented, and `type: "Python"` layers need their module: those nets must
+fail with ONE NetspecError naming every unsupported type in the net, or the missing module. No
+other refusal is allowed.
 """
+import atexit
 import functools
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -58,7 +65,6 @@ EXPECTED_FILES = 81
 EXPECTED_PARSED = 80                 # all but MALFORMED
 EXPECTED_NETS = 51                   # 50 net files that parse + 1 net embedded in a solver
 EXPECTED_REFUSED = {
-    "unknown layer type 'HDF5Data'": 4,
     "unknown layer type 'WindowData'": 1,
     "missing Python module": 6,
 }
@@ -144,12 +150,41 @@ def prepared(net_param, batch=None):
                     p.data_filler.add(type="uniform", min=0, max=1)
                 else:      # labels; and images at Caffe's batch size, where only shapes matter
                     p.data_filler.add(type="constant", value=0)
+        elif layer.type == "HDF5Data":
+            layer.hdf5_data_param.source = hdf5_source(layer)
+            if batch:
+                layer.hdf5_data_param.batch_size = batch
         elif layer.type == "Input" and batch:
             for shape in layer.input_param.shape:
                 shape.dim[0] = batch
                 if fully_convolutional and len(shape.dim) == 4:
                     shape.dim[2] = shape.dim[3] = SMALL_FCN_INPUT
     return net
+
+
+HDF5_FEATURES = 4
+_fixtures = {}
+
+
+def hdf5_source(layer):
+    """A file list naming one HDF5 file with a dataset per top (written once per layer setting)."""
+    import h5py
+    p = layer.hdf5_data_param
+    key = (p.source, p.batch_size, tuple(layer.top))
+    if key not in _fixtures:
+        if "dir" not in _fixtures:
+            _fixtures["dir"] = tempfile.mkdtemp(prefix="corpus-hdf5-")
+            atexit.register(shutil.rmtree, _fixtures["dir"], True)
+        stem = os.path.join(_fixtures["dir"], f"source{len(_fixtures)}")
+        rows = 2 * max(1, p.batch_size)
+        with h5py.File(stem + ".h5", "w") as f:
+            for top in layer.top:
+                f[top] = (np.random.default_rng(0).random((rows, HDF5_FEATURES), np.float32) if top == "data"
+                          else np.zeros(rows, np.float32))
+        with open(stem + ".txt", "w") as f:
+            f.write(stem + ".h5\n")
+        _fixtures[key] = stem + ".txt"
+    return _fixtures[key]
 
 
 FILLER_FIELDS = ("weight_filler", "bias_filler", "filler")

@@ -1,4 +1,4 @@
-"""Convolution and Deconvolution, with Caffe's parameters and shape rules.
+"""Convolution, Deconvolution and Im2col, with Caffe's parameters and shape rules.
 
 Each convolution is one grouped GEMM over the whole batch on im2col columns: the compiled
 columns of native.py for 2-D convolution over small maps when the extension is built,
@@ -26,22 +26,8 @@ class _ConvBase(Layer):
         if len(top) != len(bottom):
             raise self.error(f"needs as many tops as bottoms (bottom i -> top i), got {len(bottom)} bottoms "
                              f"and {len(top)} tops")
+        self._read_geometry(bottom[0].shape)
         shape = bottom[0].shape
-        ndim = len(shape)
-        if not -ndim <= p.axis < ndim:
-            raise self.error(f"axis {p.axis} is out of range for bottom shape {shape_str(shape)}")
-        self.axis = p.axis % ndim
-        self.num_spatial = ndim - self.axis - 1
-        if self.num_spatial < 1:
-            raise self.error(f"bottom shape {shape_str(shape)} has no spatial axes after the channel axis "
-                             f"{self.axis}; use InnerProduct for that")
-        self.kernel = self._per_axis(p, "kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = self._per_axis(p, "stride", "stride_h", "stride_w", 1)
-        self.pad = self._per_axis(p, "pad", "pad_h", "pad_w", 0)
-        self.dilation = self._per_axis(p, "dilation", None, None, 1)
-        for name, values in (("kernel size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
-            if min(values) <= 0:
-                raise self.error(f"{name} must be nonzero, got {tuple(values)}")
         self.channels = shape[self.axis]
         self.num_output = p.num_output
         self.group = p.group
@@ -65,6 +51,25 @@ class _ConvBase(Layer):
             fillers.fill(p.bias_filler, self.blobs[1].data)
         self.geom = None
         self._saved = {}
+
+    def _read_geometry(self, shape):
+        """Channel axis, spatial axes and kernel/stride/pad/dilation per spatial axis, checked."""
+        p = self.layer_param.convolution_param
+        ndim = len(shape)
+        if not -ndim <= p.axis < ndim:
+            raise self.error(f"axis {p.axis} is out of range for bottom shape {shape_str(shape)}")
+        self.axis = p.axis % ndim
+        self.num_spatial = ndim - self.axis - 1
+        if self.num_spatial < 1:
+            raise self.error(f"bottom shape {shape_str(shape)} has no spatial axes after the channel axis "
+                             f"{self.axis}; use InnerProduct for that")
+        self.kernel = self._per_axis(p, "kernel_size", "kernel_h", "kernel_w", None)
+        self.stride = self._per_axis(p, "stride", "stride_h", "stride_w", 1)
+        self.pad = self._per_axis(p, "pad", "pad_h", "pad_w", 0)
+        self.dilation = self._per_axis(p, "dilation", None, None, 1)
+        for name, values in (("kernel size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
+            if min(values) <= 0:
+                raise self.error(f"{name} must be nonzero, got {tuple(values)}")
 
     def _per_axis(self, p, name, h_name, w_name, default):
         """Caffe's per-spatial-axis values: `name` once or once per axis, or the 2-D _h/_w spellings."""
@@ -375,3 +380,44 @@ class Deconvolution(_ConvBase):
                 out = g.out_cols(None, "conv_out", dx)
                 np.matmul(self._weights(), col_g, out=g.grouped(out, self.group))
                 g.finish_cols(out, dx)
+
+
+@register("Im2col")
+class Im2col(_ConvBase):
+    """Caffe's Im2col: the convolution's columns as a blob, (N, C * prod(kernel), *out); backward is col2im.
+
+    Row c * prod(kernel) + k of sample n holds channel c seen at kernel offset k from every
+    output position: top[n, c*K + k, p] = padded bottom[n, c, p * stride + k * dilation].
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        self._read_geometry(bottom[0].shape)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise self.error(f"bottom shape {shape_str(shape)} has {len(shape)} axes; the layer was set up "
+                             f"for {self.axis + 1 + self.num_spatial}")
+        spatial = shape[self.axis + 1:]
+        self.geom = ConvGeometry(math.prod(shape[:self.axis]), shape[self.axis], spatial, self.kernel,
+                                 self.stride, self.pad, self.dilation, batch_inner=False)
+        if min(self.geom.out) <= 0:
+            raise self.error(f"kernel {tuple(self.kernel)} (dilation {tuple(self.dilation)}) does not fit the "
+                             f"padded input of bottom shape {shape_str(shape)} (pad {tuple(self.pad)})")
+        top[0].reshape(shape[:self.axis] + (self.geom.rows,) + self.geom.out)
+
+    def forward(self, bottom, top):
+        g = self.geom
+        image = g.load_image(self, "image", bottom[0].data.reshape((g.num, g.channels) + g.spatial))
+        g.im2col(image, top[0].data.reshape(g.num, g.rows, g.out_count))
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = self.geom
+        dx = bottom[0].diff.reshape((g.num, g.channels) + g.spatial)
+        image = g.grad_image(self, "dimage", dx)
+        g.col2im(top[0].diff.reshape(g.num, g.rows, g.out_count), image)
+        g.store_image(image, dx)
