@@ -72,10 +72,12 @@ class LayerRecord:
 
 class _Wiring:
     """What Net::Init tracks while it appends layers: blobs no layer has consumed yet (the
-    outputs), which layer made each blob (for errors), and which blobs carry a gradient."""
+    outputs), which layer made each blob (for errors), which blobs carry a gradient, and the
+    layer names so far with whether one of that name has parameters (dicts: setup stays linear)."""
 
     def __init__(self):
         self.available, self.producer, self.blob_need_backward = set(), {}, {}
+        self.layer_has_params = {}
 
 
 class Net:
@@ -160,7 +162,7 @@ class Net:
         """Caffe's Net::Init body for one layer: create, wire bottoms and tops, set up, attach params."""
         if not lp.HasField("phase"):
             lp.phase = state.phase
-        seen = any(record.name == lp.name for record in self.records)
+        seen = lp.name in wiring.layer_has_params
         if seen:
             # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
             # matched by name, so it is refused below only for layers that carry parameters.
@@ -184,9 +186,10 @@ class Net:
         for blob in tops:
             glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
         self._attach_params(layer, lp)
-        if seen and (layer.blobs or self._has_params_named(lp.name)):
+        if seen and (layer.blobs or wiring.layer_has_params[lp.name]):
             raise NetspecError(f"duplicate layer name '{lp.name}': layers with parameters must have "
                                "unique names (weights are copied by layer name)")
+        wiring.layer_has_params[lp.name] = bool(layer.blobs) or wiring.layer_has_params.get(lp.name, False)
         need_backward = any(bottom_need) and not layer.is_data
         for j in range(len(layer.blobs)):
             spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
@@ -235,10 +238,6 @@ class Net:
             if lp.type == "Input":
                 self.inputs.append(name)
         return tops
-
-    def _has_params_named(self, name):
-        """Whether an already built layer of this name has parameters."""
-        return any(record.name == name and record.layer.blobs for record in self.records)
 
     def _missing_bottom(self, lp, name, filtered, param, state):
         where = f"layer '{lp.name}' ({lp.type})"

@@ -17,6 +17,7 @@ CLI does):
     param = read_solver(path); dp.prepare(param)
     solver = Solver(path, param); dp.attach(solver); solver.solve()
 """
+import hashlib
 import logging
 import os
 import sys
@@ -157,6 +158,7 @@ class DataParallel:
     def start(self, solver, resume_file=None):
         """Before the first iteration: rank 0 restores `resume_file`; every rank takes its weights,
         solver state and data position, and its own data cursor from the snapshot when there is one."""
+        self.check_agreement(run_sections(solver))
         states = None
         if self.rank == 0:
             glog.info(f"Data-parallel training on {self.size} MPI ranks: effective batch = "
@@ -173,6 +175,29 @@ class DataParallel:
         self._broadcast(lambda i: self._learnable[i].data)
         for k in range(solver.rule.num_histories):
             self._broadcast(lambda i: solver._histories[i][k])
+
+    def check_agreement(self, sections):
+        """Every rank must run what rank 0 runs: rank 0 broadcasts a digest of each section (solver,
+        net, parameter shapes); on any difference the job ends with one line naming the first
+        differing rank and line. Ranks with other nets would otherwise corrupt the Allreduce
+        buffers or hang, and other solver settings drift apart in silence."""
+        mine = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in sections.items()}
+        reference = self.comm.bcast(mine if self.rank == 0 else None, root=0)
+        differ = [name for name in sections if mine.get(name) != reference.get(name)]
+        everyone = self.comm.gather(differ, root=0)
+        bad = self.comm.bcast(sorted({n for d in everyone for n in d}) if self.rank == 0 else None, root=0)
+        if not bad:
+            return
+        texts = self.comm.bcast({n: sections[n] for n in bad} if self.rank == 0 else None, root=0)
+        note = None
+        for name in differ:
+            note = f"rank {self.rank}'s {name} differs from rank 0's: {first_difference(sections[name], texts[name])}"
+            break
+        notes = self.comm.gather(note, root=0)
+        if self.rank == 0:
+            raise NetspecError("the MPI ranks do not run the same training: "
+                               + next(n for n in notes if n is not None))
+        self.comm.Barrier()           # rank 0 ends the job (abort_job), this rank waits for it
 
     def _restore(self, solver, resume_file):
         from .snapshot import read_solverstate
@@ -251,6 +276,36 @@ class DataParallel:
             if self.rank:
                 for view, i in zip(bucket.views, bucket.indices):
                     np.copyto(array_of(i), view)
+
+
+# Set per rank by DataParallel.prepare/attach: not part of what the ranks must agree on.
+_PER_RANK_FIELDS = ("random_seed", "test_iter", "test_net", "test_net_param", "test_state", "test_interval",
+                    "snapshot", "snapshot_after_train")
+
+
+def run_sections(solver):
+    """{section: text} of what defines a training: the solver (less per-rank fields), the train net,
+    and every learnable parameter's shape in order."""
+    from google.protobuf import text_format
+    param = type(solver.param)()
+    param.CopyFrom(solver.param)
+    for field in _PER_RANK_FIELDS:
+        param.ClearField(field)
+    shapes = [f"{name} param {j}: {tuple(blob.shape)}" for name, layer in solver.net.layer_dict.items()
+              for j, blob in enumerate(layer.blobs)]
+    return {"solver": text_format.MessageToString(param), "net": text_format.MessageToString(solver.net.param),
+            "parameter shapes": "\n".join(shapes)}
+
+
+def first_difference(text, reference):
+    """`line N: 'this' where rank 0 has 'that'` for the first line where two texts differ."""
+    ours, theirs = text.splitlines(), reference.splitlines()
+    for i in range(max(len(ours), len(theirs))):
+        a = ours[i].strip() if i < len(ours) else "<end>"
+        b = theirs[i].strip() if i < len(theirs) else "<end>"
+        if a != b:
+            return f"line {i + 1}: '{a}' where rank 0 has '{b}'"
+    return "same lines, other bytes"
 
 
 def _describe(exc):

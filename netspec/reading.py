@@ -82,19 +82,29 @@ def open_regular(path, what="a file", allow_stdin=False):
 
 
 def read_bytes(path, what="a file", limit=MAX_BINARY_BYTES, allow_stdin=False):
-    """All bytes of a regular file, refusing one larger than `limit`."""
+    """All bytes of a regular file (or of /dev/stdin when allowed), refusing more than `limit`."""
     path = os.fspath(path)
     with open_regular(path, what, allow_stdin) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise too_large(path, size, limit, what)
+        chunks, total = [], 0
         try:
-            data = f.read(limit + 1)
+            # The size the file has now, then whatever it grew by (or a pipe's stream) in steps,
+            # never a buffer of `limit` bytes up front.
+            request = size + 1
+            while True:
+                chunk = f.read(min(request, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise too_large(path, total, limit, what, at_least=True)
+                request = 1 << 20
         except OSError as e:
             raise _missing(path, what, e) from None
-    if len(data) > limit:
-        raise too_large(path, len(data), limit, what, at_least=True)
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def too_large(path, size, limit, what, at_least=False):

@@ -235,3 +235,87 @@ def test_a_solverstate_without_learned_net_is_refused(workdir, monkeypatch):
     with pytest.raises(NetspecError, match="records no weights file .its learned_net is empty."):
         s.restore(str(state))
     s.close()
+
+
+# ---------------------------------------------------------------- MPI ranks must run the same training
+class _FakeWorld:
+    """Just enough of an MPI communicator for check_agreement's bcast/gather, ranks as threads."""
+
+    def __init__(self, size):
+        import threading
+        self.size, self.barrier, self.slot, self.slots = size, threading.Barrier(size, timeout=30), None, [None] * size
+
+    def comm(self, rank):
+        world = self
+
+        class Comm:
+            def bcast(self, obj, root=0):
+                if rank == root:
+                    world.slot = obj
+                world.barrier.wait()
+                value = world.slot
+                world.barrier.wait()
+                return value
+
+            def gather(self, obj, root=0):
+                world.slots[rank] = obj
+                world.barrier.wait()
+                value = list(world.slots) if rank == root else None
+                world.barrier.wait()
+                return value
+
+            def Barrier(self):
+                pass
+        return Comm()
+
+
+def _agree(sections_per_rank):
+    import threading
+    from netspec.parallel import DataParallel
+    world, errors = _FakeWorld(len(sections_per_rank)), {}
+
+    def rank_main(rank):
+        dp = DataParallel.__new__(DataParallel)     # no MPI, no logging changes: just the check
+        dp.comm, dp.rank, dp.size = world.comm(rank), rank, world.size
+        try:
+            dp.check_agreement(sections_per_rank[rank])
+        except NetspecError as e:
+            errors[rank] = str(e)
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world.size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_ranks_with_another_solver_or_net_end_the_job_naming_rank_and_line(workdir, monkeypatch):
+    from netspec.parallel import run_sections
+    monkeypatch.chdir(workdir)
+    base = solver_file(workdir, "a.prototxt", max_iter=10, snapshot=0)
+    (workdir / "b.prototxt").write_text((workdir / base).read_text().replace("base_lr: 0.05", "base_lr: 0.01"))
+    (workdir / "net_c.prototxt").write_text((workdir / "net.prototxt").read_text().replace("num_output: 16",
+                                                                                          "num_output: 17"))
+    (workdir / "c.prototxt").write_text((workdir / base).read_text().replace('net: "net.prototxt"',
+                                                                              'net: "net_c.prototxt"'))
+    solvers = {name: Solver(name) for name in ("a.prototxt", "b.prototxt", "c.prototxt")}
+    try:
+        a, b, c = (run_sections(solvers[n]) for n in ("a.prototxt", "b.prototxt", "c.prototxt"))
+        # Rank-specific settings (seed + rank, rank 0 alone tests and snapshots) are not differences.
+        shifted = Solver("a.prototxt")
+        shifted.param.random_seed += 1
+        shifted.param.ClearField("test_iter")
+        assert _agree([a, run_sections(shifted)]) == {}
+        shifted.close()
+        assert _agree([a, a, a]) == {}
+        errors = _agree([a, a, b])
+        assert list(errors) == [0]
+        assert errors[0] == ("the MPI ranks do not run the same training: rank 2's solver differs from rank 0's: "
+                             "line 1: 'base_lr: 0.01' where rank 0 has 'base_lr: 0.05'")
+        errors = _agree([a, c])
+        assert errors[0].startswith("the MPI ranks do not run the same training: rank 1's solver differs")
+        assert _agree([a, dict(c, solver=a["solver"])])[0].startswith(
+            "the MPI ranks do not run the same training: rank 1's net differs from rank 0's: line ")
+    finally:
+        for s in solvers.values():
+            s.close()
