@@ -14,11 +14,9 @@ switch); `pip install matplotlib`, or the checkout's `plot` extra, brings it.
 import itertools
 import os
 
-import click
-
 from .durable import open_for_write
 from .errors import NetspecError, install_hint
-from .logparse import fail, parse_log
+from .logparse import parse_log
 
 # Caffe builds its list by sorting the field names; this is that order.
 CHART_TYPES = (
@@ -123,20 +121,3 @@ def plot_logs(chart_type, output_path, log_paths):
     with open_for_write(output_path, "wb") as f:
         fig.savefig(f, format=fmt, dpi=100)
     return output_path
-
-
-_EPILOG = "\b\nChart types:\n" + "\n".join(
-    f"  {i}: {chart_title(i)}  ({chart_name(i)})" for i in range(len(CHART_TYPES)))
-
-
-@click.command("plot-log", epilog=_EPILOG)
-@click.argument("chart_type")
-@click.argument("output")
-@click.argument("logs", nargs=-1, required=True)
-def plot_log_command(chart_type, output, logs):
-    """Plot CHART_TYPE (a number 0..7 or a name) for one or more LOGS into OUTPUT (.png or .svg),
-    as Caffe's tools/extra/plot_training_log.py does."""
-    try:
-        plot_logs(chart_type, output, list(logs))
-    except NetspecError as e:
-        fail(e)

@@ -4,9 +4,9 @@
     hdf5.py       HDF5Data, HDF5Output
     conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
     pooling.py    Pooling, SPP (windows: window_pool.py)
-    common.py     InnerProduct, Softmax
+    common.py     InnerProduct, Softmax, Eltwise (and the axis/softmax helpers)
     neuron.py     elementwise activations: ReLU, Sigmoid, TanH, Dropout, PReLU, ...
-    loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ...
+    loss.py       SoftmaxWithLoss, Accuracy, EuclideanLoss, ... (and the label/normalization helpers)
     structure.py  blob plumbing: Split, Concat, Slice, Flatten, Reshape, Crop, ...
     indexing.py   select, gather or reduce by index: Filter, BatchReindex, ArgMax, Reduction, Embed
     norm.py       BatchNorm, Scale, Bias, LRN, MVN
