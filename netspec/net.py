@@ -12,9 +12,10 @@ from collections import OrderedDict
 import numpy as np
 
 from . import glog, hdf5, layers as _layers  # noqa: F401  (importing layers fills the registry)
-from .blob import Blob, BlobTooLarge
+from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError
 from .graph import filter_net, insert_splits
+from .memory import MemoryEstimate, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
 from .schema import read_binary_message, read_net, write_binary_message
@@ -79,6 +80,7 @@ class _Wiring:
     def __init__(self):
         self.available, self.producer, self.blob_need_backward = set(), {}, {}
         self.layer_has_params = {}
+        self.memory = MemoryEstimate()
 
 
 class Net:
@@ -180,9 +182,18 @@ class Net:
             layer.reshape(bottoms, tops)
         except BlobTooLarge as e:
             so_far = sum(b.count for b in self.blobs.values()) * 4
+            if any(e.blob is t for t in tops):
+                hint = "an output of the layer: it scales with batch_size and the input size"
+            else:
+                hint = "a parameter of the layer: a smaller num_output or kernel, not batch_size, is what helps"
             raise NetspecError(
                 f"layer '{lp.name}' ({lp.type}): {e}. Memory required for data up to "
-                f"this layer: {so_far + e.needed // 2} bytes; reduce batch_size or the input size") from None
+                f"this layer: {so_far + e.needed // 2} bytes; the blob is {hint}") from None
+        except BadBlobShape as e:
+            raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
+        new_tops = [t for j, t in enumerate(tops) if not (j < len(lp.bottom) and lp.bottom[j] == lp.top[j])]
+        wiring.memory.add(lp.name, lp.type, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
+        wiring.memory.check()       # before the first forward touches (and so really takes) the memory
         loss_weights = self._set_loss_weights(layer, tops)
         for blob in tops:
             glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")

@@ -270,6 +270,9 @@ def datum_to_array(datum, where="Datum"):
         raise NetspecError(f"{where}: encoded (JPEG/PNG) datums are not supported; "
                            "store raw pixels (convert with encoded=false)")
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 1:
+        raise NetspecError(f"{where}: the Datum has channels x height x width = {shape[0]}x{shape[1]}x{shape[2]}; "
+                           "each must be at least 1")
     size = shape[0] * shape[1] * shape[2]
     if datum.data:
         flat, found = np.frombuffer(datum.data, np.uint8), len(datum.data)

@@ -185,6 +185,12 @@ class Data(Layer):
                                  f"({d.channels}, {d.height}, {d.width}) with "
                                  f"{len(d.data) or len(d.float_data)} values; the first record has "
                                  f"{self.datum_shape}")
+        kinds = [bool(d.data) for d in datums]
+        if any(k != kinds[0] for k in kinds):
+            i = kinds.index(not kinds[0])
+            raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} holds "
+                             f"{'uint8 data' if kinds[i] else 'float_data'}, the batch's first record "
+                             f"{'uint8 data' if kinds[0] else 'float_data'}; an LMDB must use one of the two")
         if datums[0].data:
             raw = np.frombuffer(b"".join(d.data for d in datums), np.uint8)
         else:

@@ -42,7 +42,12 @@ class LabelMixin:
 
     def read_labels(self, label, outer, inner, num_classes, ignore=None):
         """Labels as int64 (outer, inner) with ignored ones replaced by 0, and the mask of valid ones."""
-        lab = label.data.reshape(outer, inner).astype(np.int64)
+        values = label.data.reshape(outer, inner)
+        finite = np.isfinite(values)
+        if not finite.all():
+            # Caught before the int cast, which would turn a NaN into -9223372036854775808 (and warn).
+            raise self.error(f"label value {values[~finite][0]} in bottom {self.bottom_name(1)} is not a number")
+        lab = values.astype(np.int64)
         valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         bad = valid & ((lab < 0) | (lab >= num_classes))
         if bad.any():
