@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .errors import NetspecError
-from .durable import write_file
+from . import durable
 from .reading import open_regular
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -143,7 +143,7 @@ def write_file(path, fill):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
-    write_file(path, buffer.getvalue())
+    durable.write_file(path, buffer.getvalue())
 
 
 def layer_groups(group, prefix=""):

@@ -45,6 +45,7 @@ from collections import OrderedDict
 
 from .durable import open_for_write
 from .errors import NetspecError
+from .reading import read_bytes
 
 BASE_COLUMNS = ("NumIters", "Seconds", "LearningRate")
 
@@ -135,12 +136,11 @@ class _Table:
 def _read_lines(source):
     if isinstance(source, (str, bytes, os.PathLike)):
         path = os.fsdecode(source)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines = [line.rstrip("\r\n") for line in f]
-            return path, lines, time.localtime(os.path.getmtime(path)).tm_year
-        except OSError as e:
-            raise NetspecError(f"{path}: cannot read log: {e.strerror or e}") from None
+        text = read_bytes(path, "a training log").decode("utf-8", errors="replace")
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")   # universal newlines, as open()
+        if lines and not lines[-1]:
+            lines.pop()
+        return path, lines, time.localtime(os.path.getmtime(path)).tm_year
     return "<lines>", [line.rstrip("\r\n") for line in source], time.localtime().tm_year
 
 

@@ -89,10 +89,13 @@ class MemoryEstimate:
             return
         raise NetspecError(self.describe(f"needs at least {_gib(self.total)}"))
 
-    def describe(self, needs):
+    def largest(self):
+        """`'conv1' (Convolution) 2.00 GiB in outputs, ...`: the three layers holding the most."""
         largest = sorted(self.layers, key=lambda l: l[2] + l[3], reverse=True)[:3]
-        parts = [f"'{n}' ({t}) {_gib(b + p)}" + (" in parameters" if p > b else " in outputs")
-                 for n, t, b, p in largest]
+        return ", ".join(f"'{n}' ({t}) {_gib(b + p)}" + (" in parameters" if p > b else " in outputs")
+                         for n, t, b, p in largest)
+
+    def describe(self, needs):
         blobs = sum(l[2] for l in self.layers)
         params = sum(l[3] for l in self.layers)
         if params > blobs:
@@ -101,4 +104,4 @@ class MemoryEstimate:
             hint = "the layer outputs dominate: they scale with batch_size and the input size"
         return (f"the net {needs} (outputs and their gradients {_gib(blobs)}, parameters and their gradients "
                 f"{_gib(params)}, work buffers {_gib(self.work)}) but {self.limited_by} allows "
-                f"{_gib(self.limit or 0)}; largest layers: {', '.join(parts)}; {hint}")
+                f"{_gib(self.limit or 0)}; largest layers: {self.largest()}; {hint}")

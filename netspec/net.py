@@ -188,7 +188,9 @@ class Net:
                 hint = "a parameter of the layer: a smaller num_output or kernel, not batch_size, is what helps"
             raise NetspecError(
                 f"layer '{lp.name}' ({lp.type}): {e}. Memory required for data up to "
-                f"this layer: {so_far + e.needed // 2} bytes; the blob is {hint}") from None
+                f"this layer: {so_far + e.needed // 2} bytes; the blob is {hint}"
+                + (f"; the layers before it hold {wiring.memory.total / 2**30:.2f} GiB (largest layers: "
+                   f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
         except BadBlobShape as e:
             raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
         new_tops = [t for j, t in enumerate(tops) if not (j < len(lp.bottom) and lp.bottom[j] == lp.top[j])]
