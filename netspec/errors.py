@@ -20,5 +20,5 @@ class ParseError(NetspecError):
 
 def install_hint(extra, package):
     """How to install an optional dependency. Never the bare name `netspec` on the package index:
-    that name belongs to an unrelated project, so `pip install netspec[...]` would install its code."""
+    that name belongs to an unrelated project, whose code installing `netspec[...]` from the index would bring."""
     return f"pip install {package} (or, in the netspec checkout, pip install -e '.[{extra}]')"

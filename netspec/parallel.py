@@ -28,7 +28,7 @@ import numpy as np
 
 from . import glog, rng
 from .errors import NetspecError, install_hint
-from .snapshot import read_solverstate
+from .snapshot import check_resume_record, read_solverstate
 
 # (size, rank) variables the launchers set: Open MPI, MPICH and Intel MPI (Hydra's PMI), MVAPICH.
 _LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
@@ -204,6 +204,10 @@ class DataParallel:
         glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
         solver.restore(resume_file)
         _, resume = read_solverstate(resume_file)
+        try:
+            check_resume_record(resume or {"rng": rng.get_state()})
+        except ValueError:
+            return None               # solver.restore has said the record is damaged
         states = (resume or {}).get("mpi_ranks")
         if states is not None and len(states) != self.size:
             glog.warning(f"{resume_file} was written by {len(states)} ranks and this run has {self.size}: the "
