@@ -107,3 +107,37 @@ def test_sys_exit_mid_training_exits_non_zero_with_a_snapshot(workdir):
     assert last.startswith("netspec: error: ") and "forward called sys.exit(0)" in last, last
     assert "Traceback" not in r.stderr
     assert os.path.exists(workdir / "snap" / "mlp_iter_4.caffemodel")     # four iterations were done
+
+
+def test_a_batch_of_zero_through_convolution_is_no_traceback(tmp_path):
+    (tmp_path / "b0.prototxt").write_text("""
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 0 dim: 3 dim: 8 dim: 8 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
+    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { kernel_size: 2 stride: 2 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip" inner_product_param { num_output: 2 } }
+    """)
+    net = caffe.Net(str(tmp_path / "b0.prototxt"), caffe.TRAIN)
+    net.forward()
+    net.backward()
+    assert net.blobs["ip"].data.shape == (0, 2)
+
+
+def test_records_out_of_range_get_one_line(tmp_path):
+    from netspec.datasets.lmdb_io import array_to_datum, datum_to_array, write_lmdb_atomically
+    from netspec.proto import caffe_pb2
+    bad = caffe_pb2.Datum(channels=-1, height=-2, width=4, data=bytes(8))
+    with pytest.raises(NetspecError, match=r"the Datum has channels x height x width = -1x-2x4; each must be at least 1"):
+        datum_to_array(bad, "record 7")
+    ints = array_to_datum(np.zeros((1, 2, 2), np.uint8), 0).SerializeToString()
+    floats = array_to_datum(np.zeros((1, 2, 2), np.float32), 0).SerializeToString()
+    write_lmdb_atomically(str(tmp_path / "mixed"), [(f"{i:08d}", floats if i == 2 else ints) for i in range(4)])
+    (tmp_path / "net.prototxt").write_text(f"""
+    layer {{ name: "d" type: "Data" top: "x" top: "y" data_param {{ source: "{tmp_path / 'mixed'}" batch_size: 4 backend: LMDB }} }}
+    """)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    try:
+        with pytest.raises(NetspecError, match=r"layer 'd' \(Data\): .*mixed record 2 holds float_data, the batch's "
+                                               r"first record uint8 data"):
+            net.forward()
+    finally:
+        net.close()
