@@ -16,27 +16,19 @@ Files without the record (written by Caffe) are read as before.
 import hashlib
 
 from .errors import NetspecError
+from .weights import varint
 
 FIELD = 1001
 _MAGIC = b"netspec-sha256:"
 
 
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-_TAG = _varint(FIELD << 3 | 2)
+_TAG = varint(FIELD << 3 | 2)
 
 
 def seal(payload):
     """The bytes to write: the integrity record, then `payload` (a serialized message)."""
     record = _MAGIC + b"%d:%s" % (len(payload), hashlib.sha256(payload).hexdigest().encode("ascii"))
-    return _TAG + _varint(len(record)) + record + payload
+    return _TAG + varint(len(record)) + record + payload
 
 
 def _read_varint(data, pos):

@@ -26,7 +26,8 @@ def blob_to_array(bp, diff=False):
     return arr.reshape(shape)
 
 
-def _varint(n):
+def varint(n):
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -38,7 +39,7 @@ def _varint(n):
 def _packed_floats(field_number, array):
     """The wire form of a packed `repeated float` field: tag, byte length, little-endian float32s."""
     raw = np.ascontiguousarray(array, "<f4").tobytes()
-    return _varint(field_number << 3 | 2) + _varint(len(raw)) + raw
+    return varint(field_number << 3 | 2) + varint(len(raw)) + raw
 
 
 def array_to_blob(array, bp, diff=None):

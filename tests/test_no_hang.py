@@ -33,15 +33,21 @@ def last_line(result):
     {"position": "12"},                       # a string where a number belongs
     {"rng": {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0, "uinteger": 0}},
 ])
-def test_damaged_data_layer_state_warns_and_training_goes_on(workdir, monkeypatch, damage):
+def damage_resume_record(workdir, monkeypatch, change):
+    """Train 2 iterations, then rewrite the snapshot's resume record through change(record)."""
     monkeypatch.chdir(workdir)
     s = Solver(solver_file(workdir, "s.prototxt", max_iter=4, snapshot=2))
     s.step(2)
     s.close()
     path = str(workdir / "snap" / "mlp_iter_2.solverstate")
     state, resume = read_solverstate(path)
-    resume["layers"]["train/d"].update(damage)
+    change(resume)
     write_solverstate(path, state, resume)
+    return path
+
+
+def test_damaged_data_layer_state_warns_and_training_goes_on(workdir, monkeypatch, damage):
+    damage_resume_record(workdir, monkeypatch, lambda record: record["layers"]["train/d"].update(damage))
     r = cli(workdir, "train", "--solver=s.prototxt", "--snapshot=snap/mlp_iter_2.solverstate")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "its netspec resume data is damaged" in r.stderr and "Optimization Done." in r.stderr
@@ -50,14 +56,7 @@ def test_damaged_data_layer_state_warns_and_training_goes_on(workdir, monkeypatc
 @pytest.mark.parametrize("field,value", [("losses", ["a", "b"]), ("loss_index_base", "7"), ("smoothed_loss", [1]),
                                          ("layers", [1, 2]), ("rng", "none")])
 def test_resume_record_types_are_checked_before_use(workdir, monkeypatch, caplog, field, value):
-    monkeypatch.chdir(workdir)
-    s = Solver(solver_file(workdir, "s.prototxt", max_iter=4, snapshot=2))
-    s.step(2)
-    s.close()
-    path = str(workdir / "snap" / "mlp_iter_2.solverstate")
-    state, resume = read_solverstate(path)
-    resume[field] = value
-    write_solverstate(path, state, resume)
+    path = damage_resume_record(workdir, monkeypatch, lambda record: record.__setitem__(field, value))
     s = Solver("s.prototxt")
     with caplog.at_level("WARNING", logger="netspec"):
         s.restore(path)
