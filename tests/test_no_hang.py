@@ -28,11 +28,6 @@ def last_line(result):
 
 
 # ---------------------------------------------------------------- damaged resume state
-@pytest.mark.parametrize("damage", [
-    {"position": 10 ** 9},                    # past the LMDB's end: the seek fails after the thread stopped
-    {"position": "12"},                       # a string where a number belongs
-    {"rng": {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0, "uinteger": 0}},
-])
 def damage_resume_record(workdir, monkeypatch, change):
     """Train 2 iterations, then rewrite the snapshot's resume record through change(record)."""
     monkeypatch.chdir(workdir)
@@ -46,6 +41,11 @@ def damage_resume_record(workdir, monkeypatch, change):
     return path
 
 
+@pytest.mark.parametrize("damage", [
+    {"position": 10 ** 9},                    # past the LMDB's end: the seek fails after the thread stopped
+    {"position": "12"},                       # a string where a number belongs
+    {"rng": {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0, "uinteger": 0}},
+])
 def test_damaged_data_layer_state_warns_and_training_goes_on(workdir, monkeypatch, damage):
     damage_resume_record(workdir, monkeypatch, lambda record: record["layers"]["train/d"].update(damage))
     r = cli(workdir, "train", "--solver=s.prototxt", "--snapshot=snap/mlp_iter_2.solverstate")
