@@ -22,3 +22,16 @@ def install_hint(extra, package):
     """How to install an optional dependency. Never the bare name `netspec` on the package index:
     that name belongs to an unrelated project, whose code installing `netspec[...]` from the index would bring."""
     return f"pip install {package} (or, in the netspec checkout, pip install -e '.[{extra}]')"
+
+
+def prefixed(error, prefix):
+    """The same error, of the same class, with `prefix: ` in front of its message.
+
+    Keeps subclasses that also derive from a builtin (a failing Python layer's
+    RuntimeError) catchable as such after the net names its file in front.
+    """
+    cls = type(error)
+    copy = cls.__new__(cls)
+    copy.__dict__.update(error.__dict__)
+    copy.args = (f"{prefix}: {error}",)
+    return copy
