@@ -9,6 +9,7 @@ unknown field, so the file stays a valid caffe.SolverState; in a .solverstate.h5
 they are one more string dataset (hdf5.RESUME_DATASET), which Caffe never opens.
 A solver state is read as HDF5 whenever the file is one, whatever its name.
 """
+import atexit
 import fcntl
 import json
 import os
@@ -134,29 +135,33 @@ def lock_prefix(prefix, source="solver"):
     one process share the lock (theirs to coordinate). Then the stale temp files
     of earlier, killed snapshot writes beside the prefix are removed: holding the
     lock, none of them can still be in use. Returns the lock file's path, for
-    release_prefix.
+    release_prefix, which (like a normal exit) also removes the lock file; a killed
+    run leaves it, unlocked and harmless.
     """
     path = os.path.realpath(f"{prefix}.lock")
     held = _HELD_LOCKS.get(path)
     if held is not None:
         held[1] += 1
         return path
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as e:
-        raise NetspecError(f"{source}: cannot write snapshots to prefix '{prefix}' ({e.strerror}); "
-                           "make sure the directory exists and is writable") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise NetspecError(f"{source}: snapshot_prefix '{prefix}' is in use by another training (pid {holder}, "
-                           f"holding {path}); two runs on one prefix would overwrite each other's snapshots: "
-                           "give this run its own snapshot_prefix") from None
-    except OSError as e:        # a filesystem without flock (some NFS): train, but say so
-        glog.warning(f"cannot lock {path} ({e.strerror}): another training on the same snapshot_prefix "
-                     "would not be noticed", "solver.cpp:60")
+    while True:
+        fd = _open_lock_file(path, prefix, source)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise NetspecError(f"{source}: snapshot_prefix '{prefix}' is in use by another training (pid {holder}, "
+                               f"holding {path}); two runs on one prefix would overwrite each other's snapshots: "
+                               "give this run its own snapshot_prefix") from None
+        except OSError as e:        # a filesystem without flock (some NFS): train, but say so
+            glog.warning(f"cannot lock {path} ({e.strerror}): another training on the same snapshot_prefix "
+                         "would not be noticed", "solver.cpp:60")
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)                # the holder removed the file as we locked it: lock the new one
     started = time.time()
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -169,15 +174,39 @@ def lock_prefix(prefix, source="solver"):
     return path
 
 
-def release_prefix(path):
-    """Give back a lock_prefix lock (the last holder in the process unlocks)."""
+def _open_lock_file(path, prefix, source):
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise NetspecError(f"{source}: cannot write snapshots to prefix '{prefix}' ({e.strerror}); "
+                           "make sure the directory exists and is writable") from None
+
+
+def release_prefix(path, all_holders=False):
+    """Give back a lock_prefix lock; the last holder in the process removes the file and unlocks.
+
+    Removed while still locked: a run that opened the old file and locks it after us sees
+    that the path no longer names it (lock_prefix's inode check) and locks afresh.
+    """
     held = _HELD_LOCKS.get(path)
     if held is None:
         return
-    held[1] -= 1
+    held[1] = 0 if all_holders else held[1] - 1
     if held[1] == 0:
         del _HELD_LOCKS[path]
+        try:
+            if os.stat(path).st_ino == os.fstat(held[0]).st_ino:
+                os.unlink(path)
+        except OSError:
+            pass
         os.close(held[0])          # closing the only descriptor releases the flock
+
+
+@atexit.register
+def _release_all():
+    """A normal exit (sys.exit included) leaves no lock files; a kill leaves them unlocked."""
+    for path in list(_HELD_LOCKS):
+        release_prefix(path, all_holders=True)
 
 
 # ------------------------------------------------------------------ the resume record's types

@@ -88,6 +88,7 @@ def test_stale_temp_files_of_killed_writes_are_removed_at_start(workdir):
     assert "Removed 3 temp file(s) left beside 'snap/mlp'" in r.stderr
     names = set(os.listdir(snap))
     assert not names & set(stale) and set(kept) <= names
+    assert "mlp.lock" not in names                  # a run that ends normally takes its lock file away
 
 
 # ---------------------------------------------------------------- SIGTERM
