@@ -28,9 +28,9 @@ def net_of(layers, shapes, phase=netspec.TEST, seed=0):
     for layer in net.layers:
         for blob in layer.blobs:
             blob.data[...] = rng.standard_normal(blob.shape).astype(np.float32)
-        if layer.type == "BatchNorm":       # variances and the scale factor positive
-            for blob in layer.blobs[1:]:
-                blob.data[...] = rng.uniform(0.5, 2, blob.shape)
+        # Variances (and BatchNorm's scale factor) positive.
+        for j in {"BatchNorm": (1, 2), "BN": (3,) if len(layer.blobs) == 4 else ()}.get(layer.type, ()):
+            layer.blobs[j].data[...] = rng.uniform(0.5, 2, layer.blobs[j].shape)
     return net
 
 
@@ -38,6 +38,8 @@ def check(net, opset=None, feeds=None, tol=TOL):
     model = export_onnx(net, opset=opset)
     diffs = compare(net, model, feeds=feeds, every_blob=True, threads=1)
     assert diffs and max(diffs.values()) <= tol, diffs
+    for name, blob in net.blobs.items():        # a NaN on both sides would agree: none allowed
+        assert np.isfinite(blob.data).all(), f"netspec's '{name}' is not finite: the test's input is wrong"
     return model, diffs
 
 
@@ -424,3 +426,27 @@ def test_missing_onnx_package_is_one_clear_line(monkeypatch):
     net = net_of(_pool_text("MAX", (2, 2), (2, 2), (0, 0), "CEIL"), {"data": (1, 1, 4, 4)})
     with pytest.raises(ExportError, match=r"needs the 'onnx' package: pip install onnx \(or pip install -e '\.\[onnx\]'"):
         export_onnx(net)
+
+
+# ---------------------------------------------------------------- fork layers
+@pytest.mark.parametrize("text,shapes,phase", [
+    ('layer { name: "r" type: "ReLU6" bottom: "data" top: "data" }', {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "c" type: "ConvolutionDepthwise" bottom: "data" top: "c" '
+     "convolution_param { num_output: 3 kernel_size: 3 stride: 2 pad: 1 } }", {"data": (2, 3, 7, 7)}, "TEST"),
+    ('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "data" shuffle_channel_param { group: 3 } }',
+     {"data": (2, 6, 3, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "data" bn_param { eps: 0.001 } }', {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "bn" bn_param { eps: 0.001 } }', {"data": (2, 3, 4, 4)}, "TRAIN"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "data" segnet_bn_param { bn_mode: INFERENCE } }',
+     {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "bn" segnet_bn_param { bn_mode: LEARN } }',
+     {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { zoom_factor: 3 } }',
+     {"data": (2, 3, 4, 5)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { shrink_factor: 2 pad_beg: -1 pad_end: -1 } }',
+     {"data": (1, 2, 9, 8)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { height: 1 width: 6 } }',
+     {"data": (1, 2, 5, 4)}, "TEST"),
+])
+def test_fork_layers(text, shapes, phase):
+    check(net_of(text, shapes, phase=caffe_pb2.Phase.Value(phase)))

@@ -36,8 +36,11 @@ def at_batch(path, batch):
     return param
 
 
-def assert_close(diffs, label):
+def assert_close(diffs, label, outputs=()):
     worst = max(diffs, key=diffs.get)
+    # Shown with -s: the figures the report quotes.
+    print(f"\n{label}: " + ", ".join(f"{o} {diffs[o]:.3g}" for o in outputs)
+          + f"; worst blob {worst} {diffs[worst]:.3g} (of {len(diffs)})")
     assert diffs[worst] <= TOL, f"{label}: blob '{worst}' differs by {diffs[worst]:.3g} relative"
 
 
@@ -47,7 +50,7 @@ def test_model_zoo_net_matches_netspec(path):
     random_weights(net)
     model = export_onnx(net)
     assert [o.name for o in model.graph.output] == net.outputs
-    assert_close(compare(net, model, every_blob=True), path)
+    assert_close(compare(net, model, every_blob=True), path, net.outputs)
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in BIG | SLOW_AT_4 else p
@@ -141,7 +144,7 @@ def test_corpus_net_matches_netspec(label):
         net = netspec.Net(test_corpus.prepared(param, batch=1), netspec.TEST, stages=stages)
         random_weights(net)
         model = export_onnx(net)
-        assert_close(compare(net, model, every_blob=True), f"{label} {stages}")
+        assert_close(compare(net, model, every_blob=True), f"{label} {stages}", [o.name for o in model.graph.output])
 
 
 # ---------------------------------------------------------------- the command

@@ -13,7 +13,7 @@ graph outputs. Parameters are initializers named `<layer>/weight`, `<layer>/bias
 import json
 
 from ..errors import NetspecError
-from . import common, losses, neuron, norm, structure, vision  # noqa: F401  (fill the registry)
+from . import common, forks, losses, neuron, norm, structure, vision  # noqa: F401  (fill the registry)
 from .builder import ExportError, GraphBuilder, Value, onnx_modules
 from .registry import EXPORTERS
 

@@ -1,0 +1,71 @@
+"""Layers from Caffe's forks: ReLU6, depthwise convolution, ShuffleChannel, the forks' BN, Interp.
+
+Interp is bilinear with corners aligned on the input cropped by pad_beg/pad_end: a Slice for
+the crop, then y = Wh x Ww^T as two MatMuls with netspec's own weight matrices (the fork's
+float32 positions and its single-output rule exactly; Resize's align_corners would recompute
+the positions its own way).
+"""
+import numpy as np
+
+from ..layers.fork_bn import PSPNetBN
+from .norm import batch_statistics
+from .registry import exports
+from .vision import convolution
+
+exports("ConvolutionDepthwise", "DepthwiseConvolution")(convolution)   # group = channels, set by the layer
+
+
+@exports("ReLU6")
+def relu6(g, layer, bottoms, tops):
+    g.node("Clip", [bottoms[0].name, g.scalar(0), g.scalar(6)], [tops[0].name])
+
+
+@exports("ShuffleChannel")
+def shuffle_channel(g, layer, bottoms, tops):
+    """Channels viewed as (group, C / group), transposed to (C / group, group), viewed back."""
+    x = bottoms[0]
+    n = None if x.dims[0] is None else x.shape[0]
+    rest = int(np.prod(x.shape[2:], dtype=np.int64))
+    grouped = g.reshape(x.name, [n, layer.group, x.shape[1] // layer.group, rest])
+    g.reshape(g.node("Transpose", [grouped], perm=[0, 2, 1, 3]), x.dims, tops[0].name)
+
+
+def _channel(g, layer, blob, what):
+    return g.const(blob.data.reshape(-1), f"{layer.name}/{what}")
+
+
+@exports("BN")
+def fork_bn(g, layer, bottoms, tops):
+    """PSPNet's: slope * (x - mean) / sqrt(var + eps) + bias (stored statistics at TEST or frozen,
+    else the batch's, biased). SegNet's: INFERENCE scale * x + shift; LEARN over the batch's
+    statistics with variance E[x^2] - E[x]^2 and eps 1e-9."""
+    x, y = bottoms[0], tops[0]
+    gain, offset = (_channel(g, layer, b, w) for b, w in zip(layer.blobs[:2], ("scale", "shift")))
+    if isinstance(layer, PSPNetBN) and layer.use_running:
+        g.node("BatchNormalization", [x.name, gain, offset, _channel(g, layer, layer.blobs[2], "mean"),
+                                      _channel(g, layer, layer.blobs[3], "var")], [y.name], epsilon=float(layer.eps))
+        return
+    if isinstance(layer, PSPNetBN):
+        normed = batch_statistics(g, x, layer.eps)
+    elif layer.learn:
+        normed = batch_statistics(g, x, layer.VAR_EPS, moments=True)
+    else:
+        normed = x.name
+    shape = (x.shape[1],) + (1,) * (len(x.shape) - 2)
+    gain, offset = (g.reshape(v, shape) for v in (gain, offset))
+    g.node("Add", [g.node("Mul", [normed, gain]), offset], [y.name])
+
+
+@exports("Interp")
+def interp(g, layer, bottoms, tops):
+    x, y = bottoms[0], tops[0]
+    begin = -layer.pad_beg
+    value = x.name
+    if (begin, layer.eff) != (0, tuple(x.shape[2:])):
+        value = g.node("Slice", [value, g.ints([begin, begin]), g.ints([begin + e for e in layer.eff]),
+                                 g.ints([2, 3])])
+    if layer.eff == layer.out:
+        g.identity(value, y.name)
+        return
+    rows = g.node("MatMul", [g.const(layer.wh, f"{layer.name}/rows"), value])
+    g.node("MatMul", [rows, g.const(layer.ww.T.copy(), f"{layer.name}/columns")], [y.name])
