@@ -450,3 +450,58 @@ def test_missing_onnx_package_is_one_clear_line(monkeypatch):
 ])
 def test_fork_layers(text, shapes, phase):
     check(net_of(text, shapes, phase=caffe_pb2.Phase.Value(phase)))
+
+
+def test_im2col():
+    check(net_of('layer { name: "i" type: "Im2col" bottom: "data" top: "i" '
+                 "convolution_param { kernel_size: 3 stride: 2 pad: 1 dilation: 1 } }", {"data": (2, 3, 7, 6)}))
+    check(net_of('layer { name: "i" type: "Im2col" bottom: "data" top: "i" '
+                 "convolution_param { kernel_h: 2 kernel_w: 3 stride: 1 pad_h: 0 pad_w: 2 } }", {"data": (1, 2, 5, 5)}))
+
+
+def test_upsample_with_mask_and_nearest():
+    net = net_of('layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m" '
+                 "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }"
+                 'layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }'
+                 'layer { name: "v" type: "Upsample" bottom: "p" top: "v" upsample_param { scale: 3 } }',
+                 {"data": (2, 3, 6, 8)})
+    check(net)
+
+
+def test_roi_pooling():
+    net = net_of('layer { name: "r" type: "ROIPooling" bottom: "data" bottom: "rois" top: "r" '
+                 "roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }",
+                 {"data": (2, 3, 9, 11), "rois": (4, 5)})
+    rois = np.array([[0, 0, 0, 40, 30], [1, 5, 6, 17, 13], [1, 10, 2, 10, 2], [0, 30, 20, 60, 50]], np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    check(net, feeds={"data": x, "rois": rois})
+
+
+@pytest.mark.parametrize("text,shapes", [
+    ('layer { name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" top: "l" smooth_l1_loss_param { sigma: 2 } }',
+     {"a": (3, 8), "b": (3, 8)}),
+    ('layer { name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "c" bottom: "d" top: "l" }',
+     {"a": (3, 4, 2), "b": (3, 4, 2), "c": (3, 4, 2), "d": (3, 4, 2)}),
+    ('layer { name: "s" type: "Softmax" bottom: "a" top: "p" }'
+     'layer { name: "l" type: "MultinomialLogisticLoss" bottom: "p" bottom: "label" top: "l" }',
+     {"a": (4, 5), "label": (4,)}),
+    ('layer { name: "l" type: "HingeLoss" bottom: "a" bottom: "label" top: "l" }', {"a": (4, 5), "label": (4,)}),
+    ('layer { name: "l" type: "HingeLoss" bottom: "a" bottom: "label" top: "l" hinge_loss_param { norm: L2 } }',
+     {"a": (4, 5, 1), "label": (4,)}),
+    ('layer { name: "l" type: "SoftmaxWithLoss" bottom: "a" bottom: "label" top: "l" top: "prob" '
+     "loss_param { ignore_label: 2 normalization: VALID } softmax_param { axis: 1 } }", {"a": (3, 4, 5), "label": (3, 5)}),
+    ('layer { name: "l" type: "SoftmaxWithLoss" bottom: "a" bottom: "label" top: "l" loss_param { normalization: FULL } }',
+     {"a": (3, 4, 2), "label": (3, 2)}),
+    ('layer { name: "acc" type: "Accuracy" bottom: "a" bottom: "label" top: "acc" top: "per_class" '
+     "accuracy_param { top_k: 2 ignore_label: 1 } }", {"a": (6, 4), "label": (6,)}),
+    ('layer { name: "l" type: "SigmoidCrossEntropyLoss" bottom: "a" bottom: "t" top: "l" loss_param { ignore_label: 0 } }',
+     {"a": (3, 4), "t": (3, 4)}),
+    ('layer { name: "l" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "l" }', {"a": (3, 4), "b": (3, 2, 2)}),
+    ('layer { name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "y" top: "l" '
+     "contrastive_loss_param { margin: 3 legacy_version: true } }", {"a": (5, 3), "b": (5, 3), "y": (5,)}),
+])
+def test_loss_layers(text, shapes):
+    net = net_of(text, shapes)
+    model, diffs = check(net)
+    # Random labels keep valid classes (and some ignored ones).
+    assert all(name in diffs for name in net.outputs if name not in shapes)

@@ -24,6 +24,12 @@ BATCH = "batch"          # the symbolic batch dimension's name (--dynamic-batch)
 
 _NOT_EXPORTED = {
     "Python": "a Python layer's forward is arbitrary user code",
+    "HDF5Output": "it writes its bottoms to an HDF5 file: a side effect, not a value to compute",
+    "Proposal": "its anchors, clipping and non-maximum suppression (a data-dependent number of boxes) "
+                "have no ONNX form held to netspec's",
+    "DetectionOutput": "its non-maximum suppression and top-k keep a data-dependent number of boxes; "
+                       "ONNX NonMaxSuppression is not held to SSD's rules here",
+    "InfogainLoss": "not exported yet (its H matrix from a file or a third bottom)",
     "Filter": "the number of items it keeps depends on the data, so its top has no fixed shape here",
     "RNN": "recurrent layers are not exported (their unrolled time steps with sequence markers)",
     "LSTM": "recurrent layers are not exported (their unrolled time steps with sequence markers)",

@@ -69,3 +69,37 @@ def interp(g, layer, bottoms, tops):
         return
     rows = g.node("MatMul", [g.const(layer.wh, f"{layer.name}/rows"), value])
     g.node("MatMul", [rows, g.const(layer.ww.T.copy(), f"{layer.name}/columns")], [y.name])
+
+
+@exports("Upsample")
+def upsample(g, layer, bottoms, tops):
+    """With a mask (SegNet): each value scattered to its mask index h * W_out + w of its plane in a
+    zero top (ScatterElements over (N * C, plane): a later duplicate index wins, as netspec's
+    assignment does). Without (YOLO): nearest neighbour by the integer scale."""
+    x, y = bottoms[0], tops[0]
+    if len(bottoms) == 1:
+        scales = g.const([1, 1] + [float(s) for s in layer.scale])
+        g.node("Resize", [x.name, "", scales], [y.name], mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return
+    planes = None if x.dims[0] is None else x.shape[0] * x.shape[1]
+    plane_out = y.shape[2] * y.shape[3]
+    values = g.reshape(x.name, [planes, x.shape[2] * x.shape[3]])
+    index = g.reshape(g.node("Cast", [bottoms[1].name], to=g.TensorProto.INT64), [planes, x.shape[2] * x.shape[3]])
+    if planes is not None:
+        zeros = g.const(np.zeros((planes, plane_out), np.float32), f"{layer.name}/zeros")
+    else:
+        rows = g.node("Slice", [g.node("Shape", [values]), g.ints([0]), g.ints([1])])
+        size = g.node("Concat", [rows, g.ints([plane_out])], axis=0)
+        zeros = g.node("ConstantOfShape", [size], value=g.numpy_helper.from_array(np.zeros(1, np.float32)))
+    scattered = g.node("ScatterElements", [zeros, index, values], axis=1)
+    g.reshape(scattered, y.dims, y.name)
+
+
+@exports("ROIPooling")
+def roi_pooling(g, layer, bottoms, tops):
+    """ONNX MaxRoiPool is Fast R-CNN's ROIPooling: rois (R, 5) [batch, x1, y1, x2, y2], coordinates
+    times spatial_scale rounded, bins floor/ceil of the roi's size over the pooled size, empty bins 0."""
+    rois = bottoms[1].name if len(bottoms[1].shape) == 2 else g.reshape(bottoms[1].name, [bottoms[1].dims[0], 5])
+    g.node("MaxRoiPool", [bottoms[0].name, rois], [tops[0].name], pooled_shape=[layer.pooled_h, layer.pooled_w],
+           spatial_scale=float(layer.spatial_scale))
