@@ -72,9 +72,7 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
         param.train_state.level = level
     for s in _split_list(stage):
         param.train_state.stage.append(s)
-    if mpi is not None:
-        mpi.prepare(param)
-    s = Solver(solver, param)
+    s = Solver(solver, param, rank=mpi.rank if mpi is not None else 0)
     # MPI: rank 0 alone reads --weights; the others get its weights when solving starts.
     for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
         glog.info(f"Finetuning from {w}", "caffe.cpp:175")
@@ -83,7 +81,7 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
     signals.install()
     s.action_request = signals
     if mpi is not None:
-        mpi.attach(s)
+        s.add_callback(mpi)
     glog.info("Starting Optimization", "caffe.cpp:248")
     s.solve(snapshot)
 
