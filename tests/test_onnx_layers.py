@@ -87,8 +87,8 @@ def test_max_pooling_mask_top(size, kernel, stride, pad, mode):
 def test_ave_pooling_divisor_at_the_border_by_hand():
     """Ones 4x4, AVE 3x3 stride 2 pad 1 (ceil): windows start at -1, 1, 3 and end at min(start + 3, 5);
     Caffe divides by that padded extent (3, 3, 2) and sums the rows inside the image (2, 3, 1), so each
-    axis gives [2/3, 1, 1/2] and the output is their outer product. (ONNX's own ceil_mode with
-    count_include_pad gives 1/3 for the corner, not 1/3 * ... : the point of the explicit padding.)"""
+    axis gives [2/3, 1, 1/2] and the output is their outer product. (AveragePool with pads 1 and
+    count_include_pad=0 would divide by the part inside the image and give 1 everywhere.)"""
     net = net_of(_pool_text("AVE", (3, 3), (2, 2), (1, 1), "CEIL"), {"data": (1, 1, 4, 4)})
     model = export_onnx(net)
     out = run_onnx(model, {"data": np.ones((1, 1, 4, 4), np.float32)})["pool"][0, 0]
