@@ -505,3 +505,18 @@ def test_loss_layers(text, shapes):
     model, diffs = check(net)
     # Random labels keep valid classes (and some ignored ones).
     assert all(name in diffs for name in net.outputs if name not in shapes)
+
+
+@pytest.mark.parametrize("text,shapes", [
+    ('layer { name: "p" type: "Permute" bottom: "data" top: "p" permute_param { order: 0 order: 2 order: 3 order: 1 } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { across_spatial: false } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { across_spatial: true channel_shared: true } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "pb" type: "PriorBox" bottom: "data" bottom: "image" top: "pb" prior_box_param { min_size: 30 '
+     "max_size: 60 aspect_ratio: 2 flip: true clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }",
+     {"data": (2, 3, 4, 5), "image": (2, 3, 40, 50)}),
+])
+def test_ssd_layers(text, shapes):
+    check(net_of(text, shapes))

@@ -29,6 +29,9 @@ _NOT_EXPORTED = {
                 "have no ONNX form held to netspec's",
     "DetectionOutput": "its non-maximum suppression and top-k keep a data-dependent number of boxes; "
                        "ONNX NonMaxSuppression is not held to SSD's rules here",
+    "MultiBoxLoss": "not exported: its matching of priors to ground truth and hard-negative mining are "
+                    "training-time steps (export the deploy net, which ends in DetectionOutput or the scores)",
+    "DetectionEvaluate": "not exported: an evaluation step over ground truth, not part of an inference graph",
     "InfogainLoss": "not exported yet (its H matrix from a file or a third bottom)",
     "Filter": "the number of items it keeps depends on the data, so its top has no fixed shape here",
     "RNN": "recurrent layers are not exported (their unrolled time steps with sequence markers)",

@@ -103,3 +103,48 @@ def roi_pooling(g, layer, bottoms, tops):
     rois = bottoms[1].name if len(bottoms[1].shape) == 2 else g.reshape(bottoms[1].name, [bottoms[1].dims[0], 5])
     g.node("MaxRoiPool", [bottoms[0].name, rois], [tops[0].name], pooled_shape=[layer.pooled_h, layer.pooled_w],
            spatial_scale=float(layer.spatial_scale))
+
+
+@exports("Permute")
+def permute(g, layer, bottoms, tops):
+    g.node("Transpose", [bottoms[0].name], [tops[0].name], perm=[int(a) for a in layer.order])
+
+
+@exports("Normalize")
+def normalize(g, layer, bottoms, tops):
+    """SSD's y = s * x / sqrt(sum x^2 + eps), the sum over C, H, W (across_spatial) or over C."""
+    x = bottoms[0]
+    axes = list(range(1, len(x.shape))) if len(layer.axes) == 2 else [1]
+    norm = g.node("Sqrt", [g.node("Add", [g.reduce("ReduceSumSquare", x.name, axes, keepdims=True),
+                                          g.scalar(layer.eps)])])
+    scale = layer.blobs[0].data
+    shape = (1,) if layer.shared else (x.shape[1],) + (1,) * (len(x.shape) - 2)
+    g.node("Mul", [g.node("Div", [x.name, norm]), g.const(scale.reshape(shape), f"{layer.name}/scale")],
+           [tops[0].name])
+
+
+@exports("PriorBox")
+def prior_box(g, layer, bottoms, tops):
+    """The default boxes depend on the two bottoms' shapes only: netspec's own output, as a constant
+    (the same at every batch size)."""
+    if any(d is None for d in tops[0].dims):
+        raise g.refuse("--dynamic-batch: its output follows the batch size")
+    layer.forward([_Shaped(b.shape) for b in bottoms], [_Out(tops[0].shape)])
+    g.identity(g.const(_Out.last, f"{layer.name}/boxes"), tops[0].name)
+
+
+class _Shaped:
+    """A stand-in bottom: PriorBox reads only its shape."""
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.data = np.zeros(self.shape, np.float32)
+        self.num, self.channels = (self.shape + (1, 1))[:2]
+        self.height, self.width = (self.shape[2:] + (1, 1))[:2]
+
+
+class _Out(_Shaped):
+    last = None
+
+    def __init__(self, shape):
+        super().__init__(shape)
+        _Out.last = self.data
