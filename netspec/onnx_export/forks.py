@@ -1,9 +1,9 @@
 """Layers from Caffe's forks: ReLU6, depthwise convolution, ShuffleChannel, the forks' BN, Interp.
 
 Interp is bilinear with corners aligned on the input cropped by pad_beg/pad_end: a Slice for
-the crop, then y = Wh x Ww^T as two MatMuls with netspec's own weight matrices (the fork's
-float32 positions and its single-output rule exactly; Resize's align_corners would recompute
-the positions its own way).
+the crop, then columns and then rows as two taps each (Gather, Mul, Add) with netspec's own
+float32 positions and weights: the fork's arithmetic operation for operation (Resize's
+align_corners would recompute the positions its own way).
 """
 import numpy as np
 
@@ -67,8 +67,19 @@ def interp(g, layer, bottoms, tops):
     if layer.eff == layer.out:
         g.identity(value, y.name)
         return
-    rows = g.node("MatMul", [g.const(layer.wh, f"{layer.name}/rows"), value])
-    g.node("MatMul", [rows, g.const(layer.ww.T.copy(), f"{layer.name}/columns")], [y.name])
+    columns = _taps(g, layer, value, layer.cols, 3)
+    _taps(g, layer, columns, layer.rows, 2, y.name)
+
+
+def _taps(g, layer, x, taps, axis, output=None):
+    """x[lo] * (1 - f) + x[hi] * f along `axis`: netspec's (and the fork's) arithmetic, step for step."""
+    lo, hi, w_lo, w_hi = taps
+    shape = (-1, 1) if axis == 2 else (-1,)
+    low = g.node("Gather", [x, g.ints(lo)], axis=axis)
+    high = g.node("Gather", [x, g.ints(hi)], axis=axis)
+    low = g.node("Mul", [low, g.const(np.asarray(w_lo, np.float32).reshape(shape))])
+    high = g.node("Mul", [high, g.const(np.asarray(w_hi, np.float32).reshape(shape))])
+    return g.node("Add", [low, high], None if output is None else [output])
 
 
 @exports("Upsample")
