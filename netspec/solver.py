@@ -90,9 +90,7 @@ class Solver:
 
     def close(self):
         """Release the nets' prefetch threads and LMDBs (Net.close), and the snapshot prefix's lock."""
-        if self._prefix_lock is not None:
-            release_prefix(self._prefix_lock)
-            self._prefix_lock = None
+        self._release_prefix()
         for net in [self.net] + list(self.test_nets):
             if net is not None:
                 net.close()
@@ -281,14 +279,29 @@ class Solver:
             self._losses[idx] = loss
 
     def _hold_prefix(self):
-        """One training per snapshot_prefix (the root alone writes under MPI)."""
+        """One training per snapshot_prefix (the root alone writes under MPI); True if taken just now."""
         p = self.param
         if self._prefix_lock is None and p.snapshot_prefix and self.rank == 0:
             self._prefix_lock = lock_prefix(p.snapshot_prefix, self.source)
+            return True
+        return False
+
+    def _release_prefix(self):
+        if self._prefix_lock is not None:
+            release_prefix(self._prefix_lock)
+            self._prefix_lock = None
 
     def step(self, iters):
+        """Caffe's Solver::Step; holds the snapshot prefix's lock while it runs (solve: the whole run)."""
+        taken = self._hold_prefix()
+        try:
+            self._step(iters)
+        finally:
+            if taken:
+                self._release_prefix()
+
+    def _step(self, iters):
         p = self.param
-        self._hold_prefix()
         stop_iter = self.iter + iters
         if self._resumed_losses is not None:
             # Exact resume: continue the smoothed-loss window of the interrupted run.
@@ -428,7 +441,15 @@ class Solver:
         glog.info(f"Solving {self.net.name}", "solver.cpp:289")
         glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
         self.requested_early_exit = False
-        self._hold_prefix()
+        taken = self._hold_prefix()
+        try:
+            self._solve(resume_file)
+        finally:
+            if taken:
+                self._release_prefix()
+
+    def _solve(self, resume_file):
+        p = self.param
         if resume_file and self.rank == 0:    # the other ranks take the root's state in on_solve (MPI)
             glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
             self.restore(resume_file)
