@@ -17,7 +17,8 @@ from .base import Layer, register
 
 
 def read_pair_image(path, color, size, nearest):
-    """(C, H, W) uint8 as Caffe reads it (colour as BGR), resized to size (h, w) when given."""
+    """(C, H, W) uint8 as Caffe reads it (colour as BGR), resized to size (h, w) when given:
+    bilinear, or nearest-neighbour as cv::resize's INTER_NEAREST (source cell floor(o * in / out))."""
     try:
         from PIL import Image
     except ImportError:
@@ -25,12 +26,17 @@ def read_pair_image(path, color, size, nearest):
     try:
         with Image.open(path) as img:
             img = img.convert("RGB" if color else "L")
-            if size:
-                img = img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
+            if size and not nearest:
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, np.uint8)
     except OSError as e:
         raise NetspecError(f"cannot read image {path}: {e}") from None
-    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
+    if size and nearest:
+        rows = np.minimum(np.floor(np.arange(size[0]) * (arr.shape[1] / size[0])).astype(np.int64), arr.shape[1] - 1)
+        cols = np.minimum(np.floor(np.arange(size[1]) * (arr.shape[2] / size[1])).astype(np.int64), arr.shape[2] - 1)
+        arr = arr[:, rows][:, :, cols]
+    return arr
 
 
 @register("DenseImageData")
