@@ -1,4 +1,4 @@
-"""Datasets: `netspec convert_mnist`, `get_mnist` and `compute_image_mean`, as Caffe's tools."""
+"""Datasets: `netspec convert_mnist`, `get_mnist`, `compute_image_mean` and SSD's `convert_annoset`, as Caffe's tools."""
 import os
 
 import click
@@ -53,3 +53,31 @@ def compute_image_mean_command(input_db, output_file, backend):
         raise NetspecError(f"--backend={backend} is not supported: netspec reads LMDB only "
                            "(use --backend=lmdb)")
     compute_image_mean(input_db, output_file)
+
+
+@command("convert_annoset")
+@click.argument("root_folder", type=click.Path(file_okay=False))
+@click.argument("list_file", type=click.Path(dir_okay=False))
+@click.argument("db_name", type=click.Path())
+@click.option("--label_map_file", required=True, type=click.Path(dir_okay=False),
+              help="LabelMap prototxt naming the classes (SSD's labelmap_voc.prototxt).")
+@click.option("--anno_type", default="detection", show_default=True, help="detection only.")
+@click.option("--label_type", default="xml", show_default=True, help="xml (VOC) only.")
+@click.option("--encoded/--no-encoded", default=True, show_default=True,
+              help="Store the image files' own bytes (the only way supported).")
+@click.option("--encode_type", default="", help="Accepted for SSD's scripts; the files are stored as they are.")
+@click.option("--shuffle", is_flag=True, help="Shuffle the list first.")
+@click.option("--backend", default="lmdb", show_default=True, help="Database type (lmdb only).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output database.")
+def convert_annoset_command(root_folder, list_file, db_name, label_map_file, anno_type, label_type, encoded,
+                            encode_type, shuffle, backend, overwrite):
+    """Images and VOC XML boxes to an LMDB of AnnotatedDatum records, as SSD's convert_annoset."""
+    from ..datasets.annoset import convert_annoset
+    for given, supported, flag in ((anno_type, "detection", "anno_type"), (label_type, "xml", "label_type"),
+                                   (backend, "lmdb", "backend")):
+        if given != supported:
+            raise NetspecError(f"--{flag}={given} is not supported (use --{flag}={supported})")
+    if not encoded:
+        raise NetspecError("--no-encoded is not supported: records keep the image files' own bytes")
+    count = convert_annoset(root_folder, list_file, db_name, label_map_file, shuffle=shuffle, overwrite=overwrite)
+    click.echo(f"Processed {count} files.")
