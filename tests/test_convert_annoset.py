@@ -56,3 +56,27 @@ def test_unknown_class_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"netspec: error: {os.path.join('.', 'Annotations/a.xml')}: object 'cow' is not in the label map"]
     assert not (tmp_path / "db").exists()
+
+
+def test_annoset_feeds_annotated_data(tmp_path):
+    """convert_annoset's LMDB read back through AnnotatedData: the PNG decoded, the boxes as rows."""
+    import io
+    import numpy as np
+    Image = pytest.importorskip("PIL.Image")
+    from gradcheck import build
+    from netspec.datasets.annoset import convert_annoset
+    make_set(tmp_path)
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 200, 3)).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    (tmp_path / "JPEGImages" / "a.jpg").write_bytes(png.getvalue())
+    convert_annoset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"), str(tmp_path / "labelmap.prototxt"))
+    layer, _, top = build(f'type: "AnnotatedData" data_param {{ source: "{tmp_path / "db"}" batch_size: 1 '
+                          'backend: LMDB }', [], num_tops=2)
+    try:
+        layer.forward([], top)
+        np.testing.assert_array_equal(top[0].data[0], pixels[..., ::-1].transpose(2, 0, 1))   # BGR, as Caffe
+        np.testing.assert_allclose(top[1].data.reshape(-1, 8), [[0, 2, 0, .1, .1, .6, .6, 0], [0, 2, 1, .5, .5, 1, 1, 0],
+                                                                [0, 1, 0, 0, 0, .25, 1, 1]], atol=1e-6)
+    finally:
+        layer.close()
