@@ -1,4 +1,4 @@
-"""How much of a LeNet training iteration goes to the Data layer (issue 3: must be under 5%).
+"""How much of a LeNet training iteration goes to the Data layer (the target: under 5%).
 
     .venv/bin/python benchmarks/bench_data.py [--iters 300] [--batches 300]
 

@@ -10,7 +10,7 @@ from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from ..transform import Transformer
+from ..transform import DataTransformer
 from .base import Layer, register
 
 
@@ -142,7 +142,7 @@ class Data(Layer):
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.datum_shape = first.shape
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                        seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*self.datum_shape)
@@ -319,7 +319,7 @@ class ImageData(Layer):
             self.rng.shuffle(self.items)
         self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
         first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                        seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*first.shape)
