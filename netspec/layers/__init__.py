@@ -15,12 +15,12 @@
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
 from . import data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from .. import net_spec
 
 
 def __getattr__(name):
     # `from netspec import layers as L; L.Convolution(...)` is pycaffe's NetSpec idiom: unknown
     # capitalised names here are layer factories from the NetSpec builder.
     if name[:1].isupper():
-        from .. import net_spec
         return getattr(net_spec.layers, name)
     raise AttributeError(f"module 'netspec.layers' has no attribute {name!r}")
