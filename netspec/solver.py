@@ -22,6 +22,22 @@ from .updates import make_rule
 from .weights import array_to_blob, blob_to_array
 
 
+# What a non-finite loss does, for every solver in the process (`netspec train --on_divergence`):
+# "stop" writes a snapshot marked .diverged and raises; "continue" logs it and trains on, as Caffe.
+DIVERGENCE_MODES = ("stop", "continue")
+_on_divergence = ["stop"]
+
+
+def set_on_divergence(mode):
+    """Set what solvers made from now on do at a NaN/inf loss: 'stop' (the default) or 'continue'."""
+    if mode not in DIVERGENCE_MODES:
+        raise NetspecError(f"on_divergence must be one of {', '.join(DIVERGENCE_MODES)}, got {mode!r}")
+    _on_divergence[0] = mode
+
+
+DIVERGED_SUFFIX = ".diverged"     # after the extension, so no *.caffemodel / *.solverstate glob picks it up
+
+
 def _fmt(x):
     # C++ ostream's default float format (6 significant digits), which Caffe's log parsers expect.
     return f"{float(x):g}"
@@ -51,6 +67,7 @@ class Solver:
         self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
         self.callbacks = []               # SolverCallback objects, called in the order added (callbacks.py)
         self.requested_early_exit = False
+        self.on_divergence = _on_divergence[0]
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
         self._resumed_losses = None
         glog.info(f"Initializing solver from parameters: {self.source}", "solver.cpp:45")
@@ -224,6 +241,11 @@ class Solver:
         return [weights] + [[history[k] for history in self._histories] for k in range(self.rule.num_histories)]
 
     # ------------------------------------------------------------ training
+    @property
+    def lr(self):
+        """pycaffe's SGDSolver.lr: the learning rate at the current iteration."""
+        return self.learning_rate()
+
     def learning_rate(self):
         self.current_step = advance_multistep(self.param, self.iter, self.current_step) \
             if self.param.lr_policy == "multistep" else self.current_step
@@ -267,7 +289,7 @@ class Solver:
             for callback in self.callbacks:   # MPI: gradients and the loss averaged over the ranks
                 loss = callback.on_gradients_ready(self, loss)
             if not np.isfinite(loss):
-                raise NetspecError(self._divergence_message(loss))
+                self._diverged(loss)
             self._update_smoothed_loss(loss)
             if display:
                 lapse = time.perf_counter() - tic
@@ -302,6 +324,26 @@ class Solver:
     def _divergence_message(self, loss):
         return (f"training diverged at iteration {self.iter}: loss is {loss}; {self.net.first_non_finite()} "
                 "(lower base_lr, or set clip_gradients)")
+
+    def _diverged(self, loss):
+        """A non-finite loss: stop with a snapshot of the weights that gave it, or carry on as Caffe does."""
+        if self.on_divergence == "continue":
+            if not getattr(self, "_warned_divergence", False):
+                glog.warning(f"Iteration {self.iter}: loss is {_fmt(loss)}; training goes on (on_divergence="
+                             "continue), as in Caffe", "solver.cpp:232")
+                self._warned_divergence = True
+            return
+        message = self._divergence_message(loss)
+        try:
+            if not self.param.snapshot_prefix:
+                self._default_prefix()
+            self._check_snapshot_writable()           # makes the folder, as a first snapshot would
+            written = self.snapshot(suffix=DIVERGED_SUFFIX)
+        except (NetspecError, OSError) as e:
+            raise NetspecError(f"{message}; the diverged snapshot could not be written ({e})") from None
+        if written:
+            message += f"; the weights that diverged are in {written[0]} (and {written[1]})"
+        raise NetspecError(message + "; --on_divergence=continue trains on as Caffe does")
 
     def apply_update(self):
         """Caffe's SGDSolver::ApplyUpdate: lr, clipping, normalise, regularise, rule, then step."""
@@ -417,7 +459,8 @@ class Solver:
                 "smoothed_loss": float(self._smoothed_loss),
                 "loss_index_base": int(self._loss_start)}
 
-    def snapshot(self):
+    def snapshot(self, suffix=""):
+        """Write <prefix>_iter_N.caffemodel and .solverstate (each + `suffix`); returns their paths."""
         resume = self._resume_payload()
         for callback in self.callbacks:       # MPI: all ranks' data cursors go into rank 0's file
             resume = callback.on_snapshot(self, resume)
@@ -425,7 +468,7 @@ class Solver:
                 return None
         p = self.param
         as_hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
-        model_path, state_path = snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5)
+        model_path, state_path = (path + suffix for path in snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5))
         if as_hdf5:
             glog.info(f"Snapshotting to HDF5 file {model_path}", "solver.cpp:464")
             self.net.save_hdf5(model_path, p.snapshot_diff)

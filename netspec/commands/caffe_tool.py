@@ -9,7 +9,7 @@ from ..net import Net
 from ..parallel import from_environment
 from ..proto import caffe_pb2
 from ..schema import read_solver
-from ..solver import Solver
+from ..solver import Solver, set_on_divergence
 from ..timing import describe_machine, time_net
 from .base import command
 
@@ -61,9 +61,12 @@ def _refuse_gpu(gpu):
 @click.option("--gpu", default=None, hidden=True)
 @click.option("--level", type=int, default=None, help="Override the train net's level.")
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
+@click.option("--on_divergence", type=click.Choice(["stop", "continue"]), default="stop", show_default=True,
+              help="At a NaN/inf loss: stop with a .diverged snapshot, or carry on as Caffe does.")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage, on_divergence):
     """Train a net (caffe train)."""
     _refuse_gpu(gpu)
+    set_on_divergence(on_divergence)
     if snapshot and weights:
         raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
     mpi = from_environment()        # MPI: this rank's DataParallel under `mpirun -n N` (N > 1), else None
