@@ -12,7 +12,7 @@ import numpy as np
 
 from ..datasets.images import read_image
 from ..rng import get_rng
-from ..transform import Transformer
+from ..transform import DataTransformer
 from .base import Layer, register
 
 
@@ -65,7 +65,7 @@ class DenseImageData(Layer):
         if p.shuffle:
             self.rng.shuffle(self.items)
         self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
-        self.transformer = Transformer(t, self.phase, seed=int(get_rng().integers(2 ** 63)),
+        self.transformer = DataTransformer(t, self.phase, seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         # One image per batch at its own size when nothing fixes the size (the fork's single-image mode).
         self.own_size = p.batch_size == 1 and self.size is None
