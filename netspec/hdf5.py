@@ -16,8 +16,10 @@ import os
 
 import numpy as np
 
+from . import glog
 from .errors import NetspecError
-from .schema import write_atomically
+from . import durable
+from .reading import open_regular
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -35,7 +37,7 @@ def h5py_module():
 def is_hdf5(path):
     """Whether the file starts with HDF5's signature (at 0, or after a user block of 512 * 2^k bytes)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:       # a FIFO or device is no HDF5 file (and must not block here)
             size = os.fstat(f.fileno()).st_size
             offset = 0
             while offset + len(SIGNATURE) <= size:
@@ -43,7 +45,7 @@ def is_hdf5(path):
                 if f.read(len(SIGNATURE)) == SIGNATURE:
                     return True
                 offset = 512 if offset == 0 else offset * 2
-    except OSError:
+    except (OSError, NetspecError):
         return False
     return False
 
@@ -142,7 +144,7 @@ def write_file(path, fill):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
-    write_atomically(path, buffer.getvalue())
+    durable.write_file(path, buffer.getvalue())
 
 
 def layer_groups(group, prefix=""):
@@ -188,7 +190,6 @@ def save_net(net, path, write_diff=False):
 
 def copy_trained_layers(net, path):
     """Caffe's CopyTrainedLayersFromHDF5: by layer name; unknown layers are skipped, shapes must match."""
-    from . import glog
     path = os.fspath(path)
     with open_file(path, "weights file") as f:
         if "data" not in f:

@@ -1,4 +1,4 @@
-"""SSD's AnnotatedData: images and their boxes from an LMDB or LevelDB of AnnotatedDatum records."""
+"""SSD's AnnotatedData: images and their boxes from an LMDB of AnnotatedDatum records."""
 import os
 
 import numpy as np
@@ -9,7 +9,7 @@ from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..rng import get_rng
 from .base import register
-from .data import Data, _Prefetcher
+from .data import Data, _Prefetcher, decoded_color
 
 BBOX = caffe_pb2.AnnotatedDatum.BBOX
 
@@ -29,12 +29,13 @@ class AnnotatedData(Data):
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         if not p.source or not os.path.exists(p.source):
-            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is relative to the working "
-                             "directory)")
+            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is "
+                             "relative to the working directory)")
         self.batch_size = p.batch_size
+        self.color = decoded_color(self)
         try:
-            self.cursor = open_cursor(p.source, p.backend)   # absent backend: LEVELDB, or what the source is
-            image, _, kind, _ = parse_annotated(self.cursor.peek(), f"{p.source} record 0")
+            self.cursor = open_cursor(p.source, p.backend)
+            image, _, kind, _ = parse_annotated(self.cursor.peek(), f"{p.source} record 0", self.color)
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.anno_type = kind if kind is not None else (anno.anno_type if anno.HasField("anno_type") else None)
@@ -58,7 +59,7 @@ class AnnotatedData(Data):
         for i, value in enumerate(self._read_values()):
             where = f"{src} record {(start + i * stride) % len(self.cursor)}"
             try:
-                image, groups, _, label = parse_annotated(value, where)
+                image, groups, _, label = parse_annotated(value, where, self.color)
                 image, groups = self.transformer(image, groups)
             except NetspecError as e:
                 raise self.error(str(e)) from None
