@@ -11,38 +11,19 @@ import os
 
 import numpy as np
 
-<<<<<<< HEAD
 from ..datasets.images import read_image, resize_linear, resize_nearest
-=======
-from ..datasets.images import read_image
->>>>>>> main
 from ..rng import get_rng
 from ..transform import DataTransformer
 from .base import Layer, register
 
 
 def read_pair_image(path, color, size, nearest):
-<<<<<<< HEAD
     """(C, H, W) uint8 as the fork's ReadImageToCVMat reads it (cv::imread, colour as BGR), resized to
     size (h, w) when given: cv::resize INTER_LINEAR for images, INTER_NEAREST for labels."""
     image = read_image(path, color)
     if not size:
         return image
     return resize_nearest(image, *size) if nearest else resize_linear(image, *size)
-=======
-    """(C, H, W) uint8 as the fork's ReadImageToCVMat reads it (colour as BGR): resized to size
-    (h, w) when given, bilinear as cv::resize, or nearest-neighbour as its INTER_NEAREST
-    (source cell floor(o * in / out)) for labels."""
-    image = read_image(path, color=color, height=0 if nearest or not size else size[0],
-                       width=0 if nearest or not size else size[1])
-    if size and nearest:
-        rows = np.minimum(np.floor(np.arange(size[0]) * (image.shape[1] / size[0])).astype(np.int64),
-                          image.shape[1] - 1)
-        cols = np.minimum(np.floor(np.arange(size[1]) * (image.shape[2] / size[1])).astype(np.int64),
-                          image.shape[2] - 1)
-        image = image[:, rows][:, :, cols]
-    return image
->>>>>>> main
 
 
 @register("DenseImageData")
