@@ -170,6 +170,8 @@ class Net:
         self._created.append(layer)
         bottoms, bottom_need = self._append_bottoms(lp, wiring, filtered, param, state)
         tops = self._append_tops(lp, wiring)
+        if layer.is_loss and not tops:
+            tops.append(Blob())           # Caffe's AutoTopBlobs: a loss without a top gets an anonymous one
         check_blob_counts(layer, bottoms, tops)
         glog.info(f"Setting up {lp.name}", "net.cpp:129")
         try:
@@ -270,7 +272,8 @@ class Net:
                 blob.diff[...] = w
                 weights.append((blob, w))
                 glog.info(f"    with loss weight {w:g}", "net.cpp:148")
-            self.blob_loss_weights[lp.top[j]] = w
+            if j < len(lp.top):
+                self.blob_loss_weights[lp.top[j]] = w
         return weights
 
     def _attach_params(self, layer, lp):

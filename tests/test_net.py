@@ -296,3 +296,16 @@ def test_python_layer_exception_names_the_layer(tmp_path, monkeypatch):
     with pytest.raises(NetspecError, match=r"layer 'double' \(Python broken_layers.Broken\): setup raised "
                                            r"ValueError: bad param_str"):
         net_from(PY_NET % (module, "Broken"))
+
+
+def test_loss_layer_without_a_top_gets_an_anonymous_one():
+    """Caffe's AutoTopBlobs (R-CNN's pascal_finetune net): the loss counts, though no blob is named."""
+    net = net_from("""
+        force_backward: true
+        layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "x" bottom: "y" }
+        """)
+    net.blobs["x"].data[...] = [[1, 2, 3], [0, 0, 0]]
+    net.blobs["y"].data[...] = 0
+    assert net.outputs == [] and net.forward_backward() == pytest.approx(14 / 4)
+    np.testing.assert_allclose(net.blobs["x"].diff, [[0.5, 1, 1.5], [0, 0, 0]])

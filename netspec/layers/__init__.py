@@ -2,6 +2,7 @@
 
     data.py       Input, DummyData, Data (LMDB), MemoryData, ImageData
     hdf5.py       HDF5Data, HDF5Output
+    window_data.py  WindowData (R-CNN's windows)
     conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
     pooling.py    Pooling, SPP (windows: window_pool.py)
     common.py     InnerProduct, Softmax
@@ -14,7 +15,7 @@
     recurrent.py  LSTMUnit, RNN, LSTM
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from . import data, hdf5, window_data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 
 
 def __getattr__(name):
