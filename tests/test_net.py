@@ -309,3 +309,18 @@ def test_loss_layer_without_a_top_gets_an_anonymous_one():
     net.blobs["y"].data[...] = 0
     assert net.outputs == [] and net.forward_backward() == pytest.approx(14 / 4)
     np.testing.assert_allclose(net.blobs["x"].diff, [[0.5, 1, 1.5], [0, 0, 0]])
+
+
+# Every type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in its src/, master).
+CAFFE_LAYER_TYPES = """AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution
+Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten
+HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit
+Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU Reduction
+Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax SoftmaxWithLoss Split Swish
+TanH Threshold Tile WindowData""".split()
+
+
+def test_every_caffe_layer_type_is_registered():
+    from netspec.layers import LAYER_REGISTRY
+    assert len(CAFFE_LAYER_TYPES) == 61
+    assert [t for t in CAFFE_LAYER_TYPES if t not in LAYER_REGISTRY] == []
