@@ -333,6 +333,11 @@ def _read_binary(path, message):
         raise NetspecError(f"{path}: no such file") from None
     except OSError as e:
         raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+    from .hdf5 import has_signature
+    if has_signature(data[:1 << 20]):
+        raise NetspecError(f"{path}: an HDF5 file, not a binary {message.DESCRIPTOR.name}; Caffe's HDF5 weights "
+                           "(.caffemodel.h5) go to --weights / Net.copy_from, its solver states "
+                           "(.solverstate.h5) to --snapshot")
     try:
         message.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
