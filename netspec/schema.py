@@ -33,8 +33,10 @@ def _read_text(path):
     except IsADirectoryError:
         raise NetspecError(f"{path}: is a directory, expected a file") from None
     except UnicodeDecodeError as e:
-        raise NetspecError(f"{path}: not a text file ({e.reason} at byte {e.start}); "
-                           "binary files (.caffemodel) are read with --weights") from None
+        from .hdf5 import is_hdf5
+        kind = "an HDF5 file (.caffemodel.h5 weights are read with --weights)" if is_hdf5(path) else \
+            f"not a text file ({e.reason} at byte {e.start}); binary files (.caffemodel) are read with --weights"
+        raise NetspecError(f"{path}: {kind}") from None
     except OSError as e:
         raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
 
