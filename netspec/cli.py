@@ -1,60 +1,19 @@
-"""The `netspec` command: Caffe's `caffe` tool (train, test, time, device_query) plus the tools.
+"""The `netspec` program: Caffe's `caffe` tool (train, test, time, device_query) plus the tools.
 
 Flags keep Caffe's spellings, including gflags' single dash (`-solver x` works
 like `--solver=x`), so existing scripts run unchanged. Errors in the user's
 input print one line and exit 1; usage errors exit 2; `--verbose` shows the
-traceback as well.
+traceback as well. The commands live in netspec/commands/; this module mounts them.
 """
-import os
-import platform
-import signal
-import sys
-import time
-
 import click
-import numpy as np
 
-from . import glog
-from .errors import NetspecError
-
-_SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
-
-
-def _split_list(value):
-    return [s for part in (value or ()) for s in part.split(",") if s]
-
-
-def _phase(value):
-    from .proto import caffe_pb2
-    return caffe_pb2.Phase.Value(value.upper())
-
-
-class _Signals:
-    """Turns SIGINT/SIGHUP into solver actions, as Caffe's SignalHandler does."""
-
-    def __init__(self, sigint_effect, sighup_effect):
-        self.effects = {signal.SIGINT: sigint_effect, signal.SIGHUP: sighup_effect}
-        self.pending = "none"
-
-    def install(self):
-        for sig, effect in self.effects.items():
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        effect = self.effects.get(signum, "none")
-        if effect != "none":
-            self.pending = effect
-        if signum == signal.SIGINT and effect == "stop":
-            glog.info("SIGINT received: stopping after this iteration (a snapshot is written)", "signal_handler.cpp:63")
-
-    def __call__(self):
-        action, self.pending = self.pending, "none"
-        return action
+from .commands import caffe_tool, data, files, logs
+from .commands.base import Group, run
 
 
 # `parse-log` and `parse_log` name the same command (Caffe's tools use underscores).
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "token_normalize_func": lambda name: name.replace("-", "_")})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
+                                          "token_normalize_func": lambda name: name.replace("-", "_")})
 @click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def main_group(ctx, verbose):
@@ -63,180 +22,14 @@ def main_group(ctx, verbose):
     ctx.obj["verbose"] = verbose
 
 
-def _refuse_gpu(gpu):
-    if gpu is not None:
-        raise click.UsageError(f"--gpu={gpu}: netspec runs on the CPU only; drop the --gpu flag")
-
-
-@main_group.command()
-@click.option("--solver", required=True, type=click.Path(dir_okay=False), help="Solver prototxt or YAML.")
-@click.option("--snapshot", type=click.Path(dir_okay=False), help="Resume from this .solverstate.")
-@click.option("--weights", help="Comma-separated .caffemodel files to start from (fine-tuning).")
-@click.option("--sigint_effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
-@click.option("--sighup_effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
-@click.option("--gpu", default=None, hidden=True)
-@click.option("--level", type=int, default=None, help="Override the train net's level.")
-@click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
-    """Train a net (caffe train)."""
-    _refuse_gpu(gpu)
-    if snapshot and weights:
-        raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
-    from .schema import read_solver
-    from .solver import Solver
-    from .parallel import from_environment
-    mpi = from_environment()        # MPI: this rank's DataParallel under `mpirun -n N` (N > 1), else None
-    param = read_solver(solver)
-    if level is not None:
-        param.train_state.level = level
-    for s in _split_list(stage):
-        param.train_state.stage.append(s)
-    if mpi is not None:
-        mpi.prepare(param)
-    s = Solver(solver, param)
-    # MPI: rank 0 alone reads --weights; the others get its weights when solving starts.
-    for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
-        glog.info(f"Finetuning from {w}", "caffe.cpp:175")
-        s.net.copy_from(w)
-    signals = _Signals(sigint_effect, sighup_effect)
-    signals.install()
-    s.action_request = signals
-    if mpi is not None:
-        mpi.attach(s)
-    glog.info("Starting Optimization", "caffe.cpp:248")
-    s.solve(snapshot)
-
-
-@main_group.command()
-@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
-@click.option("--weights", required=True, help="Trained .caffemodel (comma-separated for several).")
-@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
-              show_default=True)
-@click.option("--level", type=int, default=0)
-@click.option("--stage", multiple=True)
-@click.option("--gpu", default=None, hidden=True)
-def test(model, weights, iterations, phase, level, stage, gpu):
-    """Score a trained net (caffe test)."""
-    _refuse_gpu(gpu)
-    from .net import Net
-    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
-    for w in _split_list([weights]):
-        net.copy_from(w)
-    glog.info(f"Running for {iterations} iterations.", "caffe.cpp:304")
-    sums, total_loss = {}, 0.0
-    for i in range(iterations):
-        total_loss += net.forward_prefilled()
-        index = 0
-        for name in net.outputs:
-            values = net.blobs[name].data.ravel().astype(np.float64)
-            sums[name] = sums.get(name, 0.0) + values
-            for v in values:
-                glog.info(f"Batch {i}, {name} = {v:g}", "caffe.cpp:333")
-                index += 1
-    glog.info(f"Loss: {total_loss / iterations:g}", "caffe.cpp:338")
-    for name in net.outputs:
-        w = net.blob_loss_weights.get(name, 0.0)
-        for v in np.ravel(sums[name] / iterations):
-            extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
-            glog.info(f"{name} = {v:g}{extra}", "caffe.cpp:350")
-
-
-@main_group.command(name="time")
-@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
-@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
-              show_default=True)
-@click.option("--weights", default=None)
-@click.option("--level", type=int, default=0)
-@click.option("--stage", multiple=True)
-@click.option("--gpu", default=None, hidden=True)
-def time_command(model, iterations, phase, weights, level, stage, gpu):
-    """Benchmark per-layer forward and backward (caffe time)."""
-    _refuse_gpu(gpu)
-    from .net import Net
-    from .timing import time_net
-    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
-    if weights:
-        net.copy_from(weights)
-    time_net(net, iterations, backward=_phase(phase) == 0)
-
-
-@main_group.command(name="device_query")
-@click.option("--gpu", default=None, hidden=True)
-def device_query(gpu):
-    """Describe the CPU and BLAS that netspec computes on."""
-    _refuse_gpu(gpu)
-    from .timing import describe_machine
-    for line in describe_machine():
-        glog.info(line, "caffe.cpp:122")
-
-
-def _mount_tools():
-    """Commands that live with their tools (tools/ scripts call the same code)."""
-    mounts = [
-        ("netspec.logparse", "parse_log_command", "parse_log"),
-        ("netspec.plotlog", "plot_log_command", "plot_log"),
-        ("netspec.convert", "convert_command", "convert"),
-        ("netspec.convert", "upgrade_command", "upgrade"),
-        ("netspec.draw", "draw_command", "draw"),
-        ("netspec.datasets.mnist", "convert_mnist_command", "convert_mnist"),
-        ("netspec.datasets.mnist", "get_mnist_command", "get_mnist"),
-        ("netspec.datasets.image_mean", "compute_image_mean_command", "compute_image_mean"),
-    ]
-    import importlib
-    for module, attr, name in mounts:
-        try:
-            command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        main_group.add_command(command, name=name)
-
-
-_mount_tools()
-
-
-def _gflags_to_click(argv):
-    """gflags accept `-solver x` and `-solver=x`; click wants `--solver`."""
-    out = []
-    for arg in argv:
-        if len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and arg[1:].split("=")[0].replace("_", "").isalpha():
-            arg = "-" + arg
-        out.append(arg)
-    return out
-
-
-def run(command, argv=None, prog_name="netspec"):
-    """Run a click command as a program: user errors print one line and exit 1, usage errors 2."""
-    argv = _gflags_to_click(sys.argv[1:] if argv is None else list(argv))
-    verbose = "--verbose" in argv
-    glog.configure()
-    try:
-        try:
-            command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-        except BaseException as e:      # MPI: a failing rank ends the whole job (no-op in one process)
-            from .parallel import abort_job
-            abort_job(e, verbose)
-            raise
-    except click.exceptions.Abort:
-        click.echo("netspec: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except NetspecError as e:
-        if verbose:
-            import traceback
-            traceback.print_exc()
-        click.echo("netspec: error: " + " ".join(str(e).split("\n")), err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("netspec: interrupted", err=True)
-        sys.exit(130)
-    except MemoryError:
-        click.echo("netspec: error: out of memory (try a smaller batch_size)", err=True)
-        sys.exit(1)
-    sys.exit(0)
+for _command, _name in [
+        (caffe_tool.train, "train"), (caffe_tool.test, "test"), (caffe_tool.time_command, "time"),
+        (caffe_tool.device_query, "device_query"),
+        (logs.parse_log_command, "parse_log"), (logs.plot_log_command, "plot_log"),
+        (files.convert_command, "convert"), (files.upgrade_command, "upgrade"), (files.draw_command, "draw"),
+        (data.convert_mnist_command, "convert_mnist"), (data.get_mnist_command, "get_mnist"),
+        (data.compute_image_mean_command, "compute_image_mean")]:
+    main_group.add_command(_command, name=_name)
 
 
 def main(argv=None):

@@ -13,10 +13,6 @@ reading's error is the one reported.
 """
 import os
 import re
-import sys
-from contextlib import contextmanager
-
-import click
 
 from . import schema
 from .errors import NetspecError, ParseError
@@ -31,7 +27,7 @@ KINDS = {"net": caffe_pb2.NetParameter, "solver": caffe_pb2.SolverParameter}
 _NO_FIELD = re.compile(r'Message type "caffe\.(NetParameter|SolverParameter)" has no field named "(\w+)"')
 
 
-def _has_suffix(path, suffixes):
+def path_has_suffix(path, suffixes):
     return os.fspath(path).lower().endswith(suffixes)
 
 
@@ -59,7 +55,7 @@ def read_message(path, kind=None):
 
 
 def _check_text_output(dst):
-    if not _has_suffix(dst, TEXT_SUFFIXES + YAML_SUFFIXES):
+    if not path_has_suffix(dst, TEXT_SUFFIXES + YAML_SUFFIXES):
         raise NetspecError(f"{dst}: cannot tell the output format from the extension; use "
                            ".prototxt/.pt/.txt for prototxt or .yaml/.yml for YAML")
 
@@ -78,13 +74,13 @@ def upgrade_file(src, dst, kind=None):
     Returns (kind, reasons); reasons is empty when `src` was already current.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    if _has_suffix(src, BINARY_SUFFIXES):
+    if path_has_suffix(src, BINARY_SUFFIXES):
         if kind == "solver":
             raise NetspecError(f"{src}: a binary file holds trained weights (a net), not a solver")
         kind, message = "net", schema.read_binary_message(src, caffe_pb2.NetParameter())
     else:
         kind, message = read_message(src, kind)
-    if _has_suffix(dst, BINARY_SUFFIXES):
+    if path_has_suffix(dst, BINARY_SUFFIXES):
         if kind != "net":
             raise NetspecError(f"{dst}: only nets can be written as binary files")
     else:
@@ -95,61 +91,8 @@ def upgrade_file(src, dst, kind=None):
     else:
         reasons = solver_upgrade_reasons(message)
         upgrade_solver(message, src)
-    if _has_suffix(dst, BINARY_SUFFIXES):
+    if path_has_suffix(dst, BINARY_SUFFIXES):
         schema.write_atomically(dst, message.SerializeToString())
     else:
         schema.write_text_message(dst, message)
     return kind, reasons
-
-
-# ------------------------------------------------------------------ CLI
-
-@contextmanager
-def _user_errors():
-    """A NetspecError becomes one `netspec: error: ...` line on stderr and exit status 1."""
-    try:
-        yield
-    except NetspecError as e:
-        click.echo(f"netspec: error: {e}", err=True)
-        sys.exit(1)
-
-
-def _format_name(path):
-    if _has_suffix(path, YAML_SUFFIXES):
-        return "YAML"
-    return "binary" if _has_suffix(path, BINARY_SUFFIXES) else "prototxt"
-
-
-def _kind_option(f):
-    return click.option("--solver/--net", "is_solver", default=None,
-                        help="Read IN as a solver / as a net (default: guess from the file "
-                             "name and contents).")(f)
-
-
-def _kind(is_solver):
-    return None if is_solver is None else ("solver" if is_solver else "net")
-
-
-@click.command("convert")
-@click.argument("src", metavar="IN")
-@click.argument("dst", metavar="OUT")
-@_kind_option
-def convert_command(src, dst, is_solver):
-    """Convert a net or solver between prototxt and YAML (format by extension)."""
-    with _user_errors():
-        kind = convert_file(src, dst, _kind(is_solver))
-    click.echo(f"wrote {kind} {dst} ({_format_name(dst)}) from {src} ({_format_name(src)})")
-
-
-@click.command("upgrade")
-@click.argument("src", metavar="IN")
-@click.argument("dst", metavar="OUT")
-@_kind_option
-def upgrade_command(src, dst, is_solver):
-    """Upgrade an old-format Caffe net or solver (V0/V1 layers, input_dim, solver_type)."""
-    with _user_errors():
-        kind, reasons = upgrade_file(src, dst, _kind(is_solver))
-    if reasons:
-        click.echo(f"upgraded {kind} {src} -> {dst}: {'; '.join(reasons)}")
-    else:
-        click.echo(f"{src} is already in the current format; wrote it unchanged to {dst}")

@@ -11,11 +11,10 @@ import os
 import shutil
 import subprocess
 
-import click
-
 from .errors import NetspecError
 from .graph import filter_net
 from .proto import caffe_pb2
+from .schema import read_net, write_atomically
 
 RANKDIRS = ("LR", "TB", "BT", "RL")
 RENDERED_FORMATS = ("png", "svg", "pdf")
@@ -88,7 +87,6 @@ def _is_in_place(layer, j):
 def net_to_dot(net_param, rankdir="LR", phase=None):
     """Graphviz DOT text for `net_param` (a NetParameter or a path to a net file)."""
     if not isinstance(net_param, caffe_pb2.NetParameter):
-        from .schema import read_net
         net_param = read_net(net_param)
     if rankdir not in RANKDIRS:
         raise NetspecError(f"unknown rankdir '{rankdir}' (expected one of {', '.join(RANKDIRS)})")
@@ -163,7 +161,6 @@ def draw_net_to_file(net_param, path, rankdir="LR", phase=None):
                            "(use .dot, .gv, .png, .svg or .pdf)")
     dot_text = net_to_dot(net_param, rankdir, phase)
     if ext in ("dot", "gv"):
-        from .schema import write_atomically
         write_atomically(path, dot_text.encode("utf-8"))
         return
     dot_program = shutil.which("dot")
@@ -178,16 +175,3 @@ def draw_net_to_file(net_param, path, rankdir="LR", phase=None):
     if result.returncode != 0:
         message = " ".join(result.stderr.decode("utf-8", "replace").split())
         raise NetspecError(f"{path}: dot failed (exit {result.returncode}): {message}")
-
-
-@click.command(name="draw")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--rankdir", type=click.Choice(RANKDIRS, case_sensitive=False), default="LR",
-              show_default=True, help="Direction the graph flows.")
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
-              show_default=True, help="Draw only the layers this phase includes.")
-def draw_command(net, out, rankdir, phase):
-    """Draw the net in NET as OUT (.dot, or .png/.svg/.pdf with Graphviz installed)."""
-    from .schema import read_net
-    draw_net_to_file(read_net(net), out, rankdir.upper(), phase.upper())

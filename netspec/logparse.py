@@ -43,8 +43,6 @@ import re
 import time
 from collections import OrderedDict
 
-import click
-
 from .errors import NetspecError
 
 BASE_COLUMNS = ("NumIters", "Seconds", "LearningRate")
@@ -267,37 +265,3 @@ def save_tables(parsed, logfile, output_dir=None, fmt="csv", delimiter=","):
             raise NetspecError(f"{path}: cannot write: {e.strerror or e}") from None
         written.append(path)
     return written
-
-
-def fail(error):
-    """The CLI's way out for a NetspecError: one line on stderr, exit status 1."""
-    click.echo(f"netspec: error: {error}", err=True)
-    click.get_current_context().exit(1)
-
-
-@click.command("parse-log")
-@click.argument("logfile")
-@click.argument("output_dir", required=False)
-@click.option("--delimiter", default=",", show_default=True,
-              help="Column delimiter for CSV output ('\\t' or 'tab' for a tab).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-@click.option("--verbose", is_flag=True, help="Print the files written and the line counts.")
-def parse_log_command(logfile, output_dir, delimiter, fmt, verbose):
-    """Parse a training log into LOGFILE.train and LOGFILE.test tables, as Caffe's
-    tools/extra/parse_log.py does, in OUTPUT_DIR (default: next to the log)."""
-    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
-    try:
-        if len(delimiter) != 1:
-            raise NetspecError(f"--delimiter must be one character, got {delimiter!r}")
-        parsed = parse_log(logfile)
-        written = save_tables(parsed, logfile, output_dir, fmt, delimiter)
-    except NetspecError as e:
-        fail(e)
-    if parsed.garbled_lines:
-        click.echo(f"netspec: warning: {logfile}: skipped {parsed.garbled_lines} garbled line(s) "
-                   f"(first at line {parsed.garbled_line_numbers[0]})", err=True)
-    if verbose:
-        for path in written:
-            click.echo(f"Wrote {path}")
-        click.echo(f"{len(parsed.train)} train rows, {len(parsed.test)} test rows, "
-                   f"{parsed.skipped_lines} non-glog lines skipped, {parsed.restarts} restart(s)")

@@ -18,6 +18,7 @@ from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
 from .schema import read_binary_message, read_net, write_atomically
+from .upgrade import upgrade_net
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -544,7 +545,6 @@ class Net:
             if hdf5.is_hdf5(where):          # Caffe tells the two formats apart by content, not by name
                 return self.load_hdf5(where)
             trained = read_binary_message(where, caffe_pb2.NetParameter())
-            from .upgrade import upgrade_net
             trained = upgrade_net(trained, where)
         copy_layer_blobs(self, trained, where)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import glog, rng
 from .errors import NetspecError
+from .snapshot import read_solverstate
 
 # (size, rank) variables the launchers set: Open MPI, MPICH and Intel MPI (Hydra's PMI), MVAPICH.
 _LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
@@ -175,7 +176,6 @@ class DataParallel:
             self._broadcast(lambda i: solver._histories[i][k])
 
     def _restore(self, solver, resume_file):
-        from .snapshot import read_solverstate
         glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
         solver.restore(resume_file)
         _, resume = read_solverstate(resume_file)
@@ -253,12 +253,8 @@ class DataParallel:
 
 
 def _describe(exc):
-    if isinstance(exc, NetspecError):
-        return " ".join(str(exc).split("\n"))
-    if hasattr(exc, "format_message"):                      # click's usage errors
+    if hasattr(exc, "format_message"):                      # click's errors, netspec's UserError among them
         return exc.format_message()
-    if isinstance(exc, MemoryError):
-        return "out of memory (try a smaller batch_size)"
     if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort":
         return "interrupted"
     return f"{type(exc).__name__}: {exc}"
@@ -273,7 +269,7 @@ def abort_job(exc, verbose=False):
     dp = _active
     if dp is None or (isinstance(exc, SystemExit) and not exc.code):
         return
-    expected = isinstance(exc, (NetspecError, MemoryError, KeyboardInterrupt)) or hasattr(exc, "format_message")
+    expected = isinstance(exc, KeyboardInterrupt) or hasattr(exc, "format_message")
     if verbose or not expected:
         traceback.print_exception(exc)
     sys.stderr.write(f"netspec: error: rank {dp.rank}: {_describe(exc)}\n")

@@ -14,10 +14,8 @@ switch); it comes with `pip install 'netspec[plot]'`.
 import itertools
 import os
 
-import click
-
 from .errors import NetspecError
-from .logparse import fail, parse_log
+from .logparse import parse_log
 
 # Caffe builds its list by sorting the field names; this is that order.
 CHART_TYPES = (
@@ -124,20 +122,3 @@ def plot_logs(chart_type, output_path, log_paths):
     except OSError as e:
         raise NetspecError(f"{output_path}: cannot write: {e.strerror or e}") from None
     return output_path
-
-
-_EPILOG = "\b\nChart types:\n" + "\n".join(
-    f"  {i}: {chart_title(i)}  ({chart_name(i)})" for i in range(len(CHART_TYPES)))
-
-
-@click.command("plot-log", epilog=_EPILOG)
-@click.argument("chart_type")
-@click.argument("output")
-@click.argument("logs", nargs=-1, required=True)
-def plot_log_command(chart_type, output, logs):
-    """Plot CHART_TYPE (a number 0..7 or a name) for one or more LOGS into OUTPUT (.png or .svg),
-    as Caffe's tools/extra/plot_training_log.py does."""
-    try:
-        plot_logs(chart_type, output, list(logs))
-    except NetspecError as e:
-        fail(e)

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from . import dialects
 from .errors import NetspecError, ParseError
 from .proto import caffe_pb2
+from .upgrade import upgrade_net, upgrade_solver
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # libyaml's loader when present: an order of magnitude faster on large nets, same marks.
@@ -369,13 +370,11 @@ def _read_upgraded(path_or_param, message_class, upgrade):
 
 def read_net(path_or_param):
     """A NetParameter from a path (prototxt/YAML) or a NetParameter, upgraded from old formats."""
-    from .upgrade import upgrade_net
     return _read_upgraded(path_or_param, caffe_pb2.NetParameter, upgrade_net)
 
 
 def read_solver(path_or_param):
     """A SolverParameter from a path (prototxt/YAML) or a SolverParameter, upgraded from old formats."""
-    from .upgrade import upgrade_solver
     return _read_upgraded(path_or_param, caffe_pb2.SolverParameter, upgrade_solver)
 
 

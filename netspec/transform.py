@@ -8,6 +8,7 @@ generator's state can be saved for resume.
 """
 import numpy as np
 
+from .datasets.image_mean import load_mean_binaryproto
 from .errors import NetspecError
 from .proto import caffe_pb2
 
@@ -22,7 +23,6 @@ class Transformer:
             raise NetspecError(f"{self.where}: transform_param sets both mean_file and mean_value; "
                                "use one")
         if param.mean_file:
-            from .datasets.image_mean import load_mean_binaryproto
             try:
                 self.mean = load_mean_binaryproto(param.mean_file).astype(np.float32)
             except NetspecError as e:

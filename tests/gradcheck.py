@@ -53,6 +53,7 @@ def check_layer(text, bottoms, num_tops=1, check_bottoms=None, check_params=True
     """Assert that backward matches finite differences for bottoms and params.
 
     check_bottoms: indices of bottoms to check (default all); labels etc. are excluded by the caller.
+    check_params: True (every parameter blob), False, or a list of parameter blob indices.
     max_checks: per array, a random subset of at most this many elements is probed.
     Returns (layer, bottom, top) for further assertions.
     """
@@ -75,8 +76,10 @@ def check_layer(text, bottoms, num_tops=1, check_bottoms=None, check_params=True
         analytic = [bottom[i].diff.copy() for i in check_bottoms]
         targets = [bottom[i] for i in check_bottoms]
         if check_params:
-            analytic += [p.diff.copy() for p in layer.blobs]
-            targets += list(layer.blobs)
+            # True: every parameter blob; a list: those indices (e.g. not running statistics)
+            params = layer.blobs if check_params is True else [layer.blobs[j] for j in check_params]
+            analytic += [p.diff.copy() for p in params]
+            targets += list(params)
         for blob, grad in zip(targets, analytic):
             flat = blob.data.reshape(-1)
             idx = np.arange(flat.size)

@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from netspec import schema
-from netspec.convert import (convert_command, convert_file, read_message, upgrade_command,
-                             upgrade_file)
+from netspec.commands.files import convert_command, upgrade_command
+from netspec.convert import convert_file, read_message, upgrade_file
 from netspec.errors import NetspecError, ParseError
 from netspec.proto import caffe_pb2
 from netspec.upgrade import upgrade_needed

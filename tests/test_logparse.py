@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from netspec.errors import NetspecError
-from netspec.logparse import parse_log, parse_log_command, write_csv
+from netspec.commands.logs import parse_log_command
+from netspec.logparse import parse_log, write_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

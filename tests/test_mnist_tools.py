@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 from netspec import glog
-from netspec.cli import run as run_command
+from netspec.commands import data as data_commands
+from netspec.commands.base import run as run_command
 from netspec.datasets import image_mean, mnist
 from netspec.datasets.image_mean import compute_image_mean, load_mean_binaryproto
 from netspec.datasets.lmdb_io import array_to_datum, write_lmdb_atomically
@@ -179,7 +180,7 @@ def test_download_tries_mirrors_in_order(tmp_path, monkeypatch):
                         [f"file://{tmp_path}/missing/", f"file://{bad}/", f"file://{MNIST_DIR}/"])
     dest = tmp_path / "dl"
     with pytest.raises(SystemExit) as info:
-        run_command(mnist.get_mnist_command, ["--download", str(dest)])
+        run_command(data_commands.get_mnist_command, ["--download", str(dest)])
     assert info.value.code == 0
     assert sorted(os.listdir(dest)) == sorted(n + ".gz" for n in mnist.MNIST_FILES)
 
@@ -187,7 +188,7 @@ def test_download_tries_mirrors_in_order(tmp_path, monkeypatch):
 def test_download_without_internet_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mnist, "MNIST_MIRRORS", ["http://127.0.0.1:9/", f"file://{tmp_path}/none/"])
     with pytest.raises(SystemExit) as info:
-        run_command(mnist.get_mnist_command, ["--download", str(tmp_path / "dl")])
+        run_command(data_commands.get_mnist_command, ["--download", str(tmp_path / "dl")])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("netspec: error: could not download "
@@ -276,21 +277,21 @@ def test_convert_cli_refuses_leveldb_in_one_line(tiny, tmp_path):
 def test_convert_and_mean_cli(tiny, tmp_path, capsys):
     images, _, image_file, label_file = tiny
     with pytest.raises(SystemExit) as info:
-        run_command(mnist.convert_mnist_command, [image_file, label_file, str(tmp_path / "db")])
+        run_command(data_commands.convert_mnist_command, [image_file, label_file, str(tmp_path / "db")])
     assert info.value.code == 0
     assert "Processed 5 files." in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        run_command(mnist.convert_mnist_command, [image_file, label_file, str(tmp_path / "db")])
+        run_command(data_commands.convert_mnist_command, [image_file, label_file, str(tmp_path / "db")])
     assert info.value.code == 1
     assert capsys.readouterr().err == (f"netspec: error: '{tmp_path / 'db'}' already exists; remove "
                                        "it first (or use --overwrite)\n")
     with pytest.raises(SystemExit) as info:
-        run_command(image_mean.compute_image_mean_command, [str(tmp_path / "db"),
+        run_command(data_commands.compute_image_mean_command, [str(tmp_path / "db"),
                                                             str(tmp_path / "m.binaryproto")])
     assert info.value.code == 0
     np.testing.assert_allclose(load_mean_binaryproto(tmp_path / "m.binaryproto")[0],
                                images.mean(axis=0), rtol=1e-6)
     with pytest.raises(SystemExit) as info:
-        run_command(image_mean.compute_image_mean_command, [str(tmp_path / "nope")])
+        run_command(data_commands.compute_image_mean_command, [str(tmp_path / "nope")])
     assert info.value.code == 1
     assert capsys.readouterr().err.endswith(f"netspec: error: LMDB '{tmp_path / 'nope'}' does not exist\n")

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from netspec.errors import NetspecError
-from netspec.plotlog import (CHART_TYPES, build_figure, chart_name, plot_log_command, plot_logs,
-                             resolve_chart_type)
+from netspec.commands.logs import plot_log_command
+from netspec.plotlog import CHART_TYPES, build_figure, chart_name, plot_logs, resolve_chart_type
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

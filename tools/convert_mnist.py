@@ -9,8 +9,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.cli import run as run_command  # noqa: E402
-from netspec.datasets.mnist import convert_mnist_command  # noqa: E402
+from netspec.commands.base import run as run_command  # noqa: E402
+from netspec.commands.data import convert_mnist_command  # noqa: E402
 
 if __name__ == "__main__":
     run_command(convert_mnist_command)

@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.logparse import parse_log_command  # noqa: E402
+from netspec.commands.logs import parse_log_command  # noqa: E402
 
 if __name__ == "__main__":
     parse_log_command(prog_name="parse_log.py")

@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.plotlog import plot_log_command  # noqa: E402
+from netspec.commands.logs import plot_log_command  # noqa: E402
 
 if __name__ == "__main__":
     plot_log_command(prog_name="plot_training_log.py")

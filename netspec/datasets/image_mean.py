@@ -5,7 +5,6 @@ width (the legacy 4-D fields) and `data` = the mean in C x H x W order.
 """
 import os
 
-import click
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -104,15 +103,3 @@ def load_mean_binaryproto(path):
         raise NetspecError(f"mean file '{path}' is not a 1xCxHxW mean (corrupted?): shape {shape}, "
                            f"{len(values)} values")
     return np.asarray(values, np.float32).reshape(dims)
-
-
-@click.command("compute_image_mean")
-@click.argument("input_db", type=click.Path())
-@click.argument("output_file", type=click.Path(dir_okay=False), required=False)
-@click.option("--backend", default="lmdb", show_default=True, help="Database type (lmdb only).")
-def compute_image_mean_command(input_db, output_file, backend):
-    """Per-pixel mean of an LMDB's images, written as a .binaryproto (as Caffe's tool does)."""
-    if backend != "lmdb":
-        raise NetspecError(f"--backend={backend} is not supported: netspec reads LMDB only "
-                           "(use --backend=lmdb)")
-    compute_image_mean(input_db, output_file)

@@ -19,6 +19,8 @@ import numpy as np
 from ..blob import Blob
 from ..errors import NetspecError
 
+FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's FLT_MIN: the floor before a log or a division
+
 # Caffe type name -> layer class. Filled by the @register decorator in each family module.
 LAYER_REGISTRY = {}
 

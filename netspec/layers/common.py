@@ -1,4 +1,4 @@
-"""InnerProduct, Softmax and Eltwise, plus the small helpers (axes, softmax, labels, normalization) loss.py shares."""
+"""InnerProduct, Softmax and Eltwise, plus the axis and softmax helpers other families share."""
 import numpy as np
 
 from .. import fillers
@@ -20,55 +20,6 @@ def softmax(x, axis, out):
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)
     return out
-
-
-# ---- shared by the loss layers (loss.py) ----
-Norm = caffe_pb2.LossParameter
-FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe clamps probabilities here before log (SoftmaxWithLoss)
-LOG_THRESHOLD = 1e-20                        # ... and here (MultinomialLogistic, Infogain)
-
-
-def loss_normalization(layer, default):
-    """loss_param.normalization, else the legacy `normalize` flag (true VALID, false BATCH_SIZE), else default."""
-    p = layer.layer_param.loss_param
-    if p.HasField("normalization"):
-        return p.normalization
-    if p.HasField("normalize"):
-        return Norm.VALID if p.normalize else Norm.BATCH_SIZE
-    return default
-
-
-def normalizer(mode, outer, inner, valid_count):
-    n = {Norm.FULL: outer * inner, Norm.VALID: valid_count, Norm.BATCH_SIZE: outer}.get(mode, 1)
-    # Caffe's max(1, .): a batch whose labels are all ignored gives loss 0, not NaN.
-    return max(1.0, float(n))
-
-
-class LabelMixin:
-    """Integer labels (Caffe's static_cast<int>) with ignore_label and a range check."""
-
-    def check_label_count(self, pred, label, outer, inner, axis):
-        if outer * inner != label.count:
-            raise self.error(
-                f"number of labels ({label.count}, {self.bottom_name(1)} shape {label.shape}) must match the "
-                f"number of predictions ({outer * inner}: {self.bottom_name(0)} shape {pred.shape} without axis "
-                f"{axis}); e.g. predictions (N, C, H, W) with axis 1 need N*H*W labels in 0..C-1")
-
-    def read_labels(self, label, outer, inner, num_classes, ignore=None):
-        """Labels as int64 (outer, inner) with ignored ones replaced by 0, and the mask of valid ones."""
-        lab = label.data.reshape(outer, inner).astype(np.int64)
-        valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
-        bad = valid & ((lab < 0) | (lab >= num_classes))
-        if bad.any():
-            raise self.error(f"label value {lab[bad][0]} in bottom {self.bottom_name(1)} is out of range for the "
-                             f"{num_classes} classes of bottom {self.bottom_name(0)} "
-                             f"(expected 0..{num_classes - 1}" + ("" if ignore is None else f" or ignore_label {ignore}")
-                             + ")")
-        return np.where(valid, lab, 0), valid
-
-    def refuse_backward(self, propagate_down, indices, what):
-        if any(i < len(propagate_down) and propagate_down[i] for i in indices):
-            raise self.error(f"cannot backpropagate to {what} inputs")
 
 
 @register("InnerProduct")

@@ -312,3 +312,15 @@ class Swish(Neuron):
     def gradient(self, x, y, dy, dx):
         s, by = self._sig, self.beta * y
         dx[...] = dy * (by + s * (1 - by))
+
+
+@register("ReLU6")
+class ReLU6(Neuron):
+    """y = min(max(x, 0), 6) (MobileNet's clipped ReLU); the gradient passes where 0 < x < 6,
+    which the top shows as 0 < y < 6, so in place needs no copy."""
+
+    def compute(self, x, out):
+        np.clip(x, 0, 6, out=out)
+
+    def gradient(self, x, y, dy, dx):
+        dx[...] = dy * ((y > 0) & (y < 6))

@@ -9,8 +9,10 @@ import os
 import sys
 import traceback
 
+from .. import glog
 from ..errors import NetspecError
 from .base import Layer, register
+from .proposal import BUILTIN_PYTHON_LAYERS, missing_module_hint
 
 
 _NETSPEC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,9 +49,15 @@ class PythonLayer(Layer):
             sys.path.append("")      # pycaffe users rely on modules beside the working directory
         try:
             module = importlib.import_module(p.module)
-        except ImportError as e:
+        except (ImportError, SyntaxError) as e:
+            builtin = _builtin_stand_in(layer_param, e)
+            if builtin is not None:
+                return builtin
+            if isinstance(e, SyntaxError):
+                raise _user_error(layer_param, f"importing '{p.module}'", e) from None
+            hint = missing_module_hint(p.module, p.layer) or "; put it on PYTHONPATH or in the working directory"
             raise NetspecError(f"layer '{layer_param.name}' (Python): cannot import module '{p.module}' "
-                               f"({e}); put it on PYTHONPATH or in the working directory") from None
+                               f"({e}){hint}") from None
         except Exception as e:  # noqa: BLE001 - the user's module raised while importing
             raise _user_error(layer_param, f"importing '{p.module}'", e) from None
         user_cls = getattr(module, p.layer, None)
@@ -65,6 +73,18 @@ class PythonLayer(Layer):
             obj = user_cls.__new__(user_cls)
             Layer.__init__(obj, layer_param, phase)
             return _GuardedUserLayer(obj)
+
+
+def _builtin_stand_in(layer_param, exc):
+    """netspec's own version of a well-known fork Python layer whose module does not import
+    (py-faster-rcnn's are Python 2 code needing compiled parts), or None."""
+    p = layer_param.python_param
+    cls = BUILTIN_PYTHON_LAYERS.get((p.module, p.layer))
+    if cls is None:
+        return None
+    glog.info(f"layer '{layer_param.name}': module '{p.module}' does not import ({type(exc).__name__}: "
+              f"{exc}); using netspec's built-in {p.module}.{p.layer}", "layer_factory.hpp:77")
+    return cls(layer_param)
 
 
 class _GuardedUserLayer:

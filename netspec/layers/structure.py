@@ -1,6 +1,6 @@
 """Blob plumbing: layers that route, split, join or re-view blobs without arithmetic on values.
 
-Split, Flatten, Reshape, Concat, Slice, Crop, Tile, Silence, Parameter. Caffe's
+Split, Flatten, Reshape, Concat, Slice, Crop, Tile, ShuffleChannel, Silence, Parameter. Caffe's
 semantics; each class keeps its forward and backward side by side. Layers that
 select by index or reduce (Filter, ArgMax, Embed, ...) are in indexing.py.
 """
@@ -251,6 +251,39 @@ class Tile(Layer):
         if propagate_down[0]:
             np.sum(top[0].diff.reshape(self.outer, self.tiles, self.inner), axis=1,
                    out=bottom[0].diff.reshape(self.outer, self.inner))
+
+
+@register("ShuffleChannel")
+class ShuffleChannel(Layer):
+    """ShuffleNet's channel shuffle: channels viewed as (group, C / group), transposed to
+    (C / group, group); backward applies the inverse transpose. In place allowed."""
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        self.group = self.layer_param.shuffle_channel_param.group
+        if self.group < 1:
+            raise self.error(f"shuffle_channel_param.group must be positive, got {self.group}")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) < 2 or shape[1] % self.group:
+            raise self.error(f"group {self.group} does not divide the channels of bottom shape {shape}")
+        self.view = (shape[0], self.group, shape[1] // self.group, prod(shape[2:]))
+        if top[0] is not bottom[0]:
+            top[0].reshape(shape)
+
+    def _permute(self, src, dst, view):
+        moved = src.reshape(view).transpose(0, 2, 1, 3)
+        dst.reshape(moved.shape)[...] = moved.copy() if dst is src else moved
+
+    def forward(self, bottom, top):
+        self._permute(bottom[0].data, top[0].data, self.view)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            n, g, k, rest = self.view
+            self._permute(top[0].diff, bottom[0].diff, (n, k, g, rest))
 
 
 @register("Silence")

@@ -9,9 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import native
-from .base import scratch
-
-FLT_MIN = float(np.finfo(np.float32).tiny)
+from .base import FLT_MIN, scratch
 
 
 def _as_flags(idx):

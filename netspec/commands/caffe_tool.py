@@ -1,0 +1,149 @@
+"""Caffe's `caffe` tool: train, test, time and device_query, with Caffe's flags and log lines."""
+import signal
+
+import click
+import numpy as np
+
+from .. import glog
+from ..net import Net
+from ..parallel import from_environment
+from ..proto import caffe_pb2
+from ..schema import read_solver
+from ..solver import Solver
+from ..timing import describe_machine, time_net
+from .base import command
+
+_SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
+
+
+def _split_list(value):
+    return [s for part in (value or ()) for s in part.split(",") if s]
+
+
+def _phase(value):
+    return caffe_pb2.Phase.Value(value.upper())
+
+
+class _Signals:
+    """Turns SIGINT/SIGHUP into solver actions, as Caffe's SignalHandler does."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: sigint_effect, signal.SIGHUP: sighup_effect}
+        self.pending = "none"
+
+    def install(self):
+        for sig, effect in self.effects.items():
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            self.pending = effect
+        if signum == signal.SIGINT and effect == "stop":
+            glog.info("SIGINT received: stopping after this iteration (a snapshot is written)", "signal_handler.cpp:63")
+
+    def __call__(self):
+        action, self.pending = self.pending, "none"
+        return action
+
+
+def _refuse_gpu(gpu):
+    if gpu is not None:
+        raise click.UsageError(f"--gpu={gpu}: netspec runs on the CPU only; drop the --gpu flag")
+
+
+@command()
+@click.option("--solver", required=True, type=click.Path(dir_okay=False), help="Solver prototxt or YAML.")
+@click.option("--snapshot", type=click.Path(dir_okay=False), help="Resume from this .solverstate.")
+@click.option("--weights", help="Comma-separated .caffemodel files to start from (fine-tuning).")
+@click.option("--sigint_effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
+@click.option("--sighup_effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
+@click.option("--gpu", default=None, hidden=True)
+@click.option("--level", type=int, default=None, help="Override the train net's level.")
+@click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
+    """Train a net (caffe train)."""
+    _refuse_gpu(gpu)
+    if snapshot and weights:
+        raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
+    mpi = from_environment()        # MPI: this rank's DataParallel under `mpirun -n N` (N > 1), else None
+    param = read_solver(solver)
+    if level is not None:
+        param.train_state.level = level
+    for s in _split_list(stage):
+        param.train_state.stage.append(s)
+    if mpi is not None:
+        mpi.prepare(param)
+    s = Solver(solver, param)
+    # MPI: rank 0 alone reads --weights; the others get its weights when solving starts.
+    for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
+        glog.info(f"Finetuning from {w}", "caffe.cpp:175")
+        s.net.copy_from(w)
+    signals = _Signals(sigint_effect, sighup_effect)
+    signals.install()
+    s.action_request = signals
+    if mpi is not None:
+        mpi.attach(s)
+    glog.info("Starting Optimization", "caffe.cpp:248")
+    s.solve(snapshot)
+
+
+@command()
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
+@click.option("--weights", required=True, help="Trained .caffemodel (comma-separated for several).")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
+              show_default=True)
+@click.option("--level", type=int, default=0)
+@click.option("--stage", multiple=True)
+@click.option("--gpu", default=None, hidden=True)
+def test(model, weights, iterations, phase, level, stage, gpu):
+    """Score a trained net (caffe test)."""
+    _refuse_gpu(gpu)
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    for w in _split_list([weights]):
+        net.copy_from(w)
+    glog.info(f"Running for {iterations} iterations.", "caffe.cpp:304")
+    sums, total_loss = {}, 0.0
+    for i in range(iterations):
+        total_loss += net.forward_prefilled()
+        index = 0
+        for name in net.outputs:
+            values = net.blobs[name].data.ravel().astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + values
+            for v in values:
+                glog.info(f"Batch {i}, {name} = {v:g}", "caffe.cpp:333")
+                index += 1
+    glog.info(f"Loss: {total_loss / iterations:g}", "caffe.cpp:338")
+    for name in net.outputs:
+        w = net.blob_loss_weights.get(name, 0.0)
+        for v in np.ravel(sums[name] / iterations):
+            extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
+            glog.info(f"{name} = {v:g}{extra}", "caffe.cpp:350")
+
+
+@command("time")
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Net prototxt or YAML.")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
+              show_default=True)
+@click.option("--weights", default=None)
+@click.option("--level", type=int, default=0)
+@click.option("--stage", multiple=True)
+@click.option("--gpu", default=None, hidden=True)
+def time_command(model, iterations, phase, weights, level, stage, gpu):
+    """Benchmark per-layer forward and backward (caffe time)."""
+    _refuse_gpu(gpu)
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    if weights:
+        net.copy_from(weights)
+    time_net(net, iterations, backward=_phase(phase) == 0)
+
+
+@command("device_query")
+@click.option("--gpu", default=None, hidden=True)
+def device_query(gpu):
+    """Describe the CPU and BLAS that netspec computes on."""
+    _refuse_gpu(gpu)
+    for line in describe_machine():
+        glog.info(line, "caffe.cpp:122")
