@@ -10,7 +10,9 @@ from .errors import NetspecError, ParseError  # noqa: F401
 from .blob import Blob  # noqa: F401
 from .layers import LAYER_REGISTRY, Layer  # noqa: F401
 from .net import Net, TRAIN, TEST  # noqa: F401
-from . import rng as _rng
+from . import glog as _glog, rng as _rng
+
+_glog.ensure_configured()     # pycaffe logs net setup and training to stderr from the start
 
 __version__ = "0.1.0"
 
@@ -42,10 +44,15 @@ def __getattr__(name):
         "RMSPropSolver": "solver", "AdaDeltaSolver": "solver", "AdamSolver": "solver",
         "get_solver": "solver", "Solver": "solver",
         "NetSpec": "net_spec", "to_proto": "net_spec", "layers": "net_spec", "params": "net_spec",
-        "io": "io",
+        "Classifier": "classifier", "Detector": "detector",
+        "init_log": "pycaffe", "log": "pycaffe", "Timer": "pycaffe", "has_nccl": "pycaffe", "NCCL": "pycaffe",
+        "solver_count": "pycaffe", "solver_rank": "pycaffe", "set_solver_count": "pycaffe",
+        "set_solver_rank": "pycaffe", "set_multiprocess": "pycaffe", "set_on_divergence": "solver",
     }
+    submodules = ("io", "draw", "coord_map", "net_spec", "proto", "classifier", "detector", "pycaffe")
+    import importlib
     if name in lazy:
-        import importlib
-        module = importlib.import_module(f".{lazy[name]}", __name__)
-        return module if name == "io" else getattr(module, name)
+        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
+    if name in submodules:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'netspec' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 /* netspec._native: the few loops numpy cannot do in one pass, compiled.
  *
- * im2col/col2im for convolution, max/average pooling, and the per-channel affine maps of
+ * im2col/col2im for convolution, max/average pooling, ROIPooling, and the per-channel affine maps of
  * BatchNorm and Scale, on NCHW float32 or float64 arrays handed over through the buffer
  * protocol (no numpy headers needed to build).
  * netspec/layers/native.py wraps them and checks shapes; numpy versions of every
@@ -319,6 +319,66 @@ static PyObject *py_batch_norm_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w): see _native_body.h. */
+static PyObject *py_roi_pool(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *top_obj, *arg_obj, *bins_obj;
+    long rois, channels, h, w, pooled_h, pooled_w;
+    if (!PyArg_ParseTuple(args, "OOOOllllll", &x_obj, &top_obj, &arg_obj, &bins_obj, &rois, &channels, &h, &w,
+                          &pooled_h, &pooled_w))
+        return NULL;
+    if (rois < 0 || channels < 0 || h <= 0 || w <= 0 || pooled_h <= 0 || pooled_w <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad roi pooling shape");
+        return NULL;
+    }
+    const long stride = 1 + 2 * (pooled_h + pooled_w), out = rois * channels * pooled_h * pooled_w;
+    int kind;
+    if (float_kind(x_obj, &kind) < 0)
+        return NULL;
+    Py_buffer v[4];
+    if (get_buffer(bins_obj, &v[3], 0, KIND_I32, rois * stride, "bins") < 0)
+        return NULL;
+    /* The bins must stay inside the map and name an image of x (the caller clips them). */
+    const int32_t *bins = v[3].buf;
+    long images = 0;
+    int bad = 0;
+    for (long r = 0; r < rois && !bad; r++) {
+        const int32_t *b = bins + r * stride;
+        bad = b[0] < 0;
+        if (b[0] + 1L > images) images = b[0] + 1L;
+        for (long k = 1; k < stride; k++)
+            bad |= b[k] < 0 || b[k] > (k <= 2 * pooled_h ? h : w);
+    }
+    if (bad) {
+        PyBuffer_Release(&v[3]);
+        PyErr_SetString(PyExc_ValueError, "roi bins outside the map");
+        return NULL;
+    }
+    if (get_buffer(x_obj, &v[0], 0, kind, images * channels * h * w, "bottom") < 0) {
+        release_all(v + 3, 1);
+        return NULL;
+    }
+    if (get_buffer(top_obj, &v[1], 1, kind, out, "top") < 0) {
+        PyBuffer_Release(&v[0]);
+        PyBuffer_Release(&v[3]);
+        return NULL;
+    }
+    if (get_buffer(arg_obj, &v[2], 1, KIND_I32, out, "argmax") < 0) {
+        PyBuffer_Release(&v[0]);
+        PyBuffer_Release(&v[1]);
+        PyBuffer_Release(&v[3]);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        roi_pool_f64(v[0].buf, v[1].buf, v[2].buf, bins, rois, channels, h, w, pooled_h, pooled_w);
+    else
+        roi_pool_f32(v[0].buf, v[1].buf, v[2].buf, bins, rois, channels, h, w, pooled_h, pooled_w);
+    Py_END_ALLOW_THREADS
+    release_all(v, 4);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"channel_sums", py_channel_sums, METH_VARARGS, "channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner)"},
     {"batch_norm_grad", py_batch_norm_grad, METH_VARARGS,
@@ -330,6 +390,7 @@ static PyMethodDef methods[] = {
     {"max_unpool", py_max_unpool, METH_VARARGS, "max_unpool(dy, argmax, dx, geom, planes)"},
     {"ave_pool", py_ave_pool, METH_VARARGS, "ave_pool(x, y, geom, planes)"},
     {"ave_unpool", py_ave_unpool, METH_VARARGS, "ave_unpool(dy, dx, geom, planes)"},
+    {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
     {NULL, NULL, 0, NULL},
 };
 

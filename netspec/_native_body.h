@@ -274,3 +274,42 @@ static void NAME(batch_norm_grad)(const T *dy, const T *y, const T *mean_dy, con
             }
         }
 }
+
+/* ROIPooling forward over bins the caller computed (Caffe's rounding stays in numpy): roi r
+ * of `rois` reads image bins[r * stride], its bin (ph, pw) rows [hs, he) and columns [ws, we)
+ * from bins[r * stride + 1 ...] laid out hs[PH], he[PH], ws[PW], we[PW]. Each top value is
+ * the first maximum in row-major order (strict >), its argmax h * w + x; an empty bin gives
+ * 0 and -1. */
+static void NAME(roi_pool)(const T *x, T *top, int32_t *argmax, const int32_t *bins, long rois, long channels,
+                           long h, long w, long pooled_h, long pooled_w)
+{
+    const long stride = 1 + 2 * (pooled_h + pooled_w), bins_out = pooled_h * pooled_w;
+    for (long r = 0; r < rois; r++) {
+        const int32_t *b = bins + r * stride, *hs = b + 1, *he = hs + pooled_h, *ws = he + pooled_h,
+                      *we = ws + pooled_w;
+        for (long c = 0; c < channels; c++) {
+            const T *plane = x + (b[0] * channels + c) * h * w;
+            T *out = top + (r * channels + c) * bins_out;
+            int32_t *arg = argmax + (r * channels + c) * bins_out;
+            for (long ph = 0; ph < pooled_h; ph++)
+                for (long pw = 0; pw < pooled_w; pw++) {
+                    const long k = ph * pooled_w + pw;
+                    if (he[ph] <= hs[ph] || we[pw] <= ws[pw]) {
+                        out[k] = 0;
+                        arg[k] = -1;
+                        continue;
+                    }
+                    long best = hs[ph] * w + ws[pw];
+                    T value = plane[best];
+                    for (long y = hs[ph]; y < he[ph]; y++)
+                        for (long i = y * w + ws[pw], end = y * w + we[pw]; i < end; i++)
+                            if (plane[i] > value) {
+                                value = plane[i];
+                                best = i;
+                            }
+                    out[k] = value;
+                    arg[k] = (int32_t)best;
+                }
+        }
+    }
+}

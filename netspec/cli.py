@@ -7,7 +7,7 @@ traceback as well. The commands live in netspec/commands/; this module mounts th
 """
 import click
 
-from .commands import caffe_tool, data, files, logs
+from .commands import caffe_tool, data, export, files, logs
 from .commands.base import Group, run
 
 
@@ -28,7 +28,8 @@ for _command, _name in [
         (logs.parse_log_command, "parse_log"), (logs.plot_log_command, "plot_log"),
         (files.convert_command, "convert"), (files.upgrade_command, "upgrade"), (files.draw_command, "draw"),
         (data.convert_mnist_command, "convert_mnist"), (data.get_mnist_command, "get_mnist"),
-        (data.compute_image_mean_command, "compute_image_mean")]:
+        (data.compute_image_mean_command, "compute_image_mean"),
+        (export.export_command, "export")]:
     main_group.add_command(_command, name=_name)
 
 

@@ -16,3 +16,16 @@ class ParseError(NetspecError):
         self.path, self.line, self.col = path, line, col
         where = f"{path}:{line}:{col}" if line else str(path)
         super().__init__(f"{where}: {message}")
+
+
+def prefixed(error, prefix):
+    """The same error, of the same class, with `prefix: ` in front of its message.
+
+    Keeps subclasses that also derive from a builtin (a failing Python layer's
+    RuntimeError) catchable as such after the net names its file in front.
+    """
+    cls = type(error)
+    copy = cls.__new__(cls)
+    copy.__dict__.update(error.__dict__)
+    copy.args = (f"{prefix}: {error}",)
+    return copy

@@ -34,9 +34,47 @@ class _Handler(logging.StreamHandler):
         super().emit(record)
 
 
+class _StderrHandler(_Handler):
+    """Writes to whatever sys.stderr is when a line is logged (pytest, notebooks and
+    contextlib.redirect_stderr replace it), as glog writes to the process's stderr."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 logger = logging.getLogger("netspec")
 logger.propagate = False
 _progress = {"stream": None, "shown": False, "last": 0.0}
+
+# glog's severities as GLOG_minloglevel numbers them.
+_GLOG_LEVELS = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def level_from_glog(number):
+    """logging's level for glog's minloglevel 0..3 (INFO, WARNING, ERROR, FATAL)."""
+    return _GLOG_LEVELS[min(max(int(number), 0), len(_GLOG_LEVELS) - 1)]
+
+
+def default_level():
+    """INFO, or what GLOG_minloglevel asks for (Caffe's and pycaffe's way to quiet the log)."""
+    try:
+        return level_from_glog(os.environ.get("GLOG_minloglevel", "0"))
+    except ValueError:
+        return logging.INFO
+
+
+def ensure_configured():
+    """pycaffe logs from the start, to stderr: do so unless something configured the log already."""
+    if not logger.handlers:
+        configure(level=default_level())
 
 
 def configure(stream=None, level=logging.INFO):
@@ -47,13 +85,87 @@ def configure(stream=None, level=logging.INFO):
     """
     for h in list(logger.handlers):
         logger.removeHandler(h)
+    handler = _Handler(stream) if stream is not None else _StderrHandler()
     stream = stream or sys.stderr
-    handler = _Handler(stream)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)
     interactive = hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
     _progress.update(stream=stream if interactive else None, shown=False)
+
+
+_SEVERITIES = ((logging.INFO, "INFO"), (logging.WARNING, "WARNING"), (logging.ERROR, "ERROR"))
+
+
+class _LogFiles(logging.Handler):
+    """glog's log files: <dir>/<program>.<host>.<user>.log.<SEVERITY>.<yyyymmdd-hhmmss>.<pid>, each
+    with every line of its severity or above, made when the first such line comes, and a symlink
+    <dir>/<program>.<SEVERITY> to the newest (what `parse_log.sh caffe.INFO` style scripts read)."""
+
+    def __init__(self, folder, program):
+        super().__init__(logging.INFO)
+        self.folder, self.program = folder, program
+        self.setFormatter(GlogFormatter())
+        self.files = {}
+        self._stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def _open(self, severity):
+        import getpass
+        import socket
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "invalid-user"
+        host = socket.gethostname() or "unknown"
+        name = f"{self.program}.{host}.{user}.log.{severity}.{self._stamp}.{os.getpid()}"
+        f = open(os.path.join(self.folder, name), "a", encoding="utf-8")
+        f.write(f"Log file created at: {time.strftime('%Y/%m/%d %H:%M:%S')}\n"
+                f"Running on machine: {host}\n"
+                "Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n")
+        link = os.path.join(self.folder, f"{self.program}.{severity}")
+        temp = f"{link}.{os.getpid()}.tmp"
+        try:                                    # replace the link in one step, as glog does
+            if os.path.lexists(temp):
+                os.unlink(temp)
+            os.symlink(name, temp)
+            os.replace(temp, link)
+        except OSError:
+            pass                                # no symlinks here (some filesystems): the files still hold it all
+        return f
+
+    def emit(self, record):
+        try:
+            line = self.format(record) + "\n"
+            for level, severity in _SEVERITIES:
+                if record.levelno >= level:
+                    if severity not in self.files:
+                        self.files[severity] = self._open(severity)
+                    self.files[severity].write(line)
+                    self.files[severity].flush()
+        except Exception:  # noqa: BLE001 - logging must not end the run
+            self.handleError(record)
+
+    def close(self):
+        for f in self.files.values():
+            f.close()
+        self.files = {}
+        super().close()
+
+
+def add_log_files(folder, program="netspec"):
+    """Also write glog's log files in `folder` (netspec's --log_dir), made if missing."""
+    from .errors import NetspecError
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".{program}.{os.getpid()}.probe")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise NetspecError(f"--log_dir={folder}: cannot write log files there ({e.strerror or e})") from None
+    handler = _LogFiles(folder, program)
+    logger.addHandler(handler)
+    return handler
 
 
 def progress(text, every=0.2):

@@ -184,7 +184,8 @@ def save_net(net, path, write_diff=False):
     def fill(f):
         data = f.create_group("data")
         diff = f.create_group("diff") if write_diff else None
-        for name, layer in zip(net._layer_names, net.layers):
+        for record in net.records:
+            name, layer = record.name, record.layer
             layer_data = data.require_group(name)
             layer_diff = diff.require_group(name) if write_diff else None
             for j, blob in enumerate(layer.blobs):

@@ -27,9 +27,27 @@ _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
 
 # ------------------------------------------------------------------ BlobProto
 
+class BlobShapeError(NetspecError, ValueError):
+    """A BlobProto whose values do not fit its shape (pycaffe raises ValueError)."""
+
+
 def blobproto_to_array(blob, return_diff=False):
-    """The blob's data (or diff) as an array of the blob's shape (legacy 4-D shapes too)."""
-    return blob_to_array(blob, diff=return_diff)
+    """The blob's data (or diff) as an array of the blob's shape (legacy 4-D shapes too).
+
+    As in pycaffe, a blob with neither `shape` nor num/channels/height/width is a
+    scalar: one value is returned as a 0-d array, more are an error.
+    """
+    if not blob.HasField("shape") and not any((blob.num, blob.channels, blob.height, blob.width)):
+        values = np.asarray((blob.double_diff or blob.diff) if return_diff else (blob.double_data or blob.data),
+                            dtype=np.float32)
+        if values.size != 1:
+            raise BlobShapeError(f"BlobProto has {values.size} values but no shape (neither shape.dim nor "
+                                 "num/channels/height/width), so it is a scalar")
+        return values.reshape(())
+    try:
+        return blob_to_array(blob, diff=return_diff)
+    except NetspecError as e:
+        raise BlobShapeError(str(e)) from None
 
 
 def array_to_blobproto(arr, diff=None):

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import glog, hdf5, layers as _layers  # noqa: F401  (importing layers fills the registry)
 from .blob import Blob, BlobTooLarge
-from .errors import NetspecError
+from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -42,6 +42,14 @@ def create_layer(layer_param):
         hint = f"did you mean '{near[0]}'?" if near else f"registered types: {', '.join(sorted(LAYER_REGISTRY))}"
         raise NetspecError(f"layer '{layer_param.name}': unknown layer type '{layer_param.type}' ({hint})")
     return cls(layer_param)
+
+
+def _batch_slice(values, lo, batch):
+    """values[lo:lo + batch], zero-padded to a full batch."""
+    part = values[lo:lo + batch]
+    if len(part) < batch:
+        part = np.concatenate([part, np.zeros((batch - len(part),) + part.shape[1:], part.dtype)])
+    return part
 
 
 class LayerRecord:
@@ -103,6 +111,7 @@ class Net:
         for s in stages or ():
             state.stage.append(s)
         self._created = []               # every layer made, even one whose setup failed, for close()
+        self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
         try:
             self._init(param, state)
         except NetspecError as e:
@@ -129,7 +138,7 @@ class Net:
         """The error with the net's file in front (once)."""
         if not self.source or str(e).startswith(f"{self.source}:"):
             return e
-        return NetspecError(f"{self.source}: {e}")
+        return prefixed(e, self.source)
 
     # ------------------------------------------------------------ construction
     def _init(self, param, state):
@@ -146,7 +155,9 @@ class Net:
         wiring = _Wiring()
         for layer_param in filtered.layer:
             self.records.append(self._append_layer(layer_param, wiring, filtered, param, state))
-        self.outputs = [name for name in self.blobs if name in wiring.available]
+        # Caffe keeps the unconsumed blobs in a std::set: outputs come in name order, and so do
+        # the "net output #N" log lines and the columns log parsers make of them.
+        self.outputs = sorted(wiring.available)
         self._prune_backward(filtered)
         for record in self.records:
             record.layer.runs_backward = record.need_backward
@@ -347,6 +358,35 @@ class Net:
     def _layer_names(self):
         return [record.name for record in self.records]
 
+    # pycaffe's index-based views of the C++ Net (some scripts reach for them).
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        return [self._blob_names.index(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(name) for name in self.outputs]
+
+    @property
+    def _blob_loss_weights(self):
+        return [self.blob_loss_weights.get(name, 0.0) for name in self.blobs]
+
+    def _bottom_ids(self, i):
+        return [self._blob_names.index(name) for name in self.records[i].bottom_names]
+
+    def _top_ids(self, i):
+        return [self._blob_names.index(name) for name in self.records[i].top_names]
+
+    def _forward(self, start, end):
+        return self.forward_prefilled(start, end)
+
+    def _backward(self, start, end):
+        self.backward_from_to(start, end)
+
     # Per-index views of the records' backward flags (read-only).
     @property
     def _layer_need_backward(self):
@@ -369,13 +409,19 @@ class Net:
         end = len(self.records) - 1 if end is None else end
         loss = 0.0
         try:
-            for record in self.records[start:end + 1]:
+            before, after = self._hooks["before_forward"], self._hooks["after_forward"]
+            for i in range(start, end + 1):
+                for hook in before:
+                    hook(i)
+                record = self.records[i]
                 record.forward()
                 for blob, w in record.loss_weights:
                     blob.diff[...] = w
                     loss += w * float(blob.data.sum(dtype=np.float64))
                 if self.debug_info:
                     self._debug(record, "Forward")
+                for hook in after:
+                    hook(i)
         except NetspecError as e:
             raise self._located(e) from e
         return loss
@@ -383,14 +429,33 @@ class Net:
     def backward_from_to(self, start=None, end=0):
         start = len(self.records) - 1 if start is None else start
         try:
+            before, after = self._hooks["before_backward"], self._hooks["after_backward"]
             for i in range(start, end - 1, -1):
+                for hook in before:
+                    hook(i)
                 record = self.records[i]
                 if record.need_backward:
                     record.backward()
                     if self.debug_info:
                         self._debug(record, "Backward")
+                for hook in after:
+                    hook(i)
         except NetspecError as e:
             raise self._located(e) from e
+
+    # pycaffe's Net callbacks: `fn(layer_index)` around every layer's forward or backward, as Caffe
+    # calls them (backward ones for every layer in the range, whether or not it runs backward).
+    def before_forward(self, fn):
+        self._hooks["before_forward"].append(fn)
+
+    def after_forward(self, fn):
+        self._hooks["after_forward"].append(fn)
+
+    def before_backward(self, fn):
+        self._hooks["before_backward"].append(fn)
+
+    def after_backward(self, fn):
+        self._hooks["after_backward"].append(fn)
 
     def _debug(self, record, direction):
         """Caffe's debug_info lines: mean absolute value of each blob a layer touched."""
@@ -472,6 +537,9 @@ class Net:
                     return f"first non-finite gradient in backward of layer '{record.name}'"
         return "no non-finite value found in the net's blobs"
 
+    def _set_input_arrays(self, data, labels):
+        self.set_input_arrays(data, labels)
+
     def set_input_arrays(self, data, labels):
         """pycaffe: hand arrays to the net's first layer, which must be a MemoryData layer."""
         if not self.layers or self.layers[0].type != "MemoryData":
@@ -493,13 +561,7 @@ class Net:
         n = len(next(iter(kwargs.values()))) if kwargs else 0
         batch = self.blobs[next(iter(kwargs))].shape[0] if kwargs else 1
         for lo in range(0, n, batch):
-            chunk = {}
-            for name, value in kwargs.items():
-                part = np.asarray(value[lo:lo + batch])
-                if len(part) < batch:
-                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
+            chunk = {name: _batch_slice(np.asarray(value), lo, batch) for name, value in kwargs.items()}
             out = self.forward(blobs=blobs, **chunk)
             for name in outputs:
                 value = out[name].copy()
@@ -508,6 +570,33 @@ class Net:
                 else:
                     collected[name].extend(value[:min(batch, n - lo)])
         return {name: np.asarray(v) for name, v in collected.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: inputs (by input name) and top diffs (by output name) of any
+        length, run in batches of the net's batch size; returns ({output: data}, {input: diff}).
+
+        The last batch is padded with zeros and the padding dropped from the results.
+        """
+        forward_in = {k: np.asarray(v) for k, v in kwargs.items() if k not in self.outputs}
+        backward_in = {k: np.asarray(v) for k, v in kwargs.items() if k in self.outputs}
+        out_names = list(dict.fromkeys(self.outputs + list(blobs or [])))
+        diff_names = list(dict.fromkeys(self.inputs + list(diffs or [])))
+        outs = {name: [] for name in out_names}
+        grads = {name: [] for name in diff_names}
+        given = {**forward_in, **backward_in}
+        if given:
+            n, batch = len(next(iter(given.values()))), self.blobs[next(iter(given))].shape[0]
+        else:                            # nothing to feed (a data layer fills the net): one pass
+            n = batch = None
+        for lo in range(0, n or 1, batch or 1):
+            keep = min(batch, n - lo) if n else None
+            fwd = {k: _batch_slice(v, lo, batch) for k, v in forward_in.items()}
+            bwd = {k: _batch_slice(v, lo, batch) for k, v in backward_in.items()}
+            for collected, result in ((outs, self.forward(blobs=blobs, **fwd)),
+                                      (grads, self.backward(diffs=diffs, **bwd))):
+                for name, value in result.items():
+                    collected[name].extend([value.copy()] if value.ndim == 0 else value[:keep].copy())
+        return ({k: np.asarray(v) for k, v in outs.items()}, {k: np.asarray(v) for k, v in grads.items()})
 
     # ------------------------------------------------------------ weights
     def to_proto(self, write_diff=False):

@@ -44,6 +44,10 @@ def _param_fields():
 PARAM_FIELD = _param_fields()
 
 
+class NetSpecTypeError(NetspecError, TypeError):
+    """A layer call given something other than a Top as a bottom (pycaffe raises TypeError)."""
+
+
 # ------------------------------------------------------------------ values into messages
 
 def _plain(value):
@@ -110,6 +114,19 @@ def assign_field(message, name, value, where):
             raise NetspecError(f"{where_field}: cannot take {item!r} ({e})") from None
 
 
+def assign_proto(proto, name, value):
+    """pycaffe's assign_proto: set field `name` of `proto` from plain Python values (dicts, lists)."""
+    assign_field(proto, name, value, "assign_proto")
+
+
+def param_name_dict():
+    """pycaffe's {layer type: param field prefix}, e.g. {'Convolution': 'convolution'}, from the schema."""
+    return {field.message_type.name[:-len("Parameter")]: field.name[:-len("_param")]
+            for field in caffe_pb2.LayerParameter.DESCRIPTOR.fields
+            if field.name.endswith("_param") and field.message_type is not None
+            and field.message_type.name.endswith("Parameter")}
+
+
 def _layer_template(type_name, params):
     """A LayerParameter holding a call's keyword arguments (names, bottoms and tops come later)."""
     layer = caffe_pb2.LayerParameter(type=type_name)
@@ -165,8 +182,8 @@ class Function:
         self.params = dict(params)
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise NetspecError(f"L.{type_name}: bottom {i} is {inp!r}, not the top of an earlier "
-                                   "layer (for ntop=0 or several tops, pass one element)")
+                # pycaffe's words and type: its tests match this line exactly.
+                raise NetSpecTypeError(f"{type_name} input {i} is not a Top (type is {type(inp)})")
         self.inputs = tuple(inputs)
         explicit = self.params.pop("top", None)
         if isinstance(explicit, str):

@@ -10,12 +10,11 @@ and snapshots; its .solverstate carries every rank's data cursor, so a resume
 under MPI is exact.
 
 mpi4py is imported only when an MPI launcher started this process as one of
-several ranks: a plain `netspec train` never touches MPI. From Python (what the
-CLI does):
+several ranks: a plain `netspec train` never touches MPI. DataParallel is one
+solver callback (callbacks.py); from Python, as the CLI does:
 
     dp = parallel.from_environment()         # None outside mpirun
-    param = read_solver(path); dp.prepare(param)
-    solver = Solver(path, param); dp.attach(solver); solver.solve()
+    solver = Solver(path, rank=dp.rank); solver.add_callback(dp); solver.solve()
 """
 import logging
 import os
@@ -26,6 +25,7 @@ import traceback
 import numpy as np
 
 from . import glog, rng
+from .callbacks import SolverCallback
 from .errors import NetspecError
 from .snapshot import read_solverstate
 
@@ -105,8 +105,12 @@ def make_buckets(blobs, limit=None):
             for k, g in enumerate(groups)]
 
 
-class DataParallel:
-    """One rank's side of a data-parallel run; `attach` it to a Solver before `solve`."""
+class DataParallel(SolverCallback):
+    """One rank's side of a data-parallel run: add it to a Solver built with `rank=dp.rank`.
+
+    The Solver does what depends on the rank alone (seed random_seed + rank; only
+    rank 0 tests, restores and writes); this callback moves what the ranks share.
+    """
 
     def __init__(self, MPI, comm=None):
         global _active
@@ -114,70 +118,56 @@ class DataParallel:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._buckets = None
-        self._schedule = None
         self._poll_signals = None
         self._agreed = "none"
         _active = self
         if self.rank:
             glog.configure(level=logging.WARNING)     # the other ranks stay quiet but for warnings
 
+    # ------------------------------------------------------------ solver callback
+    def on_solve(self, solver, resume_file):
+        self.start(solver, resume_file)
+
+    def on_gradients_ready(self, solver, loss):
+        return self.reduce_gradients(loss)
+
+    def on_loss(self, solver, loss):
+        return self.average(loss)
+
+    def on_snapshot(self, solver, resume):
+        return self.gather_resume(resume)
+
+    def agreed_action(self):
+        return self._agreed_action()
+
     # ------------------------------------------------------------ setup
-    def prepare(self, param):
-        """Per-rank solver settings, before the Solver is built from `param`.
-
-        Each rank seeds with random_seed + rank (as Caffe), so dropout and transforms
-        draw differently on each; the initial weights still agree, being rank 0's.
-        Only rank 0 tests, so the other ranks build no test nets. Only rank 0 writes
-        snapshots, so the others skip the Solver's check of the snapshot folder (which
-        they would race on one host); attach gives them back the snapshot schedule,
-        since they join every snapshot to hand over their data cursors.
-        """
-        if param.random_seed >= 0:
-            param.random_seed += self.rank
-        if self.rank:
-            for field in ("test_iter", "test_net", "test_net_param", "test_state"):
-                param.ClearField(field)
-            param.test_interval = 0
-            self._schedule = (param.snapshot, param.snapshot_after_train)
-            param.snapshot, param.snapshot_after_train = 0, False
-
-    def attach(self, solver):
-        """Make `solver` train as this rank (call after setting its action_request)."""
-        solver.parallel = self
-        if self.rank:
-            solver.param.test_interval = 0
-            if self._schedule is not None:
-                solver.param.snapshot, solver.param.snapshot_after_train = self._schedule
+    def start(self, solver, resume_file=None):
+        """Before the first iteration, once rank 0 restored `resume_file`: every rank takes rank 0's
+        weights, solver state and data position, and its own data cursor from the snapshot when there is one."""
         # Signals reach ranks unevenly: each rank's request rides in the gradient Allreduce,
         # and every rank acts on the combined one at the same iteration.
-        self._poll_signals, solver.action_request = solver.action_request, self._agreed_action
+        self._poll_signals = solver.action_request
         self._learnable = [blob for blob, _, _ in solver.net.learnable_params]
         self._buckets = make_buckets(self._learnable)
         self._tail = self._buckets[-1].buffer[-_EXTRA:]
-
-    def start(self, solver, resume_file=None):
-        """Before the first iteration: rank 0 restores `resume_file`; every rank takes its weights,
-        solver state and data position, and its own data cursor from the snapshot when there is one."""
         states = None
         if self.rank == 0:
             glog.info(f"Data-parallel training on {self.size} MPI ranks: effective batch = "
                       f"{self.size} x the net's batch_size", "parallel.py:0")
             if resume_file:
-                states = self._restore(solver, resume_file)
-        head = (solver.iter, solver.current_step, solver._resumed_losses, states is not None)
-        solver.iter, solver.current_step, solver._resumed_losses, exact = self.comm.bcast(
-            head if self.rank == 0 else None, root=0)
+                states = self._rank_states(resume_file)
+        head = (solver.training_position(), states is not None)
+        position, exact = self.comm.bcast(head if self.rank == 0 else None, root=0)
+        solver.move_to(position)
         mine = self.comm.scatter(states, root=0) if exact else None
         if mine is not None:
             rng.set_state(mine["rng"])
         self._start_data_layers(solver.net, mine)
-        self._broadcast(lambda i: self._learnable[i].data)
-        for k in range(solver.rule.num_histories):
-            self._broadcast(lambda i: solver._histories[i][k])
+        for arrays in solver.state_arrays():          # weights, then each history slot
+            self._broadcast(arrays.__getitem__)
 
-    def _restore(self, solver, resume_file):
-        glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
-        solver.restore(resume_file)
+    def _rank_states(self, resume_file):
+        """Each rank's random state and data cursors from rank 0's snapshot, or None if it cannot be exact."""
         _, resume = read_solverstate(resume_file)
         states = (resume or {}).get("mpi_ranks")
         if states is not None and len(states) != self.size:

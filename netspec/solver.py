@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from . import glog, hdf5, rng
+from .callbacks import FunctionCallback, SolverCallback
 from .errors import NetspecError
 from .lr_policy import advance_multistep, check_policy, learning_rate
 from .net import Net
@@ -21,36 +22,59 @@ from .updates import make_rule
 from .weights import array_to_blob, blob_to_array
 
 
+# What a non-finite loss does, for every solver in the process (`netspec train --on_divergence`):
+# "stop" writes a snapshot marked .diverged and raises; "continue" logs it and trains on, as Caffe.
+DIVERGENCE_MODES = ("stop", "continue")
+_on_divergence = ["stop"]
+
+
+def set_on_divergence(mode):
+    """Set what solvers made from now on do at a NaN/inf loss: 'stop' (the default) or 'continue'."""
+    if mode not in DIVERGENCE_MODES:
+        raise NetspecError(f"on_divergence must be one of {', '.join(DIVERGENCE_MODES)}, got {mode!r}")
+    _on_divergence[0] = mode
+
+
+DIVERGED_SUFFIX = ".diverged"     # after the extension, so no *.caffemodel / *.solverstate glob picks it up
+
+
 def _fmt(x):
     # C++ ostream's default float format (6 significant digits), which Caffe's log parsers expect.
     return f"{float(x):g}"
 
 
 class Solver:
-    """pycaffe's caffe.Solver family: `SGDSolver(path)` etc., or `get_solver(path)`."""
+    """pycaffe's caffe.Solver family: `SGDSolver(path)` etc., or `get_solver(path)`.
 
-    def __init__(self, solver_file, param=None):
+    `rank` is Caffe's solver rank in data-parallel training: each rank seeds with
+    random_seed + rank, and only rank 0 (the root) builds test nets, restores a
+    snapshot and writes snapshots. The Solver is the one writer of `self.param`.
+    """
+
+    def __init__(self, solver_file, param=None, rank=0):
         self.source = solver_file if isinstance(solver_file, (str, os.PathLike)) else "<SolverParameter>"
         self.param = param if param is not None else read_solver(solver_file)
+        self.rank = rank
         if getattr(type(self), "_type", None):
             self.param.type = self._type      # pycaffe's SGDSolver(path) is SGD whatever the file says
         self._validate()
         p = self.param
         if p.random_seed >= 0:
-            rng.set_seed(p.random_seed)
+            rng.set_seed(p.random_seed + rank)   # as Caffe: dropout and transforms draw differently per rank
         self.rule = make_rule(p, self.source)
         self.iter = 0
         self.current_step = 0
         self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
-        self.parallel = None              # netspec.parallel.DataParallel when training on several MPI ranks
+        self.callbacks = []               # SolverCallback objects, called in the order added (callbacks.py)
         self.requested_early_exit = False
+        self.on_divergence = _on_divergence[0]
         self._losses, self._smoothed_loss, self._loss_start = [], 0.0, 0
         self._resumed_losses = None
         glog.info(f"Initializing solver from parameters: {self.source}", "solver.cpp:45")
         self.net, self.test_nets = None, []
         self.net = self._make_train_net()
         try:
-            self.test_nets = self._make_test_nets()
+            self.test_nets = self._make_test_nets() if rank == 0 else []
         except BaseException:
             self.close()                  # the train net's Data layer must not keep its thread
             raise
@@ -85,7 +109,8 @@ class Solver:
             raise NetspecError(f"{where}: snapshot must not be negative, got {p.snapshot}")
         if p.snapshot or p.snapshot_after_train:
             self._default_prefix()
-            self._check_snapshot_writable()
+            if self.rank == 0:            # the root alone writes; other ranks would race on one host
+                self._check_snapshot_writable()
             if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
                 hdf5.h5py_module()            # missing h5py: say so now, not at the first snapshot
 
@@ -184,7 +209,43 @@ class Solver:
             nets.append(net)
         return nets
 
+    # ------------------------------------------------------------ callbacks
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's add_callback: `add_callback(on_start, on_gradients_ready)` with two functions of
+        no arguments, called at the start of each iteration and when its gradients are ready; or
+        `add_callback(callback)` with a SolverCallback (netspec.parallel.DataParallel is one)."""
+        if on_gradients_ready is None and isinstance(on_start, SolverCallback):
+            self.callbacks.append(on_start)
+        else:
+            self.callbacks.append(FunctionCallback(on_start, on_gradients_ready))
+
+    def _requested_action(self):
+        """"none", "stop" or "snapshot": a callback's agreed action (MPI), else action_request's."""
+        for callback in self.callbacks:
+            agreed = callback.agreed_action()
+            if agreed is not None:
+                return agreed
+        return self.action_request() if self.action_request else "none"
+
+    def training_position(self):
+        """Where training stands besides weights and histories: (iter, current_step, resumed loss window)."""
+        return self.iter, self.current_step, self._resumed_losses
+
+    def move_to(self, position):
+        """Continue from another solver's training_position() (data parallelism: the root's)."""
+        self.iter, self.current_step, self._resumed_losses = position
+
+    def state_arrays(self):
+        """[every param's data], then [every param's history k] for each k: what the ranks must agree on."""
+        weights = [blob.data for blob, _, _ in self.net.learnable_params]
+        return [weights] + [[history[k] for history in self._histories] for k in range(self.rule.num_histories)]
+
     # ------------------------------------------------------------ training
+    @property
+    def lr(self):
+        """pycaffe's SGDSolver.lr: the learning rate at the current iteration."""
+        return self.learning_rate()
+
     def learning_rate(self):
         self.current_step = advance_multistep(self.param, self.iter, self.current_step) \
             if self.param.lr_policy == "multistep" else self.current_step
@@ -218,15 +279,17 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
+            for callback in self.callbacks:
+                callback.on_start(self)
             self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
             loss /= p.iter_size
-            if self.parallel is not None:     # MPI: average gradients (and the loss) over the ranks
-                loss = self.parallel.reduce_gradients(loss)
+            for callback in self.callbacks:   # MPI: gradients and the loss averaged over the ranks
+                loss = callback.on_gradients_ready(self, loss)
             if not np.isfinite(loss):
-                raise NetspecError(self._divergence_message(loss))
+                self._diverged(loss)
             self._update_smoothed_loss(loss)
             if display:
                 lapse = time.perf_counter() - tic
@@ -241,7 +304,7 @@ class Solver:
                 done = self.iter % p.display or p.display
                 glog.progress(f"  iteration {self.iter}/{p.max_iter}: {done}/{p.display} of this display "
                               f"interval, loss {self._smoothed_loss:.4g}")
-            request = self.action_request() if self.action_request else "none"
+            request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                 self.snapshot()
             if request == "stop":
@@ -261,6 +324,26 @@ class Solver:
     def _divergence_message(self, loss):
         return (f"training diverged at iteration {self.iter}: loss is {loss}; {self.net.first_non_finite()} "
                 "(lower base_lr, or set clip_gradients)")
+
+    def _diverged(self, loss):
+        """A non-finite loss: stop with a snapshot of the weights that gave it, or carry on as Caffe does."""
+        if self.on_divergence == "continue":
+            if not getattr(self, "_warned_divergence", False):
+                glog.warning(f"Iteration {self.iter}: loss is {_fmt(loss)}; training goes on (on_divergence="
+                             "continue), as in Caffe", "solver.cpp:232")
+                self._warned_divergence = True
+            return
+        message = self._divergence_message(loss)
+        try:
+            if not self.param.snapshot_prefix:
+                self._default_prefix()
+            self._check_snapshot_writable()           # makes the folder, as a first snapshot would
+            written = self.snapshot(suffix=DIVERGED_SUFFIX)
+        except (NetspecError, OSError) as e:
+            raise NetspecError(f"{message}; the diverged snapshot could not be written ({e})") from None
+        if written:
+            message += f"; the weights that diverged are in {written[0]} (and {written[1]})"
+        raise NetspecError(message + "; --on_divergence=continue trains on as Caffe does")
 
     def apply_update(self):
         """Caffe's SGDSolver::ApplyUpdate: lr, clipping, normalise, regularise, rule, then step."""
@@ -312,11 +395,11 @@ class Solver:
         glog.info(f"Solving {self.net.name}", "solver.cpp:289")
         glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
         self.requested_early_exit = False
-        if self.parallel is not None:         # MPI: rank 0 restores; every rank starts from its state
-            self.parallel.start(self, resume_file)
-        elif resume_file:
+        if resume_file and self.rank == 0:    # the other ranks take the root's state in on_solve (MPI)
             glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
             self.restore(resume_file)
+        for callback in self.callbacks:
+            callback.on_solve(self, resume_file)
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -325,8 +408,8 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_prefilled()
-            if self.parallel is not None:     # MPI: the mean over the ranks, as in training
-                loss = self.parallel.average(loss)
+            for callback in self.callbacks:   # MPI: the mean over the ranks, as in training
+                loss = callback.on_loss(self, loss)
             self._update_smoothed_loss(loss)
             glog.info(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}", "solver.cpp:325")
         if p.test_interval and self.iter % p.test_interval == 0:
@@ -345,7 +428,7 @@ class Solver:
         total_loss = 0.0
         n = p.test_iter[index]
         for _ in range(n):
-            request = self.action_request() if self.action_request else "none"
+            request = self._requested_action()
             if request == "snapshot":
                 self.snapshot()
             elif request == "stop":
@@ -376,15 +459,16 @@ class Solver:
                 "smoothed_loss": float(self._smoothed_loss),
                 "loss_index_base": int(self._loss_start)}
 
-    def snapshot(self):
+    def snapshot(self, suffix=""):
+        """Write <prefix>_iter_N.caffemodel and .solverstate (each + `suffix`); returns their paths."""
         resume = self._resume_payload()
-        if self.parallel is not None:         # MPI: all ranks' data cursors go into rank 0's file
-            resume = self.parallel.gather_resume(resume)
+        for callback in self.callbacks:       # MPI: all ranks' data cursors go into rank 0's file
+            resume = callback.on_snapshot(self, resume)
             if resume is None:                # not rank 0: rank 0 alone writes
                 return None
         p = self.param
         as_hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
-        model_path, state_path = snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5)
+        model_path, state_path = (path + suffix for path in snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5))
         if as_hdf5:
             glog.info(f"Snapshotting to HDF5 file {model_path}", "solver.cpp:474")
             self.net.save_hdf5(model_path, p.snapshot_diff)

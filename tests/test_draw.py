@@ -141,9 +141,9 @@ def test_names_are_quoted_and_rankdir_checked():
 def test_draw_to_files(tmp_path, monkeypatch):
     out = tmp_path / "lenet.dot"
     draw.draw_net_to_file(lenet(), out, "TB", "TEST")
-    assert out.read_text() == draw.net_to_dot(lenet(), "TB", "TEST")
-    with pytest.raises(NetspecError, match="unknown output format '.jpg'"):
-        draw.draw_net_to_file(lenet(), tmp_path / "x.jpg")
+    assert out.read_text() == draw.net_to_dot(lenet(), "TB", "TEST", label_edges=True)
+    with pytest.raises(NetspecError, match="unknown output format '.jpx'"):
+        draw.draw_net_to_file(lenet(), tmp_path / "x.jpx")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(NetspecError, match="needs Graphviz's `dot` program.*install graphviz or write a .dot"):
         draw.draw_net_to_file(lenet(), tmp_path / "x.png")
@@ -155,7 +155,7 @@ def test_cli_draw(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as done:
         cli.main(["draw", LENET, str(out), "--rankdir", "TB", "--phase", "TRAIN"])
     assert done.value.code == 0
-    assert out.read_text() == draw.net_to_dot(lenet(), "TB", "TRAIN")
+    assert out.read_text() == draw.net_to_dot(lenet(), "TB", "TRAIN", label_edges=True)
 
     with pytest.raises(SystemExit) as done:
         cli.main(["draw", str(tmp_path / "missing.prototxt"), str(out)])

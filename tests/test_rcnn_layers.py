@@ -9,6 +9,7 @@ import pytest
 import netspec
 from gradcheck import build, check_layer, forward
 from netspec.errors import NetspecError
+from netspec.layers import native, roi_pooling
 from netspec.layers.proposal import decode_boxes, generate_anchors, nms, shifted_anchors
 from netspec.proto import caffe_pb2
 
@@ -21,15 +22,24 @@ def roi_pool(pooled_h, pooled_w, scale=1.0):
 
 
 GRID = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)     # x[h, w] = 4h + w
+NATIVE = pytest.mark.skipif(getattr(native.kernels, "roi_pool", None) is None,
+                            reason="compiled kernels (netspec._native) not built")
+
+
+@pytest.fixture(params=["numpy", pytest.param("native", marks=NATIVE)])
+def roi_path(request, monkeypatch):
+    """Run the test with ROIPooling's numpy scan, then with the compiled one."""
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
+    return request.param
 
 
 # ---------------------------------------------------------------- ROIPooling
-def test_roi_pooling_whole_map_into_quarters():
+def test_roi_pooling_whole_map_into_quarters(roi_path):
     top, = forward(roi_pool(2, 2), [GRID, [[0, 0, 0, 3, 3]]])
     np.testing.assert_array_equal(top[0, 0], [[5, 7], [13, 15]])
 
 
-def test_roi_pooling_rounds_halves_away_from_zero():
+def test_roi_pooling_rounds_halves_away_from_zero(roi_path):
     # 1 * 0.5 and 5 * 0.5 round to 1 and 3 (numpy's round would give 0 and 2): a 3x3 roi at
     # (1, 1) whose 2x2 bins overlap: rows floor(0)..ceil(1.5) = 1..2, floor(1.5)..ceil(3) = 2..3.
     top, = forward(roi_pool(2, 2, 0.5), [GRID, [[0, 1, 1, 5, 5]]])
@@ -39,7 +49,7 @@ def test_roi_pooling_rounds_halves_away_from_zero():
     assert top[0, 0, 0, 0] == 5
 
 
-def test_roi_pooling_empty_bins_negative_maps_and_batch_index():
+def test_roi_pooling_empty_bins_negative_maps_and_batch_index(roi_path):
     x = np.stack([GRID[0], -1 - GRID[0]])                            # image 1 is all negative
     top, = forward(roi_pool(2, 2), [x, [[0, 10, 10, 12, 12], [1, 0, 0, 1, 1]]])
     np.testing.assert_array_equal(top[0, 0], np.zeros((2, 2)))       # off the map: empty, 0
@@ -47,7 +57,7 @@ def test_roi_pooling_empty_bins_negative_maps_and_batch_index():
     np.testing.assert_array_equal(top[1, 0], [[-1, -2], [-5, -6]])
 
 
-def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there():
+def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there(roi_path):
     layer, bottom, top = build(roi_pool(1, 1), [np.ones((1, 1, 3, 3)), [[0, 0, 0, 2, 2]]])
     layer.forward(bottom, top)
     assert layer.argmax_[0, 0, 0, 0] == 0
@@ -58,7 +68,7 @@ def test_roi_pooling_ties_take_the_first_cell_and_backward_routes_there():
     np.testing.assert_array_equal(bottom[0].diff[0, 0], expected)
 
 
-def test_roi_pooling_matches_a_naive_scan():
+def test_roi_pooling_matches_a_naive_scan(roi_path):
     x = R.standard_normal((2, 3, 9, 11))
     rois = np.array([[0, 3, 2, 40, 30], [1, -20, 5, 90, 120], [1, 17, 17, 17, 17], [0, 0, 0, 175, 143]], float)
     top, = forward(roi_pool(3, 2, 1 / 16), [x, rois])
@@ -75,13 +85,28 @@ def test_roi_pooling_matches_a_naive_scan():
                 np.testing.assert_allclose(top[i, :, ph, pw], want)
 
 
-def test_roi_pooling_gradient():
+@NATIVE
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pooling_compiled_scan_equals_numpy(dtype, monkeypatch):
+    x = R.integers(-3, 4, (2, 5, 13, 17)).astype(dtype)            # many ties
+    rois = np.column_stack([R.integers(0, 2, 40), R.uniform(-60, 300, (40, 4))])
+    rois[:, 3:] = np.maximum(rois[:, 3:], rois[:, 1:3] - 20)         # some empty, some inverted
+    monkeypatch.setattr(native, "ENABLED", True)
+    fast = roi_pooling.roi_pool_forward(x, rois, 1 / 16, 6, 4)
+    monkeypatch.setattr(native, "ENABLED", False)
+    slow = roi_pooling.roi_pool_forward(x, rois, 1 / 16, 6, 4)
+    assert (slow[1] == -1).any() and (slow[1] >= 0).any()
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+
+
+def test_roi_pooling_gradient(roi_path):
     x = R.permutation(2 * 3 * 8 * 8).reshape(2, 3, 8, 8) * 0.1     # distinct: no ties at the argmax
     rois = [[0, 0, 0, 7, 7], [1, 2, 1, 6, 7], [0, 3, 3, 5, 4], [1, 1, 1, 2, 2]]
     check_layer(roi_pool(3, 3), [x, rois], check_bottoms=[0])
 
 
-def test_roi_pooling_errors():
+def test_roi_pooling_errors(roi_path):
     with pytest.raises(NetspecError, match="pooled_h and pooled_w must be positive"):
         build('type: "ROIPooling"', [GRID, [[0, 0, 0, 1, 1]]])
     with pytest.raises(NetspecError, match=r"must hold rois as \(R, 5\)"):
@@ -125,6 +150,7 @@ def test_nms_keeps_boxes_whose_overlap_is_at_most_the_threshold():
     # IoU of the first two: 9 * 9 / (100 + 100 - 81) = 0.68
     np.testing.assert_array_equal(nms(boxes, scores, 0.5), [1, 2])
     np.testing.assert_array_equal(nms(boxes, scores, 0.7), [1, 0, 2])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, max_keep=1), [1])
 
 
 ONE_ANCHOR = """type: "Proposal" python_param { param_str: "'feat_stride': 16, 'scales': [1], 'ratios': [1]%s" }"""
@@ -169,6 +195,51 @@ def test_param_str_as_py_faster_rcnn_writes_it():
     text = r"""type: "Proposal" python_param { param_str: "'feat_stride': 16\n'scales': !!python/tuple [1]\n'ratios': [1]" }"""
     rois, = forward(text, rpn_inputs([[0.1, 0.4], [0.3, 0.2]]), phase=caffe_pb2.TEST)
     assert rois.shape == (4, 5)
+
+
+def naive_proposals(prob, deltas, im_info, stride, pre, post, thresh, min_size):
+    """The README's description, one box at a time: anchor a of cell (y, x) reads score channel
+    A + a and delta channels 4a .. 4a + 3."""
+    anchors = generate_anchors()
+    a_count, (height, width) = len(anchors), prob.shape[2:]
+    found = []
+    for y in range(height):
+        for x in range(width):
+            for a in range(a_count):
+                x1, y1, x2, y2 = anchors[a] + [x * stride, y * stride, x * stride, y * stride]
+                w, h = x2 - x1 + 1, y2 - y1 + 1
+                dx, dy, dw, dh = deltas[0, 4 * a:4 * a + 4, y, x]
+                cx, cy = x1 + 0.5 * w + dx * w, y1 + 0.5 * h + dy * h
+                pw, ph = np.exp(dw) * w, np.exp(dh) * h
+                box = [min(max(v, 0), limit - 1) for v, limit in
+                       ((cx - pw / 2, im_info[1]), (cy - ph / 2, im_info[0]),
+                        (cx + pw / 2, im_info[1]), (cy + ph / 2, im_info[0]))]
+                if box[2] - box[0] + 1 >= min_size * im_info[2] and box[3] - box[1] + 1 >= min_size * im_info[2]:
+                    found.append((prob[0, a_count + a, y, x], box))
+    found.sort(key=lambda item: -item[0])
+    kept = []
+    for score, box in found[:pre]:
+        def iou(other):
+            iw = max(0, min(box[2], other[2]) - max(box[0], other[0]) + 1)
+            ih = max(0, min(box[3], other[3]) - max(box[1], other[1]) + 1)
+            area = lambda b: (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+            return iw * ih / (area(box) + area(other) - iw * ih)
+        if all(iou(other) <= thresh for _, other in kept):
+            kept.append((score, box))
+    return np.array([[0] + box for _, box in kept[:post]])
+
+
+def test_proposals_match_a_box_by_box_reading_of_the_rules():
+    rng = np.random.default_rng(7)
+    prob = rng.uniform(0, 1, (1, 18, 5, 6))
+    deltas = rng.normal(0, 0.3, (1, 36, 5, 6))
+    im_info = np.array([[80, 96, 0.6]])
+    text = ('type: "Proposal" python_param { param_str: "\'feat_stride\': 16, \'pre_nms_topN\': 150, '
+            '\'post_nms_topN\': 40, \'nms_thresh\': 0.6" }')
+    rois, = forward(text, [prob, deltas, im_info], phase=caffe_pb2.TEST)
+    want = naive_proposals(prob, deltas, im_info[0], 16, 150, 40, 0.6, 16)
+    assert len(want) > 10
+    np.testing.assert_allclose(rois, want, rtol=1e-10, atol=1e-9)
 
 
 def test_proposal_settings_follow_the_phase():

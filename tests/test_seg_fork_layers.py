@@ -6,7 +6,7 @@ import pytest
 
 from gradcheck import build, check_layer, forward
 from netspec.errors import NetspecError
-from netspec.layers.resize import interp_weights
+from netspec.layers.resize import interp_axis
 from netspec.proto import caffe_pb2
 
 R = np.random.default_rng(23)
@@ -48,11 +48,33 @@ def test_interp_crops_by_pad_beg_and_pad_end_then_resizes():
     np.testing.assert_allclose(top[0, 0], inner)
 
 
-def test_interp_weights_by_hand():
-    # 3 -> 5: positions 0, .5, 1, 1.5, 2; the last row reads cell 2 alone.
-    np.testing.assert_allclose(interp_weights(3, 5, np.float64),
-                               [[1, 0, 0], [.5, .5, 0], [0, 1, 0], [0, .5, .5], [0, 0, 1]])
-    np.testing.assert_allclose(interp_weights(4, 1, np.float64), [[1, 0, 0, 0]])
+def test_interp_taps_by_hand():
+    # 3 -> 5: positions 0, .5, 1, 1.5, 2; the last cell reads cell 2 alone (hi = lo there).
+    lo, hi, w_lo, w_hi = interp_axis(3, 5)
+    np.testing.assert_array_equal(lo, [0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(hi, [1, 1, 2, 2, 2])
+    np.testing.assert_allclose(w_hi, [0, .5, 0, .5, 0])
+    np.testing.assert_array_equal(interp_axis(4, 1)[0], [0])
+
+
+def test_interp_rounds_as_the_fork_in_float32():
+    """Columns, then rows, in float32: h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d)."""
+    x = R.standard_normal((1, 1, 4, 5)).astype(np.float32)
+    layer, bottom, top = build(interp("height: 7 width: 9"), [x])
+    bottom[0].data[...] = x
+    layer.forward(bottom, top)
+    want = np.empty((7, 9), np.float32)
+    rh, rw = np.float32(3 / 6), np.float32(4 / 8)
+    for i in range(7):
+        for j in range(9):
+            hr, wr = rh * np.float32(i), rw * np.float32(j)
+            h, w = int(hr), int(wr)
+            hp, wp = int(h < 3), int(w < 4)
+            h1, w1 = hr - np.float32(h), wr - np.float32(w)
+            h0, w0 = np.float32(1) - h1, np.float32(1) - w1
+            a = x[0, 0]
+            want[i, j] = h0 * (w0 * a[h, w] + w1 * a[h, w + wp]) + h1 * (w0 * a[h + hp, w] + w1 * a[h + hp, w + wp])
+    np.testing.assert_array_equal(top[0].data[0, 0], want)
 
 
 @pytest.mark.parametrize("params", ["zoom_factor: 3", "height: 4 width: 7", "shrink_factor: 2",

@@ -14,6 +14,7 @@ import click
 
 from .. import glog, parallel
 from ..errors import NetspecError
+from ..gflags import expand_flagfiles, take_log_dir
 
 
 class UserError(click.ClickException):
@@ -70,12 +71,16 @@ def gflags_to_click(argv):
 
 def run(command, argv=None, prog_name="netspec"):
     """Run a click command as a program and exit: 0, 1 for user errors, 2 for usage, 130 on Ctrl-C."""
-    argv = gflags_to_click(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in argv
-    glog.configure()
+    glog.configure(level=glog.default_level())      # GLOG_minloglevel, as Caffe's tools
     try:
         try:
-            command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+            # gflags' --flagfile and glog's --log_dir, for every command, before click parses.
+            argv, log_dir = take_log_dir(expand_flagfiles(argv))
+            if log_dir:
+                glog.add_log_files(log_dir, prog_name)
+            command.main(args=gflags_to_click(argv), prog_name=prog_name, standalone_mode=False)
         except BaseException as e:
             error = user_error(e)       # also for a plain click command that let a NetspecError out
             parallel.abort_job(error, verbose)      # MPI: a failing rank ends the whole job (no-op alone)

@@ -9,7 +9,7 @@ from ..net import Net
 from ..parallel import from_environment
 from ..proto import caffe_pb2
 from ..schema import read_solver
-from ..solver import Solver
+from ..solver import Solver, set_on_divergence
 from ..timing import describe_machine, time_net
 from .base import command
 
@@ -61,9 +61,12 @@ def _refuse_gpu(gpu):
 @click.option("--gpu", default=None, hidden=True)
 @click.option("--level", type=int, default=None, help="Override the train net's level.")
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage):
+@click.option("--on_divergence", type=click.Choice(["stop", "continue"]), default="stop", show_default=True,
+              help="At a NaN/inf loss: stop with a .diverged snapshot, or carry on as Caffe does.")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage, on_divergence):
     """Train a net (caffe train)."""
     _refuse_gpu(gpu)
+    set_on_divergence(on_divergence)
     if snapshot and weights:
         raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
     mpi = from_environment()        # MPI: this rank's DataParallel under `mpirun -n N` (N > 1), else None
@@ -72,9 +75,7 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
         param.train_state.level = level
     for s in _split_list(stage):
         param.train_state.stage.append(s)
-    if mpi is not None:
-        mpi.prepare(param)
-    s = Solver(solver, param)
+    s = Solver(solver, param, rank=mpi.rank if mpi is not None else 0)
     # MPI: rank 0 alone reads --weights; the others get its weights when solving starts.
     for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
         glog.info(f"Finetuning from {w}", "caffe.cpp:175")
@@ -83,7 +84,7 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
     signals.install()
     s.action_request = signals
     if mpi is not None:
-        mpi.attach(s)
+        s.add_callback(mpi)
     glog.info("Starting Optimization", "caffe.cpp:248")
     s.solve(snapshot)
 

@@ -53,6 +53,7 @@ def upgrade_command(src, dst, is_solver):
               show_default=True, help="Direction the graph flows.")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
               show_default=True, help="Draw only the layers this phase includes.")
-def draw_command(net, out, rankdir, phase):
-    """Draw the net in NET as OUT (.dot, or .png/.svg/.pdf with Graphviz installed)."""
-    draw_net_to_file(read_net(net), out, rankdir.upper(), phase.upper())
+@click.option("--display_lrm", is_flag=True, help="Show the lr_mult of Convolution, Deconvolution and InnerProduct.")
+def draw_command(net, out, rankdir, phase, display_lrm):
+    """Draw the net in NET as OUT (.dot, or .png/.jpg/.svg/.pdf/... with Graphviz installed)."""
+    draw_net_to_file(read_net(net), out, rankdir.upper(), phase.upper(), display_lrm)

@@ -34,6 +34,13 @@ def register(*type_names):
     return add
 
 
+class BlobVec(list):
+    """A layer's parameter blobs: a list, plus pycaffe's `add_blob(*shape)` for Python layers."""
+
+    def add_blob(self, *shape):
+        self.append(Blob(shape))
+
+
 class Layer:
     """Base class for every layer; pycaffe's `caffe.Layer`."""
 
@@ -54,7 +61,7 @@ class Layer:
         self.type = layer_param.type
         self.phase = layer_param.phase if phase is None else phase
         self.param_str = layer_param.python_param.param_str
-        self.blobs = []
+        self.blobs = BlobVec()
 
     # --- the interface -------------------------------------------------------
     def setup(self, bottom, top):

@@ -75,14 +75,15 @@ def clip_boxes(boxes, height, width):
     return boxes
 
 
-def nms(boxes, scores, threshold):
+def nms(boxes, scores, threshold, max_keep=0):
     """Greedy NMS as py-faster-rcnn's py_cpu_nms: order by score (argsort reversed), keep the
-    best, drop the others whose IoU with it exceeds `threshold`; areas (x2 - x1 + 1)(y2 - y1 + 1)."""
+    best, drop the others whose IoU with it exceeds `threshold`; areas (x2 - x1 + 1)(y2 - y1 + 1).
+    max_keep > 0 stops after that many (the first ones kept do not depend on the rest)."""
     x1, y1, x2, y2 = boxes.T
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = scores.argsort()[::-1]
     keep = []
-    while order.size:
+    while order.size and (max_keep <= 0 or len(keep) < max_keep):
         i, rest = order[0], order[1:]
         keep.append(i)
         w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
@@ -107,9 +108,7 @@ def propose(scores, deltas, im_info, anchors, feat_stride, pre_nms_topN, post_nm
     if pre_nms_topN > 0:
         order = order[:pre_nms_topN]
     boxes, scores = boxes[order], scores[order]
-    keep = nms(boxes, scores, nms_thresh)
-    if post_nms_topN > 0:
-        keep = keep[:post_nms_topN]
+    keep = nms(boxes, scores, nms_thresh, max_keep=post_nms_topN)
     return boxes[keep], scores[keep]
 
 

@@ -5,6 +5,7 @@ same four methods as every built-in layer, so the net drives both alike.
 """
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -30,11 +31,69 @@ def _user_frame(exc):
     return None
 
 
+class PythonLayerError(NetspecError, RuntimeError):
+    """A user's Python layer raised. pycaffe lets the layer's own exception through, and its tests
+    expect RuntimeError; this is a NetspecError (one line in the CLI) and both of those."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""      # not KeyError's quoted repr
+
+
+_ERROR_CLASSES = {}
+
+
+def _error_class(exc):
+    """PythonLayerError that is also an instance of the user's exception class, where Python allows."""
+    base = type(exc)
+    if base not in _ERROR_CLASSES:
+        try:
+            _ERROR_CLASSES[base] = type(f"PythonLayer{base.__name__}", (PythonLayerError, base), {})
+        except TypeError:                # e.g. a final or layout-incompatible exception class
+            _ERROR_CLASSES[base] = PythonLayerError
+    return _ERROR_CLASSES[base]
+
+
 def _user_error(layer_param, stage, exc):
     where = _user_frame(exc)
-    return NetspecError(f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
-                        f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}"
-                        + (f" (at {where})" if where else ""))
+    message = (f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
+               f"{layer_param.python_param.layer}): {stage} raised {type(exc).__name__}: {exc}"
+               + (f" (at {where})" if where else ""))
+    cls = _error_class(exc)
+    try:
+        error = cls.__new__(cls, message)     # not __init__: the user's class may take other arguments
+        error.args = (message,)
+        return error
+    except Exception:  # noqa: BLE001 - a class that cannot be made this way
+        return PythonLayerError(message)
+
+
+def _is_missing(module, exc):
+    """Whether the ImportError says `module` itself (or a package above it) is not on the path, as
+    opposed to an import inside the module failing."""
+    name = getattr(exc, "name", None)
+    return isinstance(exc, ModuleNotFoundError) and name is not None and (
+        module == name or module.startswith(name + "."))
+
+
+def bind_caffe_name():
+    """Make `import caffe` in user layer modules give netspec's caffe package, even when a real
+    Caffe is installed: layers netspec runs must subclass netspec's Layer. A `caffe` imported
+    already (the user's own choice) is left alone."""
+    if "caffe" in sys.modules:
+        return
+    folder = os.path.join(os.path.dirname(_NETSPEC_DIR), "caffe")
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location("caffe", init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    module._netspec_only = True          # read by caffe/__init__.py: do not step aside
+    sys.modules["caffe"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["caffe"]
+        raise
 
 
 @register("Python")
@@ -47,13 +106,15 @@ class PythonLayer(Layer):
             raise NetspecError(f"layer '{layer_param.name}' (Python): python_param needs both module and layer")
         if "" not in sys.path and "." not in sys.path:
             sys.path.append("")      # pycaffe users rely on modules beside the working directory
+        bind_caffe_name()
         try:
             module = importlib.import_module(p.module)
         except (ImportError, SyntaxError) as e:
             builtin = _builtin_stand_in(layer_param, e)
             if builtin is not None:
                 return builtin
-            if isinstance(e, SyntaxError):
+            if isinstance(e, SyntaxError) or not _is_missing(p.module, e):
+                # The module was found; it, or an import inside it, failed: say what failed.
                 raise _user_error(layer_param, f"importing '{p.module}'", e) from None
             hint = missing_module_hint(p.module, p.layer) or "; put it on PYTHONPATH or in the working directory"
             raise NetspecError(f"layer '{layer_param.name}' (Python): cannot import module '{p.module}' "

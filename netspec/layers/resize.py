@@ -4,23 +4,38 @@ import numpy as np
 from .base import Layer, register, shape_str
 
 
-def interp_weights(size_in, size_out, dtype):
-    """(size_out, size_in) matrix of the fork's align-corners bilinear weights along one axis.
-
-    Output cell o reads input o * r with r = (in - 1) / (out - 1) (0 for a single output),
-    split between floor(o * r) and the next cell (the same cell at the last one). The
-    position and its fraction are computed in float32, as the fork does.
-    """
+def interp_axis(size_in, size_out):
+    """The fork's align-corners bilinear taps along one axis: output cell o reads input
+    o * r with r = (in - 1) / (out - 1) (0 for a single output), split between lo = floor(o * r)
+    and hi = lo + 1 (lo itself at the last cell) with weights 1 - f and f. The position and
+    its fraction are computed in float32, as the fork does. Returns (lo, hi, 1 - f, f)."""
     ratio = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0)
     pos = ratio * np.arange(size_out, dtype=np.float32)
     lo = pos.astype(np.int64)
     frac = pos - lo.astype(np.float32)
-    hi = lo + (lo < size_in - 1)
-    weights = np.zeros((size_out, size_in), dtype)
-    rows = np.arange(size_out)
-    np.add.at(weights, (rows, lo), (1 - frac).astype(dtype))
-    np.add.at(weights, (rows, hi), frac.astype(dtype))
-    return weights
+    return lo, lo + (lo < size_in - 1), 1 - frac, frac
+
+
+def _taps(x, taps, axis, out=None):
+    """Interpolate along `axis` (-1 or -2): x[lo] * (1 - f) + x[hi] * f, into `out` if given."""
+    lo, hi, w_lo, w_hi = taps
+    shape = (-1, 1) if axis == -2 else (-1,)
+    low = np.take(x, lo, axis=axis)
+    high = np.take(x, hi, axis=axis)
+    out = np.multiply(low, w_lo.astype(x.dtype).reshape(shape), out=out)
+    high *= w_hi.astype(x.dtype).reshape(shape)
+    out += high
+    return out
+
+
+def _taps_matrix(taps, size_in, dtype):
+    """The taps as a dense (out, in) matrix: backward's transpose is then one GEMM per axis."""
+    lo, hi, w_lo, w_hi = taps
+    matrix = np.zeros((len(lo), size_in), dtype)
+    rows = np.arange(len(lo))
+    np.add.at(matrix, (rows, lo), w_lo.astype(dtype))
+    np.add.at(matrix, (rows, hi), w_hi.astype(dtype))
+    return matrix
 
 
 @register("Interp")
@@ -28,7 +43,9 @@ class Interp(Layer):
     """Bilinear resize with corners aligned over the input cropped by pad_beg/pad_end (both <= 0;
     the crop starts at -pad_beg on both axes). Output size from the effective input size E:
     shrink_factor s: (E - 1) / s + 1; zoom_factor z: E + (E - 1)(z - 1); height and width;
-    both factors: shrink, then zoom. Forward is Wh x Ww^T per map; backward the transpose.
+    both factors: shrink, then zoom. Columns are interpolated first, then rows, which repeats
+    the fork's arithmetic h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d) operation for operation;
+    backward multiplies by the transposed tap matrices.
     """
     num_bottoms = 1
     num_tops = 1
@@ -46,7 +63,7 @@ class Interp(Layer):
         self.pad_beg, self.pad_end = p.pad_beg, p.pad_end
         if self.pad_beg > 0 or self.pad_end > 0:
             raise self.error(f"pad_beg and pad_end must be <= 0 (they crop), got {self.pad_beg}, {self.pad_end}")
-        self._weights_key = None
+        self._taps_key = None
 
     def out_size(self, eff):
         if self.shrink is not None and self.zoom is None:
@@ -73,10 +90,11 @@ class Interp(Layer):
             raise self.error(f"output size {out} must be positive (bottom {shape_str(shape)})")
         self.eff, self.out = eff, out
         key = (eff, out, bottom[0].data.dtype)
-        if key != self._weights_key:
-            self._weights_key = key
-            self.wh = interp_weights(eff[0], out[0], bottom[0].data.dtype)
-            self.ww = interp_weights(eff[1], out[1], bottom[0].data.dtype)
+        if key != self._taps_key:
+            self._taps_key = key
+            self.rows, self.cols = interp_axis(eff[0], out[0]), interp_axis(eff[1], out[1])
+            self.row_matrix = _taps_matrix(self.rows, eff[0], bottom[0].data.dtype)
+            self.col_matrix = _taps_matrix(self.cols, eff[1], bottom[0].data.dtype)
         top[0].reshape(shape[:2] + out)
 
     def _crop(self, x):
@@ -88,7 +106,7 @@ class Interp(Layer):
         if self.eff == self.out:
             top[0].data[...] = x
         else:
-            np.matmul(self.wh @ x, self.ww.T, out=top[0].data)
+            _taps(_taps(x, self.cols, -1), self.rows, -2, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -97,7 +115,10 @@ class Interp(Layer):
         if self.eff != bottom[0].shape[2:]:
             dx[...] = 0
         dy = top[0].diff
-        self._crop(dx)[...] = dy if self.eff == self.out else self.wh.T @ dy @ self.ww
+        if self.eff == self.out:
+            self._crop(dx)[...] = dy
+        else:
+            self._crop(dx)[...] = self.row_matrix.T @ dy @ self.col_matrix
 
 
 @register("Upsample")

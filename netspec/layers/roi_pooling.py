@@ -9,6 +9,7 @@ ties), or 0 for an empty bin; backward routes each top diff to that argmax (`arg
 """
 import numpy as np
 
+from . import native
 from .base import Layer, register, shape_str
 
 
@@ -42,10 +43,26 @@ def roi_bins(rois, spatial_scale, pooled_h, pooled_w, height, width, dtype):
 
 
 def roi_pool_forward(x, rois, spatial_scale, pooled_h, pooled_w):
-    """x (N, C, H, W), rois (R, 5) -> (top (R, C, pooled_h, pooled_w), argmax flat h * W + w, -1 if empty)."""
+    """x (N, C, H, W), rois (R, 5) -> (top (R, C, pooled_h, pooled_w), argmax flat h * W + w, -1 if empty).
+
+    The bins come from roi_bins; the scan over them is the compiled kernel when built (one
+    pass over each bin), else numpy passes per roi (roi_pool_numpy).
+    """
     n, c, height, width = x.shape
-    batch, hstart, hend, wstart, wend = roi_bins(rois, spatial_scale, pooled_h, pooled_w, height, width,
-                                                 x.dtype.type)
+    bins = roi_bins(rois, spatial_scale, pooled_h, pooled_w, height, width, x.dtype.type)
+    kernel = getattr(native.kernels, "roi_pool", None)
+    if not (native.usable(x.dtype) and kernel and x.flags.c_contiguous):
+        return roi_pool_numpy(x, bins, pooled_h, pooled_w)
+    packed = np.concatenate([bins[0][:, None]] + list(bins[1:]), axis=1).astype(np.int32)
+    top = np.empty((len(packed), c, pooled_h, pooled_w), x.dtype)
+    argmax = np.empty(top.shape, np.int32)
+    kernel(x, top, argmax, packed, len(packed), c, height, width, pooled_h, pooled_w)
+    return top, argmax
+
+
+def roi_pool_numpy(x, bins, pooled_h, pooled_w):
+    n, c, height, width = x.shape
+    batch, hstart, hend, wstart, wend = bins
     r = len(batch)
     top = np.zeros((r, c, pooled_h, pooled_w), x.dtype)
     argmax = np.full((r, c, pooled_h, pooled_w), -1, np.int64)
