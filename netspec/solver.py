@@ -482,7 +482,7 @@ class Solver:
         for k in range(self.rule.num_histories):
             for history in self._histories:
                 array_to_blob(history[k], state.history.add())
-        write_solverstate(state_path, state, resume)
+        write_solverstate(state_path, state, resume, as_hdf5)
         return model_path, state_path
 
     def restore(self, state_path):

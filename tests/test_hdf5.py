@@ -569,3 +569,15 @@ def test_hdf5_where_a_binary_proto_is_read_is_named_not_corrupted(tmp_path, shar
     proc = subprocess.run([sys.executable, "-m", "netspec", "upgrade", str(path), str(tmp_path / "out.caffemodel")],
                           capture_output=True, text=True)
     assert "corrupt" not in proc.stderr and "Traceback" not in proc.stderr and proc.returncode != 0
+
+
+def test_a_diverged_snapshot_is_hdf5_too(h5_training):
+    root = h5_training
+    s = Solver(solver_file(root))
+    s.param.base_lr = 1e30
+    with pytest.raises(NetspecError, match="training diverged"):
+        s.step(10)
+    written = sorted(p.name for p in (root / "snap").iterdir())
+    assert written and all(n.endswith(".h5.diverged") for n in written)
+    assert all(h5py.is_hdf5(root / "snap" / n) for n in written)
+    s.close()
