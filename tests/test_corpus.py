@@ -121,7 +121,7 @@ def replacement_shapes(layer):
     """The top shapes Caffe's data layer would produce: [(N, C, H, W), (N,)]."""
     if layer.type == "MemoryData":
         p = layer.memory_data_param
-        return [(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)]
+        return [(p.batch_size, p.channels, p.height, p.width), (p.batch_size, 1, 1, 1)]
     p = layer.data_param if layer.type == "Data" else layer.image_data_param
     c, h, w = dataset_shape(p.source, layer)
     if layer.type == "ImageData" and p.new_height and p.new_width:

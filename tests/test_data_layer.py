@@ -171,9 +171,26 @@ def test_memory_data_serves_arrays_in_batches():
     net.forward()
     out = net.forward()
     np.testing.assert_array_equal(out["data"], data[:2])      # wrapped after 4 items
-    np.testing.assert_array_equal(out["label"], [1, 2])
+    assert out["label"].shape == (2, 1, 1, 1)                   # Caffe's label blob is N x 1 x 1 x 1
+    np.testing.assert_array_equal(out["label"].ravel(), [1, 2])
     with pytest.raises(NetspecError, match="multiple of batch_size"):
         net.set_input_arrays(data[:3], np.arange(3))
+
+
+def test_memory_data_labels_feed_the_loss_layers():
+    text = """layer { name: "m" type: "MemoryData" top: "data" top: "label"
+                      memory_data_param { batch_size: 3 channels: 4 height: 1 width: 1 } }
+              layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }
+              layer { name: "acc" type: "Accuracy" bottom: "data" bottom: "label" top: "acc" }"""
+    net = caffe.Net(parse_prototxt(text, caffe_pb2.NetParameter()), caffe.TEST)
+    scores = np.log(np.array([[1, 2, 3, 4], [4, 3, 2, 1], [1, 1, 6, 2]], np.float32)).reshape(3, 4, 1, 1)
+    labels = np.array([3, 1, 2])
+    net.set_input_arrays(scores, labels)
+    out = net.forward()
+    # Softmax of log(x) is x / sum(x): the loss is the mean of -log(x[label] / sum(x)).
+    expected = -np.mean(np.log([4 / 10, 3 / 10, 6 / 10]))
+    assert abs(float(out["loss"]) - expected) < 1e-5
+    assert abs(float(out["acc"]) - 2 / 3) < 1e-6
 
 
 def test_image_data_reads_a_list_of_images(tmp_path):

@@ -263,15 +263,22 @@ def test_load_mean_errors(tmp_path):
 
 # ---- command lines ---------------------------------------------------------------------------
 
-def test_convert_cli_refuses_leveldb_in_one_line(tiny, tmp_path):
+def test_convert_cli_writes_leveldb_with_the_lmdb_records(tiny, tmp_path):
+    plyvel = pytest.importorskip("plyvel")
     _, _, image_file, label_file = tiny
     tool = os.path.join(REPO, "tools", "convert_mnist.py")
-    done = subprocess.run([sys.executable, tool, image_file, label_file, str(tmp_path / "db"),
-                           "--backend=leveldb"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert done.stderr == ("netspec: error: --backend=leveldb is not supported: netspec reads and "
-                           "writes LMDB only (use --backend=lmdb)\n")
-    assert not os.path.exists(tmp_path / "db")
+    for backend in ("lmdb", "leveldb"):
+        done = subprocess.run([sys.executable, tool, image_file, label_file, str(tmp_path / backend),
+                               f"--backend={backend}"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    env = lmdb.open(str(tmp_path / "lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        from_lmdb = list(txn.cursor())
+    env.close()
+    db = plyvel.DB(str(tmp_path / "leveldb"))
+    from_leveldb = list(db.iterator())
+    db.close()
+    assert from_leveldb == from_lmdb and len(from_lmdb) == 5
 
 
 def test_convert_and_mean_cli(tiny, tmp_path, capsys):

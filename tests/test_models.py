@@ -38,12 +38,14 @@ DEPLOY = [
     "models/mnist_siamese/mnist_siamese.prototxt",
 ]
 TRAIN_TEST = [
+    "models/caffenet/train_val.prototxt",
     "models/cifar10/cifar10_quick_train_test.prototxt",
     "models/cifar10/cifar10_full_train_test.prototxt",
     "models/mnist_autoencoder/mnist_autoencoder.prototxt",
     "models/mnist_siamese/mnist_siamese_train_test.prototxt",
 ]
 SOLVERS = {
+    "solvers/caffenet_solver.prototxt": "models/caffenet/train_val.prototxt",
     "solvers/cifar10_quick_solver.prototxt": "models/cifar10/cifar10_quick_train_test.prototxt",
     "solvers/cifar10_quick_solver_lr1.prototxt": "models/cifar10/cifar10_quick_train_test.prototxt",
     "solvers/cifar10_full_solver.prototxt": "models/cifar10/cifar10_full_train_test.prototxt",
@@ -104,8 +106,33 @@ def data(tmp_path_factory):
         dest = str(root / f"siamese_{name}")
         pairs_tool.write_pairs(pairs, same, dest)
         paths[f"data/mnist/mnist_siamese_{name}_lmdb"] = dest
+    imagenet_style(root, paths)
     paths["root"] = root
     return paths
+
+
+def imagenet_style(root, paths):
+    """The README's data section on a tiny ImageNet-style folder: JPEGs in class folders and list
+    files, convert_imageset (resized to 256x256, encoded, shuffled) and compute_image_mean."""
+    from PIL import Image
+    from netspec.datasets.imageset import convert_imageset
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 6), ("val", 2)):
+        lines = []
+        for i in range(count):
+            name = f"n0{i % 3}/{split}_{i}.JPEG"
+            (root / "images" / split / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (60 + i, 80, 3), dtype=np.uint8)).save(
+                root / "images" / split / name)
+            lines.append(f"{name} {i % 3}\n")
+        (root / "images" / f"{split}.txt").write_text("".join(lines))
+        db = str(root / f"images_{split}_lmdb")
+        assert convert_imageset(f"{root}/images/{split}/", str(root / "images" / f"{split}.txt"), db,
+                                shuffle=True, resize_height=256, resize_width=256, encoded=True,
+                                show_progress=False) == (count, 0)
+        paths[f"data/images_{split}_lmdb"] = db
+    compute_image_mean(paths["data/images_train_lmdb"], str(root / "images_mean.binaryproto"))
+    paths["data/images_mean.binaryproto"] = str(root / "images_mean.binaryproto")
 
 
 def load_pairs_tool():
@@ -173,7 +200,7 @@ def test_deploy_model_builds(model, phase):
 def test_train_test_model_builds(model, phase, data):
     stages = [["test-on-train"], ["test-on-test"]] if "autoencoder" in model and phase == "TEST" else [[]]
     for stage in stages:
-        net = netspec.Net(localized(model, data), phase, stages=stage)
+        net = netspec.Net(localized(model, data, batch=2 if "caffenet" in model else None), phase, stages=stage)
         assert net.outputs
         if phase == "TRAIN":
             assert "accuracy" not in net.blobs
@@ -310,6 +337,17 @@ def falls(losses, factor):
     first, last = losses[:k].mean(), losses[-k:].mean()
     assert last < factor * first, f"loss went from {first:.4f} to {last:.4f}"
     return first, last
+
+
+def test_caffenet_trains_from_the_readme_lmdb(tmp_path, data):
+    # The README's ImageNet-style pipeline end to end: encoded JPEG LMDB, mean file, Caffe's solver
+    # (batch 2 instead of 256 and 50 to fit the test budget).
+    solver = make_solver(tmp_path, "solvers/caffenet_solver.prototxt", "models/caffenet/train_val.prototxt",
+                         data, 2, batch=2)
+    assert solver.net.blobs["data"].shape == (2, 3, 227, 227)
+    losses = train(solver, 2)
+    assert np.all(np.isfinite(losses)) and abs(losses[0] - np.log(1000)) < 0.5    # chance over 1000 classes
+    assert 0 <= solver.test()["accuracy"] <= 1
 
 
 def test_cifar10_quick_trains(tmp_path, data):

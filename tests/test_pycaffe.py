@@ -309,7 +309,7 @@ def test_hook_sees_the_layer_output(ip_net):
     ip_net.blobs["data"].data[...] = 1
     ip_net.forward()
     w, b = ip_net.params["ip"][0].data, ip_net.params["ip"][1].data
-    np.testing.assert_allclose(seen[0], np.ones((2, 3)) @ w.T + b, rtol=1e-6)     # before the ReLU
+    np.testing.assert_allclose(seen[0], np.ones((2, 3)) @ w.T + b, rtol=1e-6, atol=1e-6)   # before the ReLU
 
 
 def test_forward_backward_all_batches_and_trims(ip_net):

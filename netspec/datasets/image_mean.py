@@ -12,19 +12,19 @@ from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..schema import write_atomically
-from .lmdb_io import open_lmdb_readonly, parse_datum
+from .db import open_cursor
+from .lmdb_io import datum_to_array, parse_datum
 
 CHUNK = 1024   # Datums summed per numpy call
 
 
-def compute_image_mean(lmdb_path, out_binaryproto=None):
-    """Mean of every Datum in the LMDB as a caffe_pb2.BlobProto; written to out_binaryproto if given."""
-    env = open_lmdb_readonly(lmdb_path)
-    try:
-        with env.begin(buffers=False) as txn:
-            total, count, shape = _sum_datums(lmdb_path, txn.cursor())
-    finally:
-        env.close()
+def compute_image_mean(db_path, out_binaryproto=None, backend="lmdb"):
+    """Mean of every Datum in the database as a caffe_pb2.BlobProto; written to out_binaryproto if given.
+
+    Encoded Datums are decoded with their own channels (Caffe's DecodeDatumNative).
+    """
+    with open_cursor(db_path, backend) as cursor:
+        total, count, shape = _sum_datums(db_path, (next(cursor) for _ in range(len(cursor))))
     # Caffe sums in float32 and divides in float32; for 8-bit images the float64 sum is exact, and
     # (while it stays below 2**24) rounding it to float32 first gives Caffe's quotient bit for bit.
     mean = total.astype(np.float32) / np.float32(count)
@@ -40,7 +40,7 @@ def compute_image_mean(lmdb_path, out_binaryproto=None):
     return blob
 
 
-def _sum_datums(lmdb_path, cursor):
+def _sum_datums(db_path, records):
     """float64 per-pixel sum over all Datums, their count, and (C, H, W) from the first one."""
     shape = size = total = None
     count = 0
@@ -53,11 +53,13 @@ def _sum_datums(lmdb_path, cursor):
             total[:] += stacked.sum(axis=0, dtype=np.uint64)
             raw_chunk.clear()
 
-    for key, value in cursor:
-        where = f"LMDB '{lmdb_path}' record {key.decode('ascii', 'replace')!r}"
+    for key, value in records:
+        where = f"'{db_path}' record {key.decode('utf-8', 'replace')!r}"
         datum = parse_datum(value, where)
         if datum.encoded:
-            raise NetspecError(f"{where}: encoded (JPEG/PNG) datums are not supported")
+            pixels = datum_to_array(datum, where)
+            datum = caffe_pb2.Datum(channels=pixels.shape[0], height=pixels.shape[1], width=pixels.shape[2],
+                                    data=pixels.tobytes())
         if shape is None:
             shape = (datum.channels, datum.height, datum.width)
             size = shape[0] * shape[1] * shape[2]

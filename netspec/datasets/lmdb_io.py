@@ -312,13 +312,17 @@ def parse_datum(value, where="LMDB record"):
     return datum
 
 
-def datum_to_array(datum, where="Datum"):
-    """C x H x W array: uint8 from `data`, float32 from `float_data`."""
+def datum_to_array(datum, where="Datum", color=None):
+    """C x H x W array: uint8 from `data` (decoded first when `encoded`), float32 from `float_data`.
+
+    `color` applies to encoded Datums, as Caffe's force_color/force_gray: None keeps the image's
+    own channels, True decodes to 3 (BGR), False to 1.
+    """
     if isinstance(datum, (bytes, bytearray, memoryview)):
         datum = parse_datum(bytes(datum), where)
     if datum.encoded:
-        raise NetspecError(f"{where}: encoded (JPEG/PNG) datums are not supported; "
-                           "store raw pixels (convert with encoded=false)")
+        from .images import decode_image
+        return decode_image(datum.data, color, where)
     shape = (datum.channels, datum.height, datum.width)
     size = shape[0] * shape[1] * shape[2]
     if datum.data:

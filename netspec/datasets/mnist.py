@@ -18,7 +18,8 @@ import numpy as np
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from .lmdb_io import open_lmdb_readonly, write_lmdb_atomically
+from .db import write_db_atomically
+from .lmdb_io import open_lmdb_readonly
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_KINDS = {"images": (2051, 3), "labels": (2049, 1)}   # magic number, number of dimensions
@@ -97,8 +98,8 @@ def _datum_records(images, labels):
         yield b"%08d" % i, datum.SerializeToString()
 
 
-def convert_mnist(images, labels, dest_lmdb, overwrite=False, show_progress=None):
-    """Convert an IDX image file and label file into a Caffe LMDB; return the record count.
+def convert_mnist(images, labels, dest_lmdb, overwrite=False, show_progress=None, backend="lmdb"):
+    """Convert an IDX image file and label file into a Caffe LMDB (or LevelDB); return the record count.
 
     show_progress=None draws a progress bar only when stderr is a terminal.
     """
@@ -119,8 +120,8 @@ def convert_mnist(images, labels, dest_lmdb, overwrite=False, show_progress=None
         progress = (lambda done: bar.update(done - bar.pos)) if show_progress else None
         # A serialized MNIST Datum is rows*cols plus ~16 bytes; LMDB pages add a little more.
         map_size = 2 * n * (rows * cols + 64) + (1 << 20)
-        count = write_lmdb_atomically(dest_lmdb, _datum_records(pixels, targets), map_size=map_size,
-                                      progress=progress, overwrite=overwrite)
+        count = write_db_atomically(dest_lmdb, _datum_records(pixels, targets), backend, map_size=map_size,
+                                    progress=progress, overwrite=overwrite)
     glog.info(f"Processed {count} files.", "convert_mnist_data.cpp:0")
     return count
 

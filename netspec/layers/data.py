@@ -1,11 +1,16 @@
-"""Layers that bring data into a net: Input, DummyData, Data (LMDB), MemoryData, ImageData."""
+"""Layers that bring data into a net: Input, DummyData, Data (LMDB/LevelDB), MemoryData.
+
+ImageData (image files from a list) is in image_data.py; it shares the prefetcher here."""
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..datasets.lmdb_io import LMDBCursor, datum_to_array, parse_datum
+from ..datasets.db import SHOWN, backend_name, open_cursor
+from ..datasets.images import decode_threads
+from ..datasets.lmdb_io import datum_to_array, parse_datum
 from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
@@ -109,36 +114,65 @@ class _Prefetcher:
             self.queue.get_nowait()
 
 
+def decoded_color(layer):
+    """force_color / force_gray as the decode mode: True (3 channels), False (grey), None (as stored)."""
+    t = layer.layer_param.transform_param
+    if t.force_color and t.force_gray:
+        raise layer.error("transform_param sets both force_color and force_gray; use one")
+    if t.force_color or layer.layer_param.data_param.force_encoded_color:
+        return True
+    return False if t.force_gray else None
+
+
+def transform_images(transformer, pixels, where, shape, out):
+    """Transform decoded images into `out` (N, C, h, w): all at once when they all have `shape`,
+    else one by one, which crop_size allows (Caffe crops each image on its own)."""
+    if all(a.shape == shape for a in pixels):
+        transformer(np.stack(pixels), out)
+        return
+    crop = transformer.param.crop_size
+    for i, a in enumerate(pixels):
+        if a.shape[0] != shape[0] or (not crop and a.shape != shape):
+            raise NetspecError(f"{where[i]} has shape {a.shape}; the first one has {shape}"
+                               + ("" if crop else " (set crop_size, or resize the images to one size)"))
+        try:
+            transformer.check(*a.shape)
+        except NetspecError as e:
+            raise NetspecError(f"{where[i]}: {e}") from None
+        transformer(a[None], out[i:i + 1])
+
+
 @register("Data")
 class Data(Layer):
-    """Batches of Caffe Datum records from an LMDB, transformed, prepared in a background thread.
+    """Batches of Caffe Datum records from an LMDB or LevelDB, transformed, prepared in a background thread.
 
-    Records are read in key order and wrap around at the end, as in Caffe. The
-    cursor and the transformer's random state after each consumed batch are
-    what `get_resume_state` reports, so a resumed run sees the same batches.
+    Records are read in key order and wrap around at the end, as in Caffe. Encoded
+    (JPEG/PNG) Datums are decoded by a small pool of threads inside the prefetch
+    thread; with crop_size they may differ in size, each image being cropped. The
+    cursor and the transformer's random state after each consumed batch are what
+    `get_resume_state` reports, so a resumed run sees the same batches.
     """
     num_bottoms = 0
     num_tops = (1, 2)
     is_data = True
     _stride = 1          # MPI data parallelism (set_stride): rank r of N reads records r, r+N, r+2N, ...
+    _decoders = None     # ThreadPoolExecutor, made when the first encoded batch arrives
 
     def setup(self, bottom, top):
         p = self.layer_param.data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB:
-            raise self.error("backend LEVELDB is not supported; convert the database to LMDB "
-                             "(set data_param { backend: LMDB })")
         if not p.source:
             raise self.error("data_param has no source")
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         self.batch_size = p.batch_size
+        self.color = decoded_color(self)
         if not os.path.exists(p.source):
-            raise self.error(f"LMDB '{p.source}' does not exist (data_param.source is relative to the working "
+            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is relative to the working "
                              "directory)")
         try:
-            self.cursor = LMDBCursor(p.source)
+            self.cursor = open_cursor(p.source, p.backend)
             first = datum_to_array(parse_datum(self.cursor.peek(), f"{p.source} record 0"),
-                                   f"{p.source} record 0")
+                                   f"{p.source} record 0", self.color)
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.datum_shape = first.shape
@@ -158,33 +192,42 @@ class Data(Layer):
         return {"position": self.cursor.position, "rng": self.transformer.get_state()}
 
     def _next_batch(self):
-        """Read, check and transform one batch (runs in the prefetch thread)."""
+        """Read, check, decode and transform one batch (runs in the prefetch thread)."""
         src = self.layer_param.data_param.source
-        start, stride = self.cursor.position, self._stride
+        start, stride, count = self.cursor.position, self._stride, len(self.cursor)
+        where = [f"{src} record {(start + i * stride) % count}" for i in range(self.batch_size)]
         try:
-            datums = [parse_datum(v, f"{src} record {(start + i * stride) % len(self.cursor)}")
-                      for i, v in enumerate(self._read_values())]
+            datums = [parse_datum(v, where[i]) for i, v in enumerate(self._read_values())]
+            images = np.empty(self.out_shape, np.float32)
+            if any(d.encoded for d in datums):
+                self._transform_decoded(datums, where, images)
+            else:
+                self._transform_raw(datums, where, images)
         except NetspecError as e:
             raise self.error(str(e)) from None
+        labels = np.fromiter((d.label for d in datums), np.float32, self.batch_size)
+        return images, labels, self._state()
+
+    def _transform_raw(self, datums, where, images):
         c, h, w = self.datum_shape
         size = c * h * w
-        for i, d in enumerate(datums):
-            if d.encoded:
-                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} is encoded (JPEG/PNG); "
-                                 "netspec reads raw Datum pixels only")
+        for d, at in zip(datums, where):
             if (d.channels, d.height, d.width) != self.datum_shape or (len(d.data) or len(d.float_data)) != size:
-                raise self.error(f"{src} record {(start + i * stride) % len(self.cursor)} has shape "
-                                 f"({d.channels}, {d.height}, {d.width}) with "
-                                 f"{len(d.data) or len(d.float_data)} values; the first record has "
-                                 f"{self.datum_shape}")
+                raise NetspecError(f"{at} has shape ({d.channels}, {d.height}, {d.width}) with "
+                                   f"{len(d.data) or len(d.float_data)} values; the first record has "
+                                   f"{self.datum_shape}")
         if datums[0].data:
             raw = np.frombuffer(b"".join(d.data for d in datums), np.uint8)
         else:
             raw = np.concatenate([np.asarray(d.float_data, np.float32) for d in datums])
-        images = np.empty(self.out_shape, np.float32)
         self.transformer(raw.reshape((self.batch_size,) + self.datum_shape), images)
-        labels = np.fromiter((d.label for d in datums), np.float32, self.batch_size)
-        return images, labels, self._state()
+
+    def _transform_decoded(self, datums, where, images):
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(decode_threads(), thread_name_prefix="netspec-decode")
+        pixels = list(self._decoders.map(lambda i: datum_to_array(datums[i], where[i], self.color),
+                                         range(len(datums))))
+        transform_images(self.transformer, pixels, where, self.datum_shape, images)
 
     def reshape(self, bottom, top):
         top[0].reshape(self.out_shape)
@@ -205,6 +248,9 @@ class Data(Layer):
         prefetcher = getattr(self, "_prefetcher", None)
         if prefetcher is not None:
             prefetcher.stop()
+        if self._decoders is not None:
+            self._decoders.shutdown()
+            self._decoders = None
         cursor = getattr(self, "cursor", None)
         if cursor is not None:
             cursor.close()
@@ -266,87 +312,12 @@ class MemoryData(Layer):
 
     def reshape(self, bottom, top):
         top[0].reshape(self.shape)
-        top[1].reshape(self.shape[:1])
+        top[1].reshape(self.shape[:1] + (1, 1, 1))        # Caffe's added_label_ is N x 1 x 1 x 1
 
     def forward(self, bottom, top):
         if self.data is None:
             raise self.error("no data: call net.set_input_arrays(data, labels) before forward")
         n = self.shape[0]
         top[0].data[...] = self.data[self.pos:self.pos + n]
-        top[1].data[...] = self.labels[self.pos:self.pos + n]
+        top[1].data[...] = self.labels[self.pos:self.pos + n].reshape(-1, 1, 1, 1)
         self.pos = (self.pos + n) % len(self.data)
-
-
-def _load_image(path, color, new_height, new_width):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise NetspecError("ImageData needs an image library: pip install pillow") from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if color else "L")
-            if new_height and new_width:
-                img = img.resize((new_width, new_height), Image.BILINEAR)
-            arr = np.asarray(img, np.uint8)
-    except OSError as e:
-        raise NetspecError(f"cannot read image {path}: {e}") from None
-    # Caffe (OpenCV) stores colour images as BGR, channel-major.
-    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
-
-
-@register("ImageData")
-class ImageData(Layer):
-    """Images listed in a text file (`path label` per line), read with Pillow, as Caffe's ImageData."""
-    num_bottoms = 0
-    num_tops = (1, 2)
-    is_data = True
-
-    def setup(self, bottom, top):
-        p = self.layer_param.image_data_param
-        try:
-            with open(p.source) as f:
-                lines = [line.rsplit(None, 1) for line in f if line.strip()]
-        except OSError as e:
-            raise self.error(f"cannot read image list {p.source}: {e.strerror}") from None
-        try:
-            self.items = [(os.path.join(p.root_folder, name), int(label)) for name, label in lines]
-        except ValueError:
-            raise self.error(f"{p.source}: each line must be `path label` with an integer label") from None
-        if not self.items:
-            raise self.error(f"image list {p.source} is empty")
-        self.rng = np.random.default_rng(int(get_rng().integers(2 ** 63)))
-        if p.shuffle:
-            self.rng.shuffle(self.items)
-        self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
-        first = _load_image(self.items[0][0], p.is_color, p.new_height, p.new_width)
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
-                                       seed=int(get_rng().integers(2 ** 63)),
-                                       where=f"layer '{self.name}' ({self.type})")
-        self.transformer.check(*first.shape)
-        self.image_shape = first.shape
-        self.shape = (p.batch_size,) + self.transformer.output_shape(*first.shape)
-
-    def reshape(self, bottom, top):
-        top[0].reshape(self.shape)
-        if len(top) > 1:
-            top[1].reshape(self.shape[:1])
-
-    def forward(self, bottom, top):
-        p = self.layer_param.image_data_param
-        batch = np.empty((self.shape[0],) + self.image_shape, np.uint8)
-        labels = np.empty(self.shape[0], np.float32)
-        for i in range(self.shape[0]):
-            path, label = self.items[self.pos]
-            img = _load_image(path, p.is_color, p.new_height, p.new_width)
-            if img.shape != self.image_shape:
-                raise self.error(f"image {path} has shape {img.shape}, the first image has {self.image_shape} "
-                                 "(set new_height and new_width to resize)")
-            batch[i], labels[i] = img, label
-            self.pos += 1
-            if self.pos == len(self.items):
-                self.pos = 0
-                if p.shuffle:
-                    self.rng.shuffle(self.items)
-        self.transformer(batch, top[0].data)
-        if len(top) > 1:
-            top[1].data[...] = labels

@@ -1,4 +1,4 @@
-"""Normalisation layers: BatchNorm, Scale, Bias, LRN, MVN (Caffe's semantics).
+"""Normalisation layers: BatchNorm, Scale, Bias, LRN, MVN (Caffe's semantics), Normalize (SSD's).
 
 Parameters are read from self.blobs[j].data at call time (the net may swap in
 shared blobs); parameter gradients are added, bottom gradients overwritten.
@@ -311,3 +311,48 @@ class MVN(Layer):
         else:
             dz = dy
         bottom[0].diff.reshape(self.view)[...] = dz - dz.mean(axis=1, keepdims=True)
+
+
+@register("Normalize")
+class Normalize(Layer):
+    """SSD's L2 normalisation times a learnt scale: y = s * x / sqrt(sum x^2 + eps).
+
+    The sum runs over C*H*W per item (across_spatial) or over C per pixel; s is one
+    scalar (channel_shared: a 0-dimensional blob, as the fork stores it) or one per channel.
+    Backward, with xhat = x / n and g = s * dy: dx = (g - xhat * sum(g * xhat)) / n.
+    """
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.norm_param
+        if len(bottom[0].shape) < 2:
+            raise self.error(f"bottom {self.bottom_name(0)} of shape {bottom[0].shape} has no channel axis")
+        self.axes = (1, 2) if p.across_spatial else (1,)
+        self.eps = p.eps
+        self.shared = p.channel_shared
+        filler = p.scale_filler if p.HasField("scale_filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+        fill(filler, self.add_param_blob(() if p.channel_shared else (bottom[0].shape[1],)).data)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self.view = (shape[0], shape[1], prod(shape[2:]))
+        top[0].reshape(shape)
+
+    def scale(self):
+        return self.blobs[0].data if self.shared else self.blobs[0].data.reshape(1, -1, 1)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.view)
+        self.norm = np.sqrt(np.sum(x * x, axis=self.axes, keepdims=True) + self.eps)
+        self.xhat = x / self.norm
+        np.multiply(self.xhat, self.scale(), out=top[0].data.reshape(self.view))
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.view)
+        sums = dy * self.xhat
+        self.blobs[0].diff += sums.sum() if self.shared else sums.sum(axis=(0, 2))
+        if propagate_down[0]:
+            g = dy * self.scale()
+            dot = np.sum(g * self.xhat, axis=self.axes, keepdims=True)
+            np.divide(g - self.xhat * dot, self.norm, out=bottom[0].diff.reshape(self.view))

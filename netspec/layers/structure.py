@@ -1,7 +1,7 @@
 """Blob plumbing: layers that route, split, join or re-view blobs without arithmetic on values.
 
-Split, Flatten, Reshape, Concat, Slice, Crop, Tile, ShuffleChannel, Silence, Parameter. Caffe's
-semantics; each class keeps its forward and backward side by side. Layers that
+Split, Flatten, Reshape, Concat, Slice, Crop, Tile, Permute (SSD), ShuffleChannel, Silence, Parameter.
+Caffe's semantics; each class keeps its forward and backward side by side. Layers that
 select by index or reduce (Filter, ArgMax, Embed, ...) are in indexing.py.
 """
 import numpy as np
@@ -251,6 +251,30 @@ class Tile(Layer):
         if propagate_down[0]:
             np.sum(top[0].diff.reshape(self.outer, self.tiles, self.inner), axis=1,
                    out=bottom[0].diff.reshape(self.outer, self.inner))
+
+
+@register("Permute")
+class Permute(Layer):
+    """SSD's transpose: top axes in `order`; axes not listed follow in their original order."""
+    num_bottoms = 1
+    num_tops = 1
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        order = list(self.layer_param.permute_param.order)
+        if len(set(order)) != len(order) or any(a >= len(shape) for a in order):
+            raise self.error(f"permute_param order {order} must list distinct axes of bottom "
+                             f"{self.bottom_name(0)} shape {shape}")
+        self.order = order + [a for a in range(len(shape)) if a not in order]
+        self.inverse = list(np.argsort(self.order))
+        top[0].reshape(tuple(shape[a] for a in self.order))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data.transpose(self.order)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff.transpose(self.inverse)
 
 
 @register("ShuffleChannel")
