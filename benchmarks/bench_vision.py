@@ -59,7 +59,7 @@ def gemm_floor(layer, need_dx, rounds):
     dt = rng.standard_normal(g.cols_shape(m, g.out_count), dtype=np.float32)
     out = np.empty_like(dt)
     dcol = np.empty_like(col)
-    w = layer._weights()
+    w = layer.grouped_weights()
     acc = np.zeros_like(w)
 
     parts = g.sample_parts() if not g.batch_inner else [slice(None)]

@@ -112,7 +112,7 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     threshold = np.float32(nms_threshold)
     kept = []
     for i in range(len(order)):
-        if all(iou[i, k] <= threshold for k in kept):
+        if not kept or iou[i, kept].max() <= threshold:
             kept.append(i)
             if eta < 1 and threshold > 0.5:
                 threshold = np.float32(threshold * eta)

@@ -30,6 +30,7 @@ for _command, _name in [
         (data.convert_mnist_command, "convert_mnist"), (data.get_mnist_command, "get_mnist"),
         (data.compute_image_mean_command, "compute_image_mean"),
         (data.convert_imageset_command, "convert_imageset"), (data.extract_features_command, "extract_features"),
+        (data.convert_annoset_command, "convert_annoset"),
         (export.export_command, "export")]:
     main_group.add_command(_command, name=_name)
 

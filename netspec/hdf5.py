@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from . import glog
 from .errors import NetspecError
 from .schema import write_atomically
 
@@ -198,7 +199,6 @@ def save_net(net, path, write_diff=False):
 
 def copy_trained_layers(net, path):
     """Caffe's CopyTrainedLayersFromHDF5: by layer name; unknown layers are skipped, shapes must match."""
-    from . import glog
     path = os.fspath(path)
     with open_file(path, "weights file") as f:
         if "data" not in f:

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 
 from .errors import NetspecError
 from .proto import caffe_pb2
+from .schema import enum_number, set_field
 
 _FD = descriptor.FieldDescriptor
 _LAYER_FIELDS = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
@@ -55,20 +56,10 @@ def _plain(value):
 
 
 def _enum_value(field, value, where):
-    value = _plain(value)
-    enum = field.enum_type
-    if isinstance(value, str):
-        found = enum.values_by_name.get(value)
-        if found is None:
-            names = ", ".join(v.name for v in enum.values)
-            raise NetspecError(f"{where}: unknown value '{value}' for enum field '{field.name}' "
-                               f"(expected one of: {names})")
-        return found.number
-    if isinstance(value, bool) or not isinstance(value, int) or value not in enum.values_by_number:
-        names = ", ".join(f"{v.name}={v.number}" for v in enum.values)
-        raise NetspecError(f"{where}: invalid value {value!r} for enum field '{field.name}' "
-                           f"(expected one of: {names})")
-    return value
+    try:
+        return enum_number(field, _plain(value))
+    except ValueError as e:
+        raise NetspecError(f"{where}: {e}") from None
 
 
 def _fill_message(message, value, where):
@@ -106,10 +97,7 @@ def assign_field(message, name, value, where):
         if field.type == _FD.TYPE_ENUM:
             item = _enum_value(field, item, where)
         try:
-            if field.is_repeated:
-                target.append(_plain(item))
-            else:
-                setattr(message, name, _plain(item))
+            set_field(message, field, _plain(item))
         except (TypeError, ValueError) as e:
             raise NetspecError(f"{where_field}: cannot take {item!r} ({e})") from None
 

@@ -167,6 +167,31 @@ def _mark(node):
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def enum_number(field, value):
+    """What enum `field` stores for `value`, a value name or number; ValueError naming the choices.
+
+    The one conversion of enum values, for the YAML reader and the NetSpec builder alike."""
+    enum = field.enum_type
+    if isinstance(value, str):
+        found = enum.values_by_name.get(value)
+        if found is None:
+            names = ", ".join(v.name for v in enum.values)
+            raise ValueError(f"unknown value '{value}' for enum field '{field.name}' (expected one of: {names})")
+        return found.number
+    if isinstance(value, bool) or not isinstance(value, int) or value not in enum.values_by_number:
+        names = ", ".join(f"{v.name}={v.number}" for v in enum.values)
+        raise ValueError(f"invalid value {value!r} for enum field '{field.name}' (expected one of: {names})")
+    return value
+
+
+def set_field(message, field, value):
+    """message.<field> = value, or appended when the field is repeated (protobuf's TypeError/ValueError pass on)."""
+    if field.is_repeated:
+        getattr(message, field.name).append(value)
+    else:
+        setattr(message, field.name, value)
+
+
 def _scalar(field, node, path, owner):
     line, col = _mark(node)
     if not isinstance(node, yaml.ScalarNode):
@@ -175,11 +200,7 @@ def _scalar(field, node, path, owner):
     text = node.value
     try:
         if field.type == _FD.TYPE_ENUM:
-            value = field.enum_type.values_by_name.get(text)
-            if value is None:
-                names = ", ".join(v.name for v in field.enum_type.values)
-                raise ValueError(f"unknown value '{text}' for enum field '{field.name}' (expected one of: {names})")
-            return value.number
+            return enum_number(field, text)
         if field.type == _FD.TYPE_BOOL:
             lowered = text.lower()
             if lowered in ("true", "yes", "on", "1"):
@@ -228,10 +249,7 @@ def _merge_yaml(node, message, path):
             else:
                 value = _scalar(field, item, path, owner)
                 try:
-                    if field.is_repeated:
-                        getattr(message, name).append(value)
-                    else:
-                        setattr(message, name, value)
+                    set_field(message, field, value)
                 except (ValueError, TypeError) as e:
                     line, col = _mark(item)
                     raise ParseError(path, line, col, f"field '{name}' of {owner}: {e}") from None

@@ -13,7 +13,7 @@ from .errors import NetspecError
 from .proto import caffe_pb2
 
 
-class Transformer:
+class DataTransformer:
     def __init__(self, param, phase, seed, where="layer 'data'"):
         self.param, self.phase = param, phase
         self.where = where                                # how errors name the layer

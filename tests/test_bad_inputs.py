@@ -1,4 +1,4 @@
-"""Issue 7: every bad input in tests/bad_inputs/ gets one clear line, never a traceback.
+"""Bad input never gives a traceback: every case in tests/bad_inputs/ gets one clear line.
 
 tests/bad_inputs/cases.yaml lists the cases (its header explains the fields). Each
 case folder is copied to a temporary directory, where the binary fixtures it

@@ -11,7 +11,7 @@ from netspec.datasets.lmdb_io import array_to_datum, write_lmdb_atomically
 from netspec.errors import NetspecError
 from netspec.proto import caffe_pb2
 from netspec.schema import parse_prototxt
-from netspec.transform import Transformer
+from netspec.transform import DataTransformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(REPO, "data", "mnist")
@@ -71,7 +71,7 @@ def transformer(phase=caffe.TRAIN, seed=0, **fields):
             getattr(p, k).extend(v)
         else:
             setattr(p, k, v)
-    return Transformer(p, phase, seed)
+    return DataTransformer(p, phase, seed)
 
 
 def run(t, batch):

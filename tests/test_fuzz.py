@@ -1,4 +1,4 @@
-"""Issue 7 part 2: mutated inputs either load or raise NetspecError, never anything else.
+"""Fuzzing guards the bad-input rule: mutated inputs either load or raise NetspecError, never anything else.
 
 Seeds: every prototxt/YAML file in models/ and solvers/, plus the YAML spelling
 of each prototxt (made at run time), a .caffemodel saved from

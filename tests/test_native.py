@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from netspec.layers import native
+from netspec.layers.conv_engines import ColumnConv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_native = pytest.mark.skipif(native.kernels is None, reason="compiled kernels not built")
@@ -67,8 +68,8 @@ def _run_net(tmp_path, enabled, monkeypatch):
     net.blobs["label"].data[...] = data.integers(0, 4, 6)
     loss = float(net.forward()["loss"])
     net.backward()
-    used = [getattr(net.layer_dict[n], "columns", None) is not None for n in ("conv1", "conv2", "conv3")]
-    used += [net.layer_dict[n].pool.compiled is not None for n in ("pool1", "pool2")]
+    used = [isinstance(net.layer_dict[n].engine, ColumnConv) for n in ("conv1", "conv2", "conv3")]
+    used += [net.layer_dict[n].pool.window is not None for n in ("pool1", "pool2")]
     used += [net.layer_dict[n].fused for n in ("bn", "scale")]
     grads = {name: [p.diff.copy() for p in params] for name, params in net.params.items()}
     return loss, grads, used

@@ -28,9 +28,9 @@ def net_of(layers, shapes, phase=netspec.TEST, seed=0):
     for layer in net.layers:
         for blob in layer.blobs:
             blob.data[...] = rng.standard_normal(blob.shape).astype(np.float32)
-        if layer.type == "BatchNorm":       # variances and the scale factor positive
-            for blob in layer.blobs[1:]:
-                blob.data[...] = rng.uniform(0.5, 2, blob.shape)
+        # Variances (and BatchNorm's scale factor) positive.
+        for j in {"BatchNorm": (1, 2), "BN": (3,) if len(layer.blobs) == 4 else ()}.get(layer.type, ()):
+            layer.blobs[j].data[...] = rng.uniform(0.5, 2, layer.blobs[j].shape)
     return net
 
 
@@ -38,6 +38,8 @@ def check(net, opset=None, feeds=None, tol=TOL):
     model = export_onnx(net, opset=opset)
     diffs = compare(net, model, feeds=feeds, every_blob=True, threads=1)
     assert diffs and max(diffs.values()) <= tol, diffs
+    for name, blob in net.blobs.items():        # a NaN on both sides would agree: none allowed
+        assert np.isfinite(blob.data).all(), f"netspec's '{name}' is not finite: the test's input is wrong"
     return model, diffs
 
 
@@ -85,8 +87,8 @@ def test_max_pooling_mask_top(size, kernel, stride, pad, mode):
 def test_ave_pooling_divisor_at_the_border_by_hand():
     """Ones 4x4, AVE 3x3 stride 2 pad 1 (ceil): windows start at -1, 1, 3 and end at min(start + 3, 5);
     Caffe divides by that padded extent (3, 3, 2) and sums the rows inside the image (2, 3, 1), so each
-    axis gives [2/3, 1, 1/2] and the output is their outer product. (ONNX's own ceil_mode with
-    count_include_pad gives 1/3 for the corner, not 1/3 * ... : the point of the explicit padding.)"""
+    axis gives [2/3, 1, 1/2] and the output is their outer product. (AveragePool with pads 1 and
+    count_include_pad=0 would divide by the part inside the image and give 1 everywhere.)"""
     net = net_of(_pool_text("AVE", (3, 3), (2, 2), (1, 1), "CEIL"), {"data": (1, 1, 4, 4)})
     model = export_onnx(net)
     out = run_onnx(model, {"data": np.ones((1, 1, 4, 4), np.float32)})["pool"][0, 0]
@@ -424,3 +426,97 @@ def test_missing_onnx_package_is_one_clear_line(monkeypatch):
     net = net_of(_pool_text("MAX", (2, 2), (2, 2), (0, 0), "CEIL"), {"data": (1, 1, 4, 4)})
     with pytest.raises(ExportError, match=r"needs the 'onnx' package: pip install onnx \(or pip install -e '\.\[onnx\]'"):
         export_onnx(net)
+
+
+# ---------------------------------------------------------------- fork layers
+@pytest.mark.parametrize("text,shapes,phase", [
+    ('layer { name: "r" type: "ReLU6" bottom: "data" top: "data" }', {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "c" type: "ConvolutionDepthwise" bottom: "data" top: "c" '
+     "convolution_param { num_output: 3 kernel_size: 3 stride: 2 pad: 1 } }", {"data": (2, 3, 7, 7)}, "TEST"),
+    ('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "data" shuffle_channel_param { group: 3 } }',
+     {"data": (2, 6, 3, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "data" bn_param { eps: 0.001 } }', {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "bn" bn_param { eps: 0.001 } }', {"data": (2, 3, 4, 4)}, "TRAIN"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "data" segnet_bn_param { bn_mode: INFERENCE } }',
+     {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "bn" type: "BN" bottom: "data" top: "bn" segnet_bn_param { bn_mode: LEARN } }',
+     {"data": (2, 3, 4, 4)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { zoom_factor: 3 } }',
+     {"data": (2, 3, 4, 5)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { shrink_factor: 2 pad_beg: -1 pad_end: -1 } }',
+     {"data": (1, 2, 9, 8)}, "TEST"),
+    ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { height: 1 width: 6 } }',
+     {"data": (1, 2, 5, 4)}, "TEST"),
+])
+def test_fork_layers(text, shapes, phase):
+    check(net_of(text, shapes, phase=caffe_pb2.Phase.Value(phase)))
+
+
+def test_im2col():
+    check(net_of('layer { name: "i" type: "Im2col" bottom: "data" top: "i" '
+                 "convolution_param { kernel_size: 3 stride: 2 pad: 1 dilation: 1 } }", {"data": (2, 3, 7, 6)}))
+    check(net_of('layer { name: "i" type: "Im2col" bottom: "data" top: "i" '
+                 "convolution_param { kernel_h: 2 kernel_w: 3 stride: 1 pad_h: 0 pad_w: 2 } }", {"data": (1, 2, 5, 5)}))
+
+
+def test_upsample_with_mask_and_nearest():
+    net = net_of('layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m" '
+                 "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }"
+                 'layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }'
+                 'layer { name: "v" type: "Upsample" bottom: "p" top: "v" upsample_param { scale: 3 } }',
+                 {"data": (2, 3, 6, 8)})
+    check(net)
+
+
+def test_roi_pooling():
+    net = net_of('layer { name: "r" type: "ROIPooling" bottom: "data" bottom: "rois" top: "r" '
+                 "roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }",
+                 {"data": (2, 3, 9, 11), "rois": (4, 5)})
+    rois = np.array([[0, 0, 0, 40, 30], [1, 5, 6, 17, 13], [1, 10, 2, 10, 2], [0, 30, 20, 60, 50]], np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    check(net, feeds={"data": x, "rois": rois})
+
+
+@pytest.mark.parametrize("text,shapes", [
+    ('layer { name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" top: "l" smooth_l1_loss_param { sigma: 2 } }',
+     {"a": (3, 8), "b": (3, 8)}),
+    ('layer { name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "c" bottom: "d" top: "l" }',
+     {"a": (3, 4, 2), "b": (3, 4, 2), "c": (3, 4, 2), "d": (3, 4, 2)}),
+    ('layer { name: "s" type: "Softmax" bottom: "a" top: "p" }'
+     'layer { name: "l" type: "MultinomialLogisticLoss" bottom: "p" bottom: "label" top: "l" }',
+     {"a": (4, 5), "label": (4,)}),
+    ('layer { name: "l" type: "HingeLoss" bottom: "a" bottom: "label" top: "l" }', {"a": (4, 5), "label": (4,)}),
+    ('layer { name: "l" type: "HingeLoss" bottom: "a" bottom: "label" top: "l" hinge_loss_param { norm: L2 } }',
+     {"a": (4, 5, 1), "label": (4,)}),
+    ('layer { name: "l" type: "SoftmaxWithLoss" bottom: "a" bottom: "label" top: "l" top: "prob" '
+     "loss_param { ignore_label: 2 normalization: VALID } softmax_param { axis: 1 } }", {"a": (3, 4, 5), "label": (3, 5)}),
+    ('layer { name: "l" type: "SoftmaxWithLoss" bottom: "a" bottom: "label" top: "l" loss_param { normalization: FULL } }',
+     {"a": (3, 4, 2), "label": (3, 2)}),
+    ('layer { name: "acc" type: "Accuracy" bottom: "a" bottom: "label" top: "acc" top: "per_class" '
+     "accuracy_param { top_k: 2 ignore_label: 1 } }", {"a": (6, 4), "label": (6,)}),
+    ('layer { name: "l" type: "SigmoidCrossEntropyLoss" bottom: "a" bottom: "t" top: "l" loss_param { ignore_label: 0 } }',
+     {"a": (3, 4), "t": (3, 4)}),
+    ('layer { name: "l" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "l" }', {"a": (3, 4), "b": (3, 2, 2)}),
+    ('layer { name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "y" top: "l" '
+     "contrastive_loss_param { margin: 3 legacy_version: true } }", {"a": (5, 3), "b": (5, 3), "y": (5,)}),
+])
+def test_loss_layers(text, shapes):
+    net = net_of(text, shapes)
+    model, diffs = check(net)
+    # Random labels keep valid classes (and some ignored ones).
+    assert all(name in diffs for name in net.outputs if name not in shapes)
+
+
+@pytest.mark.parametrize("text,shapes", [
+    ('layer { name: "p" type: "Permute" bottom: "data" top: "p" permute_param { order: 0 order: 2 order: 3 order: 1 } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { across_spatial: false } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { across_spatial: true channel_shared: true } }',
+     {"data": (2, 3, 4, 5)}),
+    ('layer { name: "pb" type: "PriorBox" bottom: "data" bottom: "image" top: "pb" prior_box_param { min_size: 30 '
+     "max_size: 60 aspect_ratio: 2 flip: true clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }",
+     {"data": (2, 3, 4, 5), "image": (2, 3, 40, 50)}),
+])
+def test_ssd_layers(text, shapes):
+    check(net_of(text, shapes))

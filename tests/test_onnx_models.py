@@ -36,8 +36,11 @@ def at_batch(path, batch):
     return param
 
 
-def assert_close(diffs, label):
+def assert_close(diffs, label, outputs=()):
     worst = max(diffs, key=diffs.get)
+    # Shown with -s: the figures the report quotes.
+    print(f"\n{label}: " + ", ".join(f"{o} {diffs[o]:.3g}" for o in outputs)
+          + f"; worst blob {worst} {diffs[worst]:.3g} (of {len(diffs)})")
     assert diffs[worst] <= TOL, f"{label}: blob '{worst}' differs by {diffs[worst]:.3g} relative"
 
 
@@ -47,7 +50,7 @@ def test_model_zoo_net_matches_netspec(path):
     random_weights(net)
     model = export_onnx(net)
     assert [o.name for o in model.graph.output] == net.outputs
-    assert_close(compare(net, model, every_blob=True), path)
+    assert_close(compare(net, model, every_blob=True), path, net.outputs)
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in BIG | SLOW_AT_4 else p
@@ -66,6 +69,8 @@ def test_dynamic_batch_exported_at_1_runs_at_4(path):
 DYNAMIC_EDGES = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 5 } } }
 layer { name: "ref" type: "Input" top: "ref" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 } } }
+layer { name: "label2" type: "Input" top: "label2" input_param { shape { dim: 1 dim: 4 } } }
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 4 axis: 2 } }
 layer { name: "r" type: "Reshape" bottom: "ip" top: "r" reshape_param { shape { dim: 0 dim: -1 } } }
 layer { name: "f" type: "Flatten" bottom: "data" top: "f" flatten_param { axis: 0 } }
@@ -77,6 +82,11 @@ layer { name: "sl" type: "Slice" bottom: "data" top: "s0" top: "s1" slice_param 
 layer { name: "t" type: "Tile" bottom: "s0" top: "t" tile_param { axis: 1 tiles: 2 } }
 layer { name: "red" type: "Reduction" bottom: "s1" top: "red" reduction_param { axis: 1 operation: ASUM } }
 layer { name: "sil" type: "Silence" bottom: "red" }
+layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }
+layer { name: "sh" type: "ShuffleChannel" bottom: "data" top: "sh" shuffle_channel_param { group: 3 } }
+layer { name: "acc" type: "Accuracy" bottom: "w" bottom: "label" top: "acc" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label2" top: "loss" loss_param { normalization: BATCH_SIZE } }
 """
 
 
@@ -141,7 +151,7 @@ def test_corpus_net_matches_netspec(label):
         net = netspec.Net(test_corpus.prepared(param, batch=1), netspec.TEST, stages=stages)
         random_weights(net)
         model = export_onnx(net)
-        assert_close(compare(net, model, every_blob=True), f"{label} {stages}")
+        assert_close(compare(net, model, every_blob=True), f"{label} {stages}", [o.name for o in model.graph.output])
 
 
 # ---------------------------------------------------------------- the command

@@ -61,3 +61,21 @@ def test_mobilenet_ssd_test_net_evaluates(tmp_path):
     assert rows[0, 2] == 1 and rows[1, 2] == 2       # images 0 and 1 hold one box of label 1, two of label 2
     marks = rows[20:, 3:5]
     assert ((marks == [1, 0]) | (marks == [0, 1]) | (marks == [0, 0])).all(axis=1).all()
+
+
+@pytest.mark.slow
+def test_vgg_ssd300_train_net_steps(tmp_path):
+    """weiliu89's VGG SSD300 train net (xzgz's copy) at its own 300 x 300 input: two SGD steps, finite loss."""
+    folder = os.path.join(SHARED, "caffe-forks", "xzgz-caffe-ssd", "models", "VGGNet", "VOC0712", "SSD_300x300")
+    net = schema.read_net(os.path.join(folder, "train.prototxt"))
+    net.layer[0].data_param.source = write_annotated_lmdb(str(tmp_path / "lmdb"), height=150, width=200)
+    net.layer[0].data_param.batch_size = 1
+    solver = schema.read_solver(os.path.join(folder, "solver.prototxt"))
+    for field in ("train_net", "test_net", "test_iter", "test_interval"):
+        solver.ClearField(field)
+    solver.train_net_param.CopyFrom(net)
+    solver.max_iter, solver.display, solver.snapshot, solver.snapshot_after_train = 2, 1, 0, False
+    solver.random_seed = 1
+    sgd = netspec.get_solver(solver)
+    sgd.step(2)
+    assert np.isfinite(float(sgd.net.blobs["mbox_loss"].data))

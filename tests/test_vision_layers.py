@@ -9,7 +9,7 @@ import pytest
 from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
-from netspec.layers import im2col, native
+from netspec.layers import conv_engines, im2col, native
 from netspec.proto import caffe_pb2
 
 R = np.random.default_rng(5)
@@ -34,7 +34,7 @@ def layout(request, monkeypatch):
     if name.endswith("stacked_rebuilt"):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
     if name == "native_parts":
-        monkeypatch.setattr(native, "COLUMN_BUDGET", 0)
+        monkeypatch.setattr(conv_engines.ColumnConv, "part_budget", 0)
     return name
 
 
@@ -173,9 +173,10 @@ def test_convolution_matches_naive_loops(layout, params, shape, stride, pad, dil
 @pytest.mark.parametrize("params, shape, stride, pad, dilation, group", CONV_CASES)
 def test_convolution_gradients(layout, params, shape, stride, pad, dilation, group):
     layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
-    assert (layer.columns is not None) == (layout in ("native", "native_parts"))
+    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
     pointwise = "kernel_size: 1 " in params + " "
-    assert (layer.stacked_window is not None) == (layout.startswith("native_stacked") and not pointwise)
+    compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
+    assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
 
 
 def test_convolution_output_shapes_and_weight_layout():
@@ -368,7 +369,7 @@ def test_pooling_matches_naive_loops_and_gradients(pool_path, method, params, sh
     if method == "MAX":
         np.testing.assert_array_equal(got[1], mask)
     layer, _, _ = check_layer(text, [x], num_tops=1, max_checks=150)
-    assert (layer.pool.compiled is not None) == (pool_path == "native")
+    assert (layer.pool.window is not None) == (pool_path == "native")
 
 
 @pytest.mark.parametrize("params, shape, kernel, pad", [("kernel_size: 2 stride: 2", (2, 2, 6, 4), 2, 0),

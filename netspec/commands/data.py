@@ -1,5 +1,5 @@
-"""Datasets: `netspec convert_mnist`, `get_mnist`, `compute_image_mean`, `convert_imageset` and
-`extract_features`, as Caffe's tools."""
+"""Datasets: `netspec convert_mnist`, `get_mnist`, `compute_image_mean`, `convert_imageset`,
+`extract_features` and SSD's `convert_annoset`, as Caffe's tools."""
 import os
 
 import click
@@ -105,3 +105,31 @@ def extract_features_command(pretrained_weights, net, blob_names, db_names, num_
     from ..features import extract_features
     extract_features(pretrained_weights, net, [b for b in blob_names.split(",") if b],
                      [d for d in db_names.split(",") if d], num_mini_batches, backend or db_type or "lmdb")
+
+
+@command("convert_annoset")
+@click.argument("root_folder", type=click.Path(file_okay=False))
+@click.argument("list_file", type=click.Path(dir_okay=False))
+@click.argument("db_name", type=click.Path())
+@click.option("--label_map_file", required=True, type=click.Path(dir_okay=False),
+              help="LabelMap prototxt naming the classes (SSD's labelmap_voc.prototxt).")
+@click.option("--anno_type", default="detection", show_default=True, help="detection only.")
+@click.option("--label_type", default="xml", show_default=True, help="xml (VOC) only.")
+@click.option("--encoded/--no-encoded", default=True, show_default=True,
+              help="Store the image files' own bytes (the only way supported).")
+@click.option("--encode_type", default="", help="Accepted for SSD's scripts; the files are stored as they are.")
+@click.option("--shuffle", is_flag=True, help="Shuffle the list first.")
+@click.option("--backend", default="lmdb", show_default=True, help="Database type (lmdb only).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output database.")
+def convert_annoset_command(root_folder, list_file, db_name, label_map_file, anno_type, label_type, encoded,
+                            encode_type, shuffle, backend, overwrite):
+    """Images and VOC XML boxes to an LMDB of AnnotatedDatum records, as SSD's convert_annoset."""
+    from ..datasets.annoset import convert_annoset
+    for given, supported, flag in ((anno_type, "detection", "anno_type"), (label_type, "xml", "label_type"),
+                                   (backend, "lmdb", "backend")):
+        if given != supported:
+            raise NetspecError(f"--{flag}={given} is not supported (use --{flag}={supported})")
+    if not encoded:
+        raise NetspecError("--no-encoded is not supported: records keep the image files' own bytes")
+    count = convert_annoset(root_folder, list_file, db_name, label_map_file, shuffle=shuffle, overwrite=overwrite)
+    click.echo(f"Processed {count} files.")

@@ -18,8 +18,10 @@ from .lmdb_io import datum_to_array
 UNIT = np.array([0, 0, 1, 1], np.float32)
 
 
-def parse_annotated(value, where):
-    """(image (H, W, C) uint8, groups, annotation type or None) of one AnnotatedDatum record."""
+def parse_annotated(value, where, color=None):
+    """(image (H, W, C) uint8, groups, annotation type or None, Datum label) of one AnnotatedDatum record.
+
+    Encoded images are decoded (`color`: True 3 channels, False grey, None as stored)."""
     record = caffe_pb2.AnnotatedDatum()
     try:
         record.ParseFromString(value)
@@ -28,7 +30,7 @@ def parse_annotated(value, where):
     if not record.HasField("datum"):
         raise NetspecError(f"{where} is not an AnnotatedDatum (it has no datum; a plain Datum LMDB "
                            "is read by a Data layer)")
-    pixels = datum_to_array(record.datum, where)
+    pixels = datum_to_array(record.datum, where, color)
     if pixels.dtype != np.uint8:
         raise NetspecError(f"{where}: AnnotatedData reads uint8 images, the Datum holds float_data")
     groups = [(g.group_label, [(a.instance_id, np.array([a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax],

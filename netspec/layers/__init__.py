@@ -32,12 +32,12 @@ from . import data, image_data, hdf5, window_data, conv, pooling, common, neuron
 from . import detection, multibox, annotated_data  # noqa: F401,E402
 from . import (roi_pooling, proposal, smooth_l1_loss, resize, fork_bn, depthwise,  # noqa: F401,E402
                dense_image_data)
+from .. import net_spec
 
 
 def __getattr__(name):
     # `from netspec import layers as L; L.Convolution(...)` is pycaffe's NetSpec idiom: unknown
     # capitalised names here are layer factories from the NetSpec builder.
     if name[:1].isupper():
-        from .. import net_spec
         return getattr(net_spec.layers, name)
     raise AttributeError(f"module 'netspec.layers' has no attribute {name!r}")

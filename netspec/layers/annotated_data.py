@@ -4,12 +4,12 @@ import os
 import numpy as np
 
 from ..datasets.annotated import AnnotatedTransformer, parse_annotated
-from ..datasets.lmdb_io import LMDBCursor
+from ..datasets.db import SHOWN, backend_name, open_cursor
 from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..rng import get_rng
 from .base import register
-from .data import Data, _Prefetcher
+from .data import Data, _Prefetcher, decoded_color
 
 BBOX = caffe_pb2.AnnotatedDatum.BBOX
 
@@ -26,17 +26,16 @@ class AnnotatedData(Data):
 
     def setup(self, bottom, top):
         p, anno = self.layer_param.data_param, self.layer_param.annotated_data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB:
-            raise self.error("backend LEVELDB is not supported; convert the database to LMDB")
         if p.batch_size <= 0:
             raise self.error("data_param batch_size must be positive")
         if not p.source or not os.path.exists(p.source):
-            raise self.error(f"LMDB '{p.source}' does not exist (data_param.source is relative to the working "
-                             "directory)")
+            raise self.error(f"{SHOWN[backend_name(p.backend)]} '{p.source}' does not exist (data_param.source is "
+                             "relative to the working directory)")
         self.batch_size = p.batch_size
+        self.color = decoded_color(self)
         try:
-            self.cursor = LMDBCursor(p.source)
-            image, _, kind, _ = parse_annotated(self.cursor.peek(), f"{p.source} record 0")
+            self.cursor = open_cursor(p.source, p.backend)
+            image, _, kind, _ = parse_annotated(self.cursor.peek(), f"{p.source} record 0", self.color)
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.anno_type = kind if kind is not None else (anno.anno_type if anno.HasField("anno_type") else None)
@@ -60,7 +59,7 @@ class AnnotatedData(Data):
         for i, value in enumerate(self._read_values()):
             where = f"{src} record {(start + i * stride) % len(self.cursor)}"
             try:
-                image, groups, _, label = parse_annotated(value, where)
+                image, groups, _, label = parse_annotated(value, where, self.color)
                 image, groups = self.transformer(image, groups)
             except NetspecError as e:
                 raise self.error(str(e)) from None

@@ -15,7 +15,7 @@ from ..errors import NetspecError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from ..transform import Transformer
+from ..transform import DataTransformer
 from .base import Layer, register
 
 
@@ -176,7 +176,7 @@ class Data(Layer):
         except NetspecError as e:
             raise self.error(str(e)) from None
         self.datum_shape = first.shape
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                        seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         self.transformer.check(*self.datum_shape)

@@ -10,27 +10,25 @@ import os
 
 import numpy as np
 
-from ..errors import NetspecError
+from ..datasets.images import read_image
 from ..rng import get_rng
-from ..transform import Transformer
+from ..transform import DataTransformer
 from .base import Layer, register
 
 
 def read_pair_image(path, color, size, nearest):
-    """(C, H, W) uint8 as Caffe reads it (colour as BGR), resized to size (h, w) when given."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise NetspecError("DenseImageData needs an image library: pip install pillow") from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if color else "L")
-            if size:
-                img = img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
-            arr = np.asarray(img, np.uint8)
-    except OSError as e:
-        raise NetspecError(f"cannot read image {path}: {e}") from None
-    return arr[None] if arr.ndim == 2 else arr[:, :, ::-1].transpose(2, 0, 1)
+    """(C, H, W) uint8 as the fork's ReadImageToCVMat reads it (colour as BGR): resized to size
+    (h, w) when given, bilinear as cv::resize, or nearest-neighbour as its INTER_NEAREST
+    (source cell floor(o * in / out)) for labels."""
+    image = read_image(path, color=color, height=0 if nearest or not size else size[0],
+                       width=0 if nearest or not size else size[1])
+    if size and nearest:
+        rows = np.minimum(np.floor(np.arange(size[0]) * (image.shape[1] / size[0])).astype(np.int64),
+                          image.shape[1] - 1)
+        cols = np.minimum(np.floor(np.arange(size[1]) * (image.shape[2] / size[1])).astype(np.int64),
+                          image.shape[2] - 1)
+        image = image[:, rows][:, :, cols]
+    return image
 
 
 @register("DenseImageData")
@@ -67,7 +65,7 @@ class DenseImageData(Layer):
         if p.shuffle:
             self.rng.shuffle(self.items)
         self.pos = int(get_rng().integers(p.rand_skip)) % len(self.items) if p.rand_skip else 0
-        self.transformer = Transformer(t, self.phase, seed=int(get_rng().integers(2 ** 63)),
+        self.transformer = DataTransformer(t, self.phase, seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         # One image per batch at its own size when nothing fixes the size (the fork's single-image mode).
         self.own_size = p.batch_size == 1 and self.size is None

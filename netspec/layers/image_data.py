@@ -8,7 +8,7 @@ from ..datasets.images import decode_threads, read_image
 from ..datasets.imageset import read_image_list
 from ..errors import NetspecError
 from ..rng import get_rng
-from ..transform import Transformer
+from ..transform import DataTransformer
 from .base import Layer, register
 from .data import _Prefetcher, transform_images
 
@@ -43,7 +43,7 @@ class ImageData(Layer):
                 raise self.error(f"rand_skip drew {skip}, but {p.source} lists only {len(self.items)} images")
             self.pos = skip
         first = self._read(self.items[self.pos][0])
-        self.transformer = Transformer(self.layer_param.transform_param, self.phase,
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                        seed=int(get_rng().integers(2 ** 63)),
                                        where=f"layer '{self.name}' ({self.type})")
         try:

@@ -13,8 +13,8 @@ from ..rng import get_rng
 from .base import Layer, register, scratch
 
 
-def _sigmoid(x, out=None):
-    # tanh form: no overflow for large |x| (Caffe's CPU formula too).
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)), in the tanh form: no overflow for large |x| (Caffe's CPU formula too)."""
     out = np.multiply(x, 0.5, out=out)
     np.tanh(out, out=out)
     out *= 0.5
@@ -74,7 +74,7 @@ class ReLU(Neuron):
 @register("Sigmoid")
 class Sigmoid(Neuron):
     def compute(self, x, out):
-        _sigmoid(x, out)
+        sigmoid(x, out)
 
     def gradient(self, x, y, dy, dx):
         dx[...] = dy * y * (1 - y)
@@ -190,7 +190,7 @@ class BNLL(Neuron):
         np.logaddexp(0, x, out=out)
 
     def gradient(self, x, y, dy, dx):
-        dx[...] = dy * _sigmoid(x)
+        dx[...] = dy * sigmoid(x)
 
 
 @register("Power")
@@ -306,7 +306,7 @@ class Swish(Neuron):
         self.beta = self.layer_param.swish_param.beta
 
     def compute(self, x, out):
-        self._sig = _sigmoid(x * self.beta)
+        self._sig = sigmoid(x * self.beta)
         np.multiply(x, self._sig, out=out)
 
     def gradient(self, x, y, dy, dx):

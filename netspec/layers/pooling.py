@@ -94,7 +94,8 @@ class Pooling(Layer):
 
     def forward(self, bottom, top):
         mask = top[1].data if len(top) > 1 else None
-        self.pool.forward(bottom[0].data, top[0].data, mask, train=self.phase == caffe_pb2.TRAIN, rng=get_rng())
+        self.pool.forward(bottom[0].data, top[0].data, mask, train=self.phase == caffe_pb2.TRAIN, rng=get_rng(),
+                          backward=self.runs_backward)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
@@ -150,7 +151,7 @@ class SPP(Layer):
         train = self.phase == caffe_pb2.TRAIN
         for k, (lv, part) in enumerate(self._slices(top[0].data)):
             out = scratch(self, f"out{k}", (lv.num, lv.channels, lv.oh, lv.ow), bottom[0].data.dtype)
-            lv.forward(bottom[0].data, out, train=train, rng=get_rng())
+            lv.forward(bottom[0].data, out, train=train, rng=get_rng(), backward=self.runs_backward)
             np.copyto(part, out.reshape(lv.num, -1))
 
     def backward(self, top, propagate_down, bottom):

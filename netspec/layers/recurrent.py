@@ -27,15 +27,7 @@ import numpy as np
 
 from .. import fillers
 from .base import Layer, prod, register
-
-
-def _sigmoid(x, out):
-    # tanh form: no overflow for large |x|.
-    np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
+from .neuron import sigmoid
 
 
 # ---------------------------------------------------------------- the LSTM cell, shared by LSTMUnit and LSTM
@@ -46,7 +38,7 @@ def lstm_cell_forward(gates, c_prev, cont, acts, c, tanh_c, h):
     c, tanh_c and h (N, H).
     """
     hid = c_prev.shape[1]
-    _sigmoid(gates[:, :3 * hid], acts[:, :3 * hid])
+    sigmoid(gates[:, :3 * hid], acts[:, :3 * hid])
     np.tanh(gates[:, 3 * hid:], out=acts[:, 3 * hid:])
     i, f, o, g = (acts[:, k * hid:(k + 1) * hid] for k in range(4))
     # Caffe: f = 0 where cont is 0, else cont * sigmoid.

@@ -71,6 +71,28 @@ def _spread(grad, targets, exact):
             target += grad
 
 
+class ForwardState:
+    """What WindowPool.forward leaves for backward, by name (Caffe's max_idx_ and rand_idx_).
+
+    Each is None until a forward of its kind fills it; the arrays come from scratch.
+      image           the pooled input (x itself or the padded buffer): test-phase MAX and
+                      STOCHASTIC backward read it again
+      argmax          compiled MAX: each output's position in its input plane (int32)
+      column_winner   separable MAX: per row run, the window column that won (the first maximum)
+      row_winner      separable MAX: per output, the window row that won; both None after a
+                      forward that took the maxima alone (test phase): backward finds them then
+      global_argmax   global MAX: each plane's argmax
+      choice          STOCHASTIC, train: the window offset drawn for each output
+      sums            STOCHASTIC, test: (FLT_MIN + sum x, sum x^2) over each window
+    """
+
+    __slots__ = ("image", "argmax", "column_winner", "row_winner", "global_argmax", "choice", "sums")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+
 class WindowPool:
     """Max/average/stochastic pooling of x (N, C, H, W) with Caffe's window rules.
 
@@ -101,10 +123,11 @@ class WindowPool:
         self.in_h = min(H, self.buf_h - self.ph)
         self.in_w = min(W, self.buf_w - self.pw)
         self.idx_dtype = np.uint8 if max(self.kh, self.kw) < 256 else np.int32
-        # Compiled max/average pooling (native.py); the numpy passes below otherwise.
-        self.compiled = None
+        # Compiled max/average pooling (native.py) over this window geometry; the numpy passes below otherwise.
+        self.window = None
         if method in ("max", "ave") and not self.is_global and native.usable(self.dtype):
-            self.compiled = native.window_geometry(self.channels, (H, W), kernel, stride, pad, (1, 1), out)
+            self.window = native.window_geometry(self.channels, (H, W), kernel, stride, pad, (1, 1), out)
+        self.state = ForwardState()
         self.pool_size = None
         if method == "ave":
             hs = np.arange(self.oh) * self.sh - self.ph
@@ -149,23 +172,25 @@ class WindowPool:
         return (self.planes, self.oh, self.ow)
 
     # -- forward --
-    def forward(self, x, top, mask_out=None, train=True, rng=None):
+    def forward(self, x, top, mask_out=None, train=True, rng=None, backward=True):
+        """`train`: the phase, for STOCHASTIC's draw; `backward`: whether a backward will follow
+        (the layer's runs_backward), for MAX to find its argmax now rather than then."""
         top3 = top.reshape(self._out_shape())
-        if self.compiled is not None:
+        if self.window is not None:
             return self._forward_compiled(x, top3, mask_out)
         if self.is_global:
             return self._forward_global(x, top3, mask_out)
         flat = self._buffer(x)
         if self.method == "stochastic":
             return self._forward_stochastic(flat, top3, train, rng)
-        self._flat = flat
+        self.state.image = flat
         if self.method == "max":
-            if train or mask_out is not None:
+            if backward or mask_out is not None:
                 self._max_with_argmax(flat, top3)
                 if mask_out is not None:
                     self._argmax_positions(mask_out.reshape(self._out_shape()))
             else:
-                # Test phase: the maxima alone; backward, if it comes, finds the argmax then.
+                # No backward expected: the maxima alone; backward, if it comes, finds the argmax then.
                 self._max_only(flat, top3)
             return
         count = self.planes * self.rows * self.owx
@@ -182,10 +207,10 @@ class WindowPool:
 
     def _forward_compiled(self, x, top3, mask_out):
         if self.method == "ave":
-            native.kernels.ave_pool(x, top3, self.compiled, self.planes)
+            native.kernels.ave_pool(x, top3, self.window, self.planes)
             return
-        argmax = scratch(self, "argmax", self._out_shape(), np.int32)
-        native.kernels.max_pool(x, top3, argmax, self.compiled, self.planes)
+        argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
+        native.kernels.max_pool(x, top3, argmax, self.window, self.planes)
         if mask_out is not None:
             np.copyto(mask_out.reshape(argmax.shape), argmax)
 
@@ -208,18 +233,18 @@ class WindowPool:
         else:
             vmask = scratch(self, "vmask", self._out_shape(), self.idx_dtype) if self.kh > 2 else None
             _first_argmax(rows, top3, vidx, vmask)
-        self._argmax_ready = True
+        self.state.column_winner, self.state.row_winner = hidx, vidx
 
     def _max_only(self, flat, top3):
         count = self.planes * self.rows * self.owx
         hval = scratch(None, "pool_rows", (count,), self.dtype)
         _max_of(self._col_views(flat), hval)
         _max_of(self._row_views(hval.reshape(self.planes, self.rows, self.owx)), top3)
-        self._argmax_ready = False
+        self.state.column_winner = self.state.row_winner = None
 
     def _argmax_positions(self, mask3):
         """Caffe's mask top: the argmax as h * W + w in the unpadded input plane."""
-        hidx, vidx = self._scratch["hidx"], self._scratch["vidx"]
+        hidx, vidx = self.state.column_winner, self.state.row_winner
         row = np.arange(self.oh)[:, None] * self.sh + vidx            # buffer row of the winner
         hidx3 = hidx.reshape(self.planes, self.rows, self.owx)[:, :, :self.ow]
         col = np.take_along_axis(hidx3, row.astype(np.intp), axis=1)  # its window column
@@ -230,7 +255,7 @@ class WindowPool:
         x2 = x.reshape(self.planes, -1)
         top1 = top3.reshape(-1)
         if self.method == "max":
-            idx = scratch(self, "gidx", (self.planes,), np.intp)
+            idx = self.state.global_argmax = scratch(self, "gidx", (self.planes,), np.intp)
             np.argmax(x2, axis=1, out=idx)
             np.copyto(top1, x2[np.arange(self.planes), idx])
             if mask_out is not None:
@@ -240,7 +265,7 @@ class WindowPool:
             top1 /= self.pool_size
 
     def _forward_stochastic(self, flat, top3, train, rng):
-        self._pooled = flat          # the test-phase backward needs the input again
+        self.state.image = flat          # the test-phase backward needs the input again
         windows = self._windows(flat)
         shape = self._out_shape()
         if not train:
@@ -252,10 +277,11 @@ class WindowPool:
                 s1 += v
                 s2 += v * v
             np.divide(s2, s1, out=top3)
+            self.state.sums = (s1, s2)
             return
         cum = scratch(self, "cum", shape, self.dtype)
         thresh = scratch(self, "thresh", shape, self.dtype)
-        choice = scratch(self, "choice", shape, np.int32)
+        choice = self.state.choice = scratch(self, "choice", shape, np.int32)
         hit = scratch(self, "hit", shape, np.bool_)
         cum.fill(0)
         for v in windows:
@@ -273,10 +299,10 @@ class WindowPool:
     # -- backward --
     def backward(self, dtop, dx, train=True):
         dtop3 = dtop.reshape(self._out_shape())
-        if self.compiled is not None:
+        if self.window is not None:
             if self.method == "ave":
-                return native.kernels.ave_unpool(dtop3, dx, self.compiled, self.planes)
-            return native.kernels.max_unpool(dtop3, self._scratch["argmax"], dx, self.compiled, self.planes)
+                return native.kernels.ave_unpool(dtop3, dx, self.window, self.planes)
+            return native.kernels.max_unpool(dtop3, self.state.argmax, dx, self.window, self.planes)
         if self.is_global:
             return self._backward_global(dtop3, dx)
         if self.direct:
@@ -299,8 +325,8 @@ class WindowPool:
     def _backward_separable(self, dtop3, dflat):
         count = self.planes * self.rows * self.owx
         shape = self._out_shape()
-        if self.method == "max" and not self._argmax_ready:
-            self._max_with_argmax(self._flat, scratch(self, "top_again", shape, self.dtype))
+        if self.method == "max" and self.state.row_winner is None:
+            self._max_with_argmax(self.state.image, scratch(self, "top_again", shape, self.dtype))
         # The row gradient takes the row buffer: the forward's row maxima are not needed again.
         drow = scratch(None, "pool_rows", (count,), self.dtype)
         drow3 = drow.reshape(self.planes, self.rows, self.owx)
@@ -313,7 +339,7 @@ class WindowPool:
             drow3[:, self.buf_h:] = 0
             drow3[:, :, self.ow:] = 0
         if self.method == "max":
-            _route(dtop3, self._scratch["vidx"], rows, exact_rows,
+            _route(dtop3, self.state.row_winner, rows, exact_rows,
                    lambda: (scratch(self, "vmask_b", shape, np.bool_), scratch(self, "vtmp", shape, self.dtype)))
         else:
             grad = scratch(self, "gscaled", shape, self.dtype)
@@ -323,7 +349,7 @@ class WindowPool:
             dflat.fill(0)
         cols = self._col_views(dflat)
         if self.method == "max":
-            _route(drow, self._scratch["hidx"], cols, exact_cols,
+            _route(drow, self.state.column_winner, cols, exact_cols,
                    lambda: (scratch(self, "hmask_b", (count,), np.bool_), scratch(self, "htmp", (count,), self.dtype)))
         else:
             _spread(drow, cols, exact_cols)
@@ -333,7 +359,7 @@ class WindowPool:
         g = dtop3.reshape(-1)
         if self.method == "max":
             d2.fill(0)
-            d2[np.arange(self.planes), self._scratch["gidx"]] = g
+            d2[np.arange(self.planes), self.state.global_argmax] = g
         else:
             np.copyto(d2, (g / self.pool_size)[:, None])
 
@@ -343,7 +369,7 @@ class WindowPool:
         shape = self._out_shape()
         tmp = scratch(self, "stmp", shape, self.dtype)
         if train:
-            choice = self._scratch["choice"]
+            choice = self.state.choice
             hit = scratch(self, "hit", shape, np.bool_)
             for k, win in enumerate(windows):
                 np.equal(choice, k, out=hit)
@@ -351,9 +377,9 @@ class WindowPool:
                 win += tmp
             return
         # Test phase: top = sum(x^2) / (FLT_MIN + sum(x)), so d top / d x = (2x - top) / s1.
-        x_windows = self._windows(self._pooled)
-        s1 = self._scratch["s1"]
-        top = np.divide(self._scratch["s2"], s1)
+        x_windows = self._windows(self.state.image)
+        s1, s2 = self.state.sums
+        top = np.divide(s2, s1)
         for v, win in zip(x_windows, windows):
             np.multiply(v, 2, out=tmp)
             tmp -= top

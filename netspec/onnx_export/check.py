@@ -89,7 +89,7 @@ def label_inputs(net):
                 source[t] = source.get(lp.bottom[0], lp.bottom[0])
         for index, kind in LABEL_BOTTOMS.get(layer.type, {}).items():
             if index < len(lp.bottom):
-                classes = getattr(layer, "C", None)
+                classes = getattr(layer, "C", None) or getattr(layer, "dim", None)
                 kinds[source.get(lp.bottom[index], lp.bottom[index])] = (kind, classes)
     return kinds
 

@@ -13,7 +13,7 @@ graph outputs. Parameters are initializers named `<layer>/weight`, `<layer>/bias
 import json
 
 from ..errors import NetspecError
-from . import common, losses, neuron, norm, structure, vision  # noqa: F401  (fill the registry)
+from . import common, forks, losses, neuron, norm, structure, vision  # noqa: F401  (fill the registry)
 from .builder import ExportError, GraphBuilder, Value, onnx_modules
 from .registry import EXPORTERS
 
@@ -24,6 +24,15 @@ BATCH = "batch"          # the symbolic batch dimension's name (--dynamic-batch)
 
 _NOT_EXPORTED = {
     "Python": "a Python layer's forward is arbitrary user code",
+    "HDF5Output": "it writes its bottoms to an HDF5 file: a side effect, not a value to compute",
+    "Proposal": "its anchors, clipping and non-maximum suppression (a data-dependent number of boxes) "
+                "have no ONNX form held to netspec's",
+    "DetectionOutput": "its non-maximum suppression and top-k keep a data-dependent number of boxes; "
+                       "ONNX NonMaxSuppression is not held to SSD's rules here",
+    "MultiBoxLoss": "not exported: its matching of priors to ground truth and hard-negative mining are "
+                    "training-time steps (export the deploy net, which ends in DetectionOutput or the scores)",
+    "DetectionEvaluate": "not exported: an evaluation step over ground truth, not part of an inference graph",
+    "InfogainLoss": "not exported yet (its H matrix from a file or a third bottom)",
     "Filter": "the number of items it keeps depends on the data, so its top has no fixed shape here",
     "RNN": "recurrent layers are not exported (their unrolled time steps with sequence markers)",
     "LSTM": "recurrent layers are not exported (their unrolled time steps with sequence markers)",

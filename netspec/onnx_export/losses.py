@@ -13,9 +13,11 @@ from .registry import exports
 
 Norm = caffe_pb2.LossParameter
 FLT_MIN = float(np.finfo(np.float32).tiny)     # Caffe clamps probabilities here before the log
+LOG_THRESHOLD = 1e-20                          # ... and here in MultinomialLogisticLoss
 
 # Graph inputs these layers read as labels, for random test input: {type: {bottom index: kind}}.
-LABEL_BOTTOMS = {"SoftmaxWithLoss": {1: "class"}, "Accuracy": {1: "class"},
+LABEL_BOTTOMS = {"SoftmaxWithLoss": {1: "class"}, "Accuracy": {1: "class"}, "HingeLoss": {1: "class"},
+                 "MultinomialLogisticLoss": {1: "class"},
                  "ContrastiveLoss": {2: "binary"}, "SigmoidCrossEntropyLoss": {1: "unit"}}
 
 
@@ -173,3 +175,49 @@ def contrastive_loss(g, layer, bottoms, tops):
     total = _sum_all(g, g.node("Where", [similar, dist_sq, apart]), 1)
     g.node("Div", [g.node("Div", [total, _batch_count(g, a)]), g.scalar(2)], [tops[0].name])
 
+
+
+@exports("SmoothL1Loss")
+def smooth_l1_loss(g, layer, bottoms, tops):
+    """d = w_in (pred - target); f = 0.5 s^2 d^2 where |d| < 1/s^2, else |d| - 0.5/s^2;
+    loss = sum |w_out f| / N."""
+    pred = bottoms[0]
+    d = g.node("Sub", [pred.name, bottoms[1].name])
+    if len(bottoms) == 4:
+        d = g.node("Mul", [d, bottoms[2].name])
+    s2 = layer.sigma2
+    size = g.node("Abs", [d])
+    quadratic = g.node("Mul", [g.node("Mul", [d, d]), g.scalar(0.5 * s2)])
+    linear = g.node("Sub", [size, g.scalar(0.5 / s2)])
+    errors = g.node("Where", [g.node("Less", [size, g.scalar(1 / s2)]), quadratic, linear])
+    if len(bottoms) == 4:
+        errors = g.node("Mul", [errors, bottoms[3].name])
+    total = g.reduce("ReduceL1", errors, list(range(len(pred.shape))), keepdims=False)
+    g.node("Div", [total, _batch_count(g, pred)], [tops[0].name])
+
+
+@exports("MultinomialLogisticLoss")
+def multinomial_logistic_loss(g, layer, bottoms, tops):
+    """-sum log(max(p[label], 1e-20)) / N on probabilities, everything after axis 0 a class."""
+    p, label = bottoms
+    n = None if p.dims[0] is None else p.shape[0]
+    probs = g.reshape(p.name, [n, layer.dim])
+    lab = g.reshape(g.node("Cast", [label.name], to=g.TensorProto.INT64), [n, 1])
+    picked = g.node("Max", [g.node("GatherElements", [probs, lab], axis=1), g.scalar(LOG_THRESHOLD)])
+    total = g.node("Neg", [_sum_all(g, g.node("Log", [picked]), 2)])
+    g.node("Div", [total, _batch_count(g, p)], [tops[0].name])
+
+
+@exports("HingeLoss")
+def hinge_loss(g, layer, bottoms, tops):
+    """sum max(0, 1 + s * (-1 at the label, else 1)) / N (L1), or the squares' sum (L2)."""
+    s, label = bottoms
+    n = None if s.dims[0] is None else s.shape[0]
+    scores = g.reshape(s.name, [n, layer.dim])
+    lab = g.reshape(g.node("Cast", [label.name], to=g.TensorProto.INT64), [n])
+    sign = g.node("OneHot", [lab, g.ints(layer.dim), g.const([1, -1])], axis=1)
+    margins = g.node("Relu", [g.node("Add", [g.node("Mul", [scores, sign]), g.scalar(1)])])
+    l2 = layer.layer_param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2
+    op = "ReduceSumSquare" if l2 else "ReduceSum"
+    total = g.reduce(op, margins, [0, 1], keepdims=False)
+    g.node("Div", [total, _batch_count(g, s)], [tops[0].name])

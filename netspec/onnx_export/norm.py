@@ -22,7 +22,8 @@ def batch_norm(g, layer, bottoms, tops):
     if len(x.shape) < 2:
         raise g.refuse(f"a bottom of shape {tuple(x.shape)}: ONNX BatchNormalization needs (N, C, ...)")
     if not layer.use_global_stats:
-        return _batch_statistics(g, layer, x, y)
+        batch_statistics(g, x, layer.eps, output=y.name)
+        return
     factor = layer.blobs[2].data[0]
     factor = np.float32(0 if factor == 0 else 1 / factor)
     mean = factor * layer.blobs[0].data
@@ -34,13 +35,19 @@ def batch_norm(g, layer, bottoms, tops):
            [y.name], epsilon=float(layer.eps))
 
 
-def _batch_statistics(g, layer, x, y):
-    """(x - mean) / sqrt(var + eps), mean and (biased) var over every axis but the channel's."""
+def batch_statistics(g, x, eps, moments=False, output=None):
+    """(x - mean) / sqrt(var + eps) with the (biased) batch statistics over every axis but the
+    channel's; `moments`: var as E[x^2] - E[x]^2 (SegNet's BN) instead of E[(x - mean)^2]."""
     axes = [0] + list(range(2, len(x.shape)))
-    centred = g.node("Sub", [x.name, g.reduce("ReduceMean", x.name, axes, keepdims=True)])
-    var = g.reduce("ReduceMean", g.node("Mul", [centred, centred]), axes, keepdims=True)
-    std = g.node("Sqrt", [g.node("Add", [var, g.scalar(layer.eps)])])
-    g.node("Div", [centred, std], [y.name])
+    mean = g.reduce("ReduceMean", x.name, axes, keepdims=True)
+    centred = g.node("Sub", [x.name, mean])
+    if moments:
+        var = g.node("Sub", [g.reduce("ReduceMean", g.node("Mul", [x.name, x.name]), axes, keepdims=True),
+                             g.node("Mul", [mean, mean])])
+    else:
+        var = g.reduce("ReduceMean", g.node("Mul", [centred, centred]), axes, keepdims=True)
+    std = g.node("Sqrt", [g.node("Add", [var, g.scalar(eps)])])
+    return g.node("Div", [centred, std], None if output is None else [output])
 
 
 def _operand(g, layer, bottoms, blob, what):

@@ -52,6 +52,21 @@ def deconvolution(g, layer, bottoms, tops):
         g.node("ConvTranspose", [x.name] + params, [y.name], **_conv_attrs(layer))
 
 
+@exports("Im2col")
+def im2col(g, layer, bottoms, tops):
+    """The columns as a depthwise convolution with one-hot kernels: output channel c * K + k copies
+    channel c at kernel offset k (a product by 1 plus zeros: exact)."""
+    _check_channel_axis(g, layer, bottoms[0])
+    x = bottoms[0]
+    channels, taps = x.shape[1], int(np.prod(layer.kernel))
+    onehot = np.zeros((channels * taps, 1, taps), np.float32)
+    onehot[np.arange(channels * taps), 0, np.tile(np.arange(taps), channels)] = 1
+    weight = g.const(onehot.reshape((channels * taps, 1) + tuple(layer.kernel)), f"{layer.name}/onehot")
+    attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=list(layer.pad) * 2,
+                 dilations=list(layer.dilation), group=channels)
+    g.node("Conv", [x.name, weight], [tops[0].name], **attrs)
+
+
 def _end_pads(size, kernel, stride, pad, out):
     """Per axis: how far the last of `out` windows reaches past the unpadded input's end."""
     return [(o - 1) * s + k - n - p for n, k, s, p, o in zip(size, kernel, stride, pad, out)]
