@@ -126,7 +126,7 @@ def main():
         return time_allreduce()
     mpirun = shutil.which("mpirun")
     if mpirun is None:
-        raise SystemExit("mpirun not found: apt-get install openmpi-bin libopenmpi-dev; pip install 'netspec[mpi]'")
+        raise SystemExit("mpirun not found: apt-get install openmpi-bin libopenmpi-dev; pip install -e '.[mpi]' in the checkout")
     with tempfile.TemporaryDirectory() as scratch:
         db = train_lmdb(scratch)
         solvers = {b: write_solver(scratch, db, b, args.iters) for b in (32, 64)}

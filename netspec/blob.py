@@ -1,4 +1,5 @@
 """Blob: a float32 array and its gradient, as in Caffe and pycaffe."""
+import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,22 +22,37 @@ def precision(dtype):
 
 
 def available_memory():
-    """Bytes the OS says a new allocation can still get (MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """Bytes a new allocation can still get (MemAvailable, or RLIMIT_AS's headroom if smaller), or None."""
+    from .memory import budget
+    return budget()[0]
+
+
+MAX_BLOB_AXES = 32            # Caffe's kMaxBlobAxes
+MAX_BLOB_COUNT = 2 ** 62      # far beyond any memory; an int64 product past it could wrap
+
+
+class BadBlobShape(NetspecError, ValueError):
+    """A shape no blob can take (negative, too many axes, too many elements); the net names the layer."""
+
+
+def check_shape(shape):
+    """The element count of `shape` (Python ints: no int64 wrap-around), or BadBlobShape."""
+    if len(shape) > MAX_BLOB_AXES:
+        raise BadBlobShape(f"blob shape has {len(shape)} axes; at most {MAX_BLOB_AXES} are allowed "
+                           "(Caffe's kMaxBlobAxes)")
+    if any(d < 0 for d in shape):
+        raise BadBlobShape(f"negative dimension in blob shape {shape}")
+    count = math.prod(shape)
+    if count > MAX_BLOB_COUNT:
+        raise BadBlobShape(f"blob shape {shape} has {count} elements, more than any memory holds")
+    return count
 
 
 class BlobTooLarge(NetspecError):
     """A blob would not fit in memory; the net turns this into an error naming the layer."""
 
-    def __init__(self, shape, needed, available):
-        self.shape, self.needed, self.available = shape, needed, available
+    def __init__(self, shape, needed, available, blob=None):
+        self.shape, self.needed, self.available, self.blob = shape, needed, available, blob
         super().__init__(f"blob of shape {shape} needs {needed / 2**30:.2f} GiB for data and diff, "
                          f"but only {available / 2**30:.2f} GiB of memory is available")
 
@@ -61,9 +77,7 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
-            raise ValueError(f"negative dimension in blob shape {shape}")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = check_shape(shape)
         if count > self._data.size:
             self._allocate(shape, count)
         # Always re-view: this also undoes an earlier share_data/share_diff.
@@ -76,12 +90,12 @@ class Blob:
         needed = 2 * count * np.dtype(self.dtype).itemsize
         available = available_memory() if needed > 2**28 else None
         if available is not None and needed > available:
-            raise BlobTooLarge(shape, needed, available)
+            raise BlobTooLarge(shape, needed, available, self)
         try:
             self._data = np.zeros(count, self.dtype)
             self._diff = np.zeros(count, self.dtype)
         except MemoryError:
-            raise BlobTooLarge(shape, needed, available or 0) from None
+            raise BlobTooLarge(shape, needed, available or 0, self) from None
 
     def share_data(self, other):
         """View another blob's data in this blob's shape (Split, Flatten, Reshape): no copy."""

@@ -92,7 +92,7 @@ def upgrade_file(src, dst, kind=None):
         reasons = solver_upgrade_reasons(message)
         upgrade_solver(message, src)
     if path_has_suffix(dst, BINARY_SUFFIXES):
-        schema.write_atomically(dst, message.SerializeToString())
+        schema.write_binary_message(dst, message)
     else:
         schema.write_text_message(dst, message)
     return kind, reasons

@@ -14,7 +14,8 @@ import subprocess
 from .errors import NetspecError
 from .graph import filter_net
 from .proto import caffe_pb2
-from .schema import read_net, write_atomically
+from .durable import write_file
+from .schema import read_net
 
 RANKDIRS = ("LR", "TB", "BT", "RL")
 # What Graphviz's `dot -T` writes and a user is likely to ask for by file extension.
@@ -238,7 +239,7 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=
                            f"(use .dot, .gv or one of .{', .'.join(RENDERED_FORMATS)})")
     dot_text = net_to_dot(caffe_net, rankdir, phase, label_edges, display_lrm)
     data = dot_text.encode("utf-8") if ext in ("dot", "gv") else _render(dot_text, ext, path)
-    write_atomically(path, data)
+    write_file(path, data)
 
 
 def get_pydot_graph(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=False):

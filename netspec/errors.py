@@ -18,6 +18,12 @@ class ParseError(NetspecError):
         super().__init__(f"{where}: {message}")
 
 
+def install_hint(extra, package):
+    """How to install an optional dependency. Never the bare name `netspec` on the package index:
+    that name belongs to an unrelated project, whose code installing `netspec[...]` from the index would bring."""
+    return f"pip install {package} (or, in the netspec checkout, pip install -e '.[{extra}]')"
+
+
 def prefixed(error, prefix):
     """The same error, of the same class, with `prefix: ` in front of its message.
 

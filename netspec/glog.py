@@ -15,6 +15,16 @@ _LEVEL_LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
                  logging.ERROR: "E", logging.CRITICAL: "F"}
 
 
+# Every control character but the tab (Caffe's `time` lines use tabs).
+_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7f] if c != 0x09}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
+def printable(text):
+    """`text` with control characters escaped (a newline in a layer name must not forge a log line)."""
+    return str(text).translate(_CONTROL)
+
+
 class GlogFormatter(logging.Formatter):
     def format(self, record):
         t = time.localtime(record.created)
@@ -23,7 +33,7 @@ class GlogFormatter(logging.Formatter):
         prefix = (f"{_LEVEL_LETTER.get(record.levelno, 'I')}{t.tm_mon:02d}{t.tm_mday:02d} "
                   f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} "
                   f"{os.getpid()} {source}] ")
-        return prefix + record.getMessage()
+        return prefix + printable(record.getMessage())
 
 
 class _Handler(logging.StreamHandler):

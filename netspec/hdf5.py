@@ -18,7 +18,8 @@ import numpy as np
 
 from . import glog
 from .errors import NetspecError
-from .schema import write_atomically
+from . import durable
+from .reading import open_regular
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -46,7 +47,7 @@ def has_signature(data):
 def is_hdf5(path):
     """Whether the file starts with HDF5's signature (at 0, or after a user block of 512 * 2^k bytes)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:       # a FIFO or device is no HDF5 file (and must not block here)
             size = os.fstat(f.fileno()).st_size
             offset = 0
             while offset + len(SIGNATURE) <= size:
@@ -54,7 +55,7 @@ def is_hdf5(path):
                 if f.read(len(SIGNATURE)) == SIGNATURE:
                     return True
                 offset = 512 if offset == 0 else offset * 2
-    except OSError:
+    except (OSError, NetspecError):
         return False
     return False
 
@@ -153,7 +154,7 @@ def write_file(path, fill):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
-    write_atomically(path, buffer.getvalue())
+    durable.write_file(path, buffer.getvalue())
 
 
 def layer_groups(group, prefix=""):

@@ -43,7 +43,9 @@ import re
 import time
 from collections import OrderedDict
 
+from .durable import open_for_write
 from .errors import NetspecError
+from .reading import read_bytes
 
 BASE_COLUMNS = ("NumIters", "Seconds", "LearningRate")
 
@@ -134,12 +136,11 @@ class _Table:
 def _read_lines(source):
     if isinstance(source, (str, bytes, os.PathLike)):
         path = os.fsdecode(source)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines = [line.rstrip("\r\n") for line in f]
-            return path, lines, time.localtime(os.path.getmtime(path)).tm_year
-        except OSError as e:
-            raise NetspecError(f"{path}: cannot read log: {e.strerror or e}") from None
+        text = read_bytes(path, "a training log").decode("utf-8", errors="replace")
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")   # universal newlines, as open()
+        if lines and not lines[-1]:
+            lines.pop()
+        return path, lines, time.localtime(os.path.getmtime(path)).tm_year
     return "<lines>", [line.rstrip("\r\n") for line in source], time.localtime().tm_year
 
 
@@ -233,7 +234,7 @@ def write_csv(rows, path, delimiter=","):
     if len(delimiter) != 1:
         raise NetspecError(f"--delimiter must be one character, got {delimiter!r}")
     names = columns(rows)
-    with open(path, "w", newline="") as f:
+    with open_for_write(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter=delimiter)  # excel dialect: CRLF, like Caffe's files
         writer.writerow(names)
         writer.writerows([row.get(c) for c in names] for row in rows)
@@ -243,7 +244,7 @@ def write_json(rows, path):
     """Rows as a JSON list of objects; NaN becomes null so the file is strict JSON."""
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
              for row in rows]
-    with open(path, "w") as f:
+    with open_for_write(path, "w") as f:
         json.dump(clean, f, indent=1, allow_nan=False)
         f.write("\n")
 

@@ -1,5 +1,5 @@
 """Caffe's learning-rate policies: the rate at iteration `it` for a SolverParameter."""
-import math
+import numpy as np
 
 from .errors import NetspecError
 
@@ -26,22 +26,33 @@ def check_policy(param, where="solver"):
 
 
 def learning_rate(param, it, current_step=0):
-    """Caffe's SGDSolver::GetLearningRate. `current_step` is multistep's position."""
-    base, policy = param.base_lr, param.lr_policy
+    """Caffe's SGDSolver::GetLearningRate. `current_step` is multistep's position.
+
+    In float64 arithmetic as Caffe computes it (std::pow, std::exp): an overflow
+    gives inf, a negative base to a fractional power NaN, never a Python
+    exception; Solver refuses a rate that is not finite with one line.
+    """
+    with np.errstate(all="ignore"):
+        return float(_rate(param, np.float64(it), current_step))
+
+
+def _rate(param, it, current_step):
+    base, policy = np.float64(param.base_lr), param.lr_policy
+    gamma, power = np.float64(param.gamma), np.float64(param.power)
     if policy == "fixed":
         return base
     if policy == "step":
-        return base * param.gamma ** (it // param.stepsize)
+        return base * np.power(gamma, np.floor(it / param.stepsize))
     if policy == "exp":
-        return base * param.gamma ** it
+        return base * np.power(gamma, it)
     if policy == "inv":
-        return base * (1.0 + param.gamma * it) ** (-param.power)
+        return base * np.power(1.0 + gamma * it, -power)
     if policy == "multistep":
-        return base * param.gamma ** current_step
+        return base * np.power(gamma, np.float64(current_step))
     if policy == "poly":
-        return base * (1.0 - it / param.max_iter) ** param.power
+        return base * np.power(1.0 - it / np.float64(param.max_iter), power)
     if policy == "sigmoid":
-        return base / (1.0 + math.exp(-param.gamma * (it - param.stepsize)))
+        return base * (1.0 / (1.0 + np.exp(-gamma * (it - np.float64(param.stepsize)))))
     raise NetspecError(f"unknown lr_policy '{policy}'")
 
 

@@ -12,12 +12,13 @@ from collections import OrderedDict
 import numpy as np
 
 from . import glog, hdf5, layers as _layers  # noqa: F401  (importing layers fills the registry)
-from .blob import Blob, BlobTooLarge
+from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
+from .memory import MemoryEstimate, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
-from .schema import read_binary_message, read_net, write_atomically
+from .schema import read_binary_message, read_net, write_binary_message
 from .upgrade import upgrade_net
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
@@ -81,10 +82,13 @@ class LayerRecord:
 
 class _Wiring:
     """What Net::Init tracks while it appends layers: blobs no layer has consumed yet (the
-    outputs), which layer made each blob (for errors), and which blobs carry a gradient."""
+    outputs), which layer made each blob (for errors), which blobs carry a gradient, and the
+    layer names so far with whether one of that name has parameters (dicts: setup stays linear)."""
 
     def __init__(self):
         self.available, self.producer, self.blob_need_backward = set(), {}, {}
+        self.layer_has_params = {}
+        self.memory = MemoryEstimate()
 
 
 class Net:
@@ -172,7 +176,7 @@ class Net:
         """Caffe's Net::Init body for one layer: create, wire bottoms and tops, set up, attach params."""
         if not lp.HasField("phase"):
             lp.phase = state.phase
-        seen = any(record.name == lp.name for record in self.records)
+        seen = lp.name in wiring.layer_has_params
         if seen:
             # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
             # matched by name, so it is refused below only for layers that carry parameters.
@@ -191,16 +195,28 @@ class Net:
             layer.reshape(bottoms, tops)
         except BlobTooLarge as e:
             so_far = sum(b.count for b in self.blobs.values()) * 4
+            if any(e.blob is t for t in tops):
+                hint = "an output of the layer: it scales with batch_size and the input size"
+            else:
+                hint = "a parameter of the layer: a smaller num_output or kernel, not batch_size, is what helps"
             raise NetspecError(
                 f"layer '{lp.name}' ({lp.type}): {e}. Memory required for data up to "
-                f"this layer: {so_far + e.needed // 2} bytes; reduce batch_size or the input size") from None
+                f"this layer: {so_far + e.needed // 2} bytes; the blob is {hint}"
+                + (f"; the layers before it hold {wiring.memory.total / 2**30:.2f} GiB (largest layers: "
+                   f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
+        except BadBlobShape as e:
+            raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
+        new_tops = [t for j, t in enumerate(tops) if not (j < len(lp.bottom) and lp.bottom[j] == lp.top[j])]
+        wiring.memory.add(lp.name, lp.type, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
+        wiring.memory.check()       # before the first forward touches (and so really takes) the memory
         loss_weights = self._set_loss_weights(layer, tops)
         for blob in tops:
             glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
         self._attach_params(layer, lp)
-        if seen and (layer.blobs or self._has_params_named(lp.name)):
+        if seen and (layer.blobs or wiring.layer_has_params[lp.name]):
             raise NetspecError(f"duplicate layer name '{lp.name}': layers with parameters must have "
                                "unique names (weights are copied by layer name)")
+        wiring.layer_has_params[lp.name] = bool(layer.blobs) or wiring.layer_has_params.get(lp.name, False)
         need_backward = any(bottom_need) and not layer.is_data
         for j in range(len(layer.blobs)):
             spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
@@ -249,10 +265,6 @@ class Net:
             if lp.type == "Input":
                 self.inputs.append(name)
         return tops
-
-    def _has_params_named(self, name):
-        """Whether an already built layer of this name has parameters."""
-        return any(record.name == name and record.layer.blobs for record in self.records)
 
     def _missing_bottom(self, lp, name, filtered, param, state):
         where = f"layer '{lp.name}' ({lp.type})"
@@ -612,7 +624,7 @@ class Net:
         return out
 
     def save(self, path, write_diff=False):
-        write_atomically(path, self.to_proto(write_diff).SerializeToString())
+        write_binary_message(path, self.to_proto(write_diff))
 
     def save_hdf5(self, path, write_diff=False):
         """pycaffe's save_hdf5: Caffe's .caffemodel.h5 layout (data/<layer>/<i>)."""
@@ -622,8 +634,9 @@ class Net:
         """pycaffe's load_hdf5: copy parameters by layer name from a .caffemodel.h5."""
         hdf5.copy_trained_layers(self, path)
 
-    def copy_from(self, source):
-        """Copy parameters by layer name from a .caffemodel (binary or HDF5) path or a NetParameter."""
+    def copy_from(self, source, require_all=False):
+        """Copy parameters by layer name from a .caffemodel (binary or HDF5) path or a NetParameter
+        (see copy_layer_blobs)."""
         if isinstance(source, caffe_pb2.NetParameter):
             trained, where = source, "<NetParameter>"
         else:
@@ -635,7 +648,7 @@ class Net:
                 return self.load_hdf5(where)
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             trained = upgrade_net(trained, where)
-        copy_layer_blobs(self, trained, where)
+        copy_layer_blobs(self, trained, where, require_all)
 
     copy_trained_layers_from = copy_from
 

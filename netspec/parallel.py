@@ -16,6 +16,7 @@ solver callback (callbacks.py); from Python, as the CLI does:
     dp = parallel.from_environment()         # None outside mpirun
     solver = Solver(path, rank=dp.rank); solver.add_callback(dp); solver.solve()
 """
+import hashlib
 import logging
 import os
 import sys
@@ -26,8 +27,8 @@ import numpy as np
 
 from . import glog, rng
 from .callbacks import SolverCallback
-from .errors import NetspecError
-from .snapshot import read_solverstate
+from .errors import NetspecError, install_hint
+from .snapshot import check_resume_record, read_solverstate
 
 # (size, rank) variables the launchers set: Open MPI, MPICH and Intel MPI (Hydra's PMI), MVAPICH.
 _LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
@@ -68,8 +69,8 @@ def _import_mpi(why):
         from mpi4py import MPI
     except ImportError:
         raise NetspecError(f"started by an MPI launcher ({why}), but mpi4py is not installed: "
-                           "pip install 'netspec[mpi]' (it runs over the system's MPI, e.g. "
-                           "apt-get install openmpi-bin libopenmpi-dev)") from None
+                           f"{install_hint('mpi', 'mpi4py')}; it runs over the system's MPI, e.g. "
+                           "apt-get install openmpi-bin libopenmpi-dev") from None
     except (RuntimeError, OSError) as e:
         raise NetspecError(f"started by an MPI launcher ({why}), but mpi4py cannot load the MPI library "
                            f"({e}); install the system's MPI, e.g. apt-get install openmpi-bin libopenmpi-dev"
@@ -144,6 +145,7 @@ class DataParallel(SolverCallback):
     def start(self, solver, resume_file=None):
         """Before the first iteration, once rank 0 restored `resume_file`: every rank takes rank 0's
         weights, solver state and data position, and its own data cursor from the snapshot when there is one."""
+        self.check_agreement(run_sections(solver))     # before any buffer is sized from this rank's net
         # Signals reach ranks unevenly: each rank's request rides in the gradient Allreduce,
         # and every rank acts on the combined one at the same iteration.
         self._poll_signals = solver.action_request
@@ -166,9 +168,36 @@ class DataParallel(SolverCallback):
         for arrays in solver.state_arrays():          # weights, then each history slot
             self._broadcast(arrays.__getitem__)
 
+    def check_agreement(self, sections):
+        """Every rank must run what rank 0 runs: rank 0 broadcasts a digest of each section (solver,
+        net, parameter shapes); on any difference the job ends with one line naming the first
+        differing rank and line. Ranks with other nets would otherwise corrupt the Allreduce
+        buffers or hang, and other solver settings drift apart in silence."""
+        mine = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in sections.items()}
+        reference = self.comm.bcast(mine if self.rank == 0 else None, root=0)
+        differ = [name for name in sections if mine.get(name) != reference.get(name)]
+        everyone = self.comm.gather(differ, root=0)
+        bad = self.comm.bcast(sorted({n for d in everyone for n in d}) if self.rank == 0 else None, root=0)
+        if not bad:
+            return
+        texts = self.comm.bcast({n: sections[n] for n in bad} if self.rank == 0 else None, root=0)
+        note = None
+        for name in differ:
+            note = f"rank {self.rank}'s {name} differs from rank 0's: {first_difference(sections[name], texts[name])}"
+            break
+        notes = self.comm.gather(note, root=0)
+        if self.rank == 0:
+            raise NetspecError("the MPI ranks do not run the same training: "
+                               + next(n for n in notes if n is not None))
+        self.comm.Barrier()           # rank 0 ends the job (abort_job), this rank waits for it
+
     def _rank_states(self, resume_file):
         """Each rank's random state and data cursors from rank 0's snapshot, or None if it cannot be exact."""
         _, resume = read_solverstate(resume_file)
+        try:
+            check_resume_record(resume or {"rng": rng.get_state()})
+        except ValueError:
+            return None               # solver.restore has said the record is damaged
         states = (resume or {}).get("mpi_ranks")
         if states is not None and len(states) != self.size:
             glog.warning(f"{resume_file} was written by {len(states)} ranks and this run has {self.size}: the "
@@ -199,7 +228,7 @@ class DataParallel(SolverCallback):
         """Average every parameter's gradient, and the loss, over the ranks; return the mean loss."""
         request = self._poll_signals() if self._poll_signals is not None else "none"
         tail = self._tail
-        tail[0], tail[1], tail[2] = loss, request == "stop", request == "snapshot"
+        tail[0], tail[1], tail[2] = loss, request in ("stop", "snapshot_stop"), request in ("snapshot", "snapshot_stop")
         scale = 1.0 / self.size
         in_place, total = self.MPI.IN_PLACE, self.MPI.SUM
         for bucket in self._buckets:
@@ -208,7 +237,8 @@ class DataParallel(SolverCallback):
             self.comm.Allreduce(in_place, bucket.buffer, op=total)
             for view, blob in zip(bucket.views, bucket.blobs):
                 np.multiply(view, scale, out=blob.diff)
-        self._agreed = "stop" if tail[1] else "snapshot" if tail[2] else "none"
+        self._agreed = {(1, 1): "snapshot_stop", (1, 0): "stop", (0, 1): "snapshot"}.get((bool(tail[1]), bool(tail[2])),
+                                                                                       "none")
         return float(tail[0]) * scale
 
     def average(self, value):
@@ -240,6 +270,35 @@ class DataParallel(SolverCallback):
             if self.rank:
                 for view, i in zip(bucket.views, bucket.indices):
                     np.copyto(array_of(i), view)
+
+
+# Only rank 0 tests: its test settings are its own. Everything else must be the same on every rank.
+_ROOT_ONLY_FIELDS = ("test_iter", "test_net", "test_net_param", "test_state", "test_interval")
+
+
+def run_sections(solver):
+    """{section: text} of what defines a training: the solver (less rank 0's test settings), the train
+    net, and every learnable parameter's shape in order."""
+    from google.protobuf import text_format
+    param = type(solver.param)()
+    param.CopyFrom(solver.param)
+    for field in _ROOT_ONLY_FIELDS:
+        param.ClearField(field)
+    shapes = [f"{name} param {j}: {tuple(blob.shape)}" for name, layer in solver.net.layer_dict.items()
+              for j, blob in enumerate(layer.blobs)]
+    return {"solver": text_format.MessageToString(param), "net": text_format.MessageToString(solver.net.param),
+            "parameter shapes": "\n".join(shapes)}
+
+
+def first_difference(text, reference):
+    """`line N: 'this' where rank 0 has 'that'` for the first line where two texts differ."""
+    ours, theirs = text.splitlines(), reference.splitlines()
+    for i in range(max(len(ours), len(theirs))):
+        a = ours[i].strip() if i < len(ours) else "<end>"
+        b = theirs[i].strip() if i < len(theirs) else "<end>"
+        if a != b:
+            return f"line {i + 1}: '{a}' where rank 0 has '{b}'"
+    return "same lines, other bytes"
 
 
 def _describe(exc):

@@ -9,12 +9,13 @@ Each chart type also has a name ("test-accuracy-vs-iters", ...). Several logs
 go on one chart, labelled by file name without ".log" as in Caffe. The output
 format (PNG or SVG) follows the extension. matplotlib is optional and only
 imported here, on first use, with the Agg canvas (no pyplot, no global backend
-switch); it comes with `pip install 'netspec[plot]'`.
+switch); `pip install matplotlib`, or the checkout's `plot` extra, brings it.
 """
 import itertools
 import os
 
-from .errors import NetspecError
+from .durable import open_for_write
+from .errors import NetspecError, install_hint
 from .logparse import parse_log
 
 # Caffe builds its list by sorting the field names; this is that order.
@@ -56,7 +57,7 @@ def _load_matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise NetspecError("plotting needs matplotlib: pip install 'netspec[plot]'") from None
+        raise NetspecError(f"plotting needs matplotlib: {install_hint('plot', 'matplotlib')}") from None
     return Figure, FigureCanvasAgg
 
 
@@ -117,8 +118,6 @@ def plot_logs(chart_type, output_path, log_paths):
     if not log_paths:
         raise NetspecError("no log files given to plot")
     fig = build_figure(chart_type, log_paths)
-    try:
-        fig.savefig(output_path, format=fmt, dpi=100)
-    except OSError as e:
-        raise NetspecError(f"{output_path}: cannot write: {e.strerror or e}") from None
+    with open_for_write(output_path, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=100)
     return output_path

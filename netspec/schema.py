@@ -7,7 +7,6 @@ by name. Every malformed file becomes a ParseError reading `path:line:col: messa
 import difflib
 import os
 import re
-import tempfile
 
 import numpy as np
 import yaml
@@ -15,8 +14,11 @@ from google.protobuf import descriptor, text_format
 from google.protobuf.message import DecodeError
 
 from . import dialects
+from .durable import write_file
 from .errors import NetspecError, ParseError
+from .integrity import seal, unseal
 from .proto import caffe_pb2
+from .reading import MAX_TEXT_BYTES, read_bytes
 from .upgrade import upgrade_net, upgrade_solver
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -25,21 +27,22 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _FD = descriptor.FieldDescriptor
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _read_text(path):
+    """A net or solver file's text: a regular file (or /dev/stdin), at most MAX_TEXT_BYTES, UTF-8."""
+    data = read_bytes(path, "a file", limit=MAX_TEXT_BYTES, allow_stdin=True)
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]          # a UTF-8 byte order mark (Windows editors): not part of the text
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise NetspecError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NetspecError(f"{path}: is a directory, expected a file") from None
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        from .hdf5 import is_hdf5
-        kind = "an HDF5 file (.caffemodel.h5 weights are read with --weights)" if is_hdf5(path) else \
-            f"not a text file ({e.reason} at byte {e.start}); binary files (.caffemodel) are read with --weights"
-        raise NetspecError(f"{path}: {kind}") from None
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+        from .hdf5 import has_signature
+        if has_signature(data[:1 << 20]):
+            raise NetspecError(f"{path}: an HDF5 file (.caffemodel.h5 weights are read with --weights)") from None
+        raise NetspecError(f"{path}: not a text file ({e.reason} at byte {e.start}); "
+                           "binary files (.caffemodel) are read with --weights") from None
 
 
 # ------------------------------------------------------------------ prototxt
@@ -223,19 +226,51 @@ def _scalar(field, node, path, owner):
         raise ParseError(path, line, col, msg) from None
 
 
-def _merge_yaml(node, message, path):
+class _YamlBudget:
+    """Counts the nodes a YAML document expands to: aliases can make an 80 KB file name billions
+    (a "billion laughs" bomb), or name themselves. Both are refused, with the alias's place."""
+
+    def __init__(self, text):
+        self.left = 4 * len(text) + 10_000   # a node takes at least a few characters unless aliased
+        self.open = set()                # ids of the mappings being merged: an alias back to one is a cycle
+
+    def spend(self, n, node, path):
+        self.left -= n
+        if self.left < 0:
+            line, col = _mark(node)
+            raise ParseError(path, line, col, "malformed YAML: its aliases expand to far more nodes than the "
+                                              "file holds (an alias bomb?); write the repeated parts out")
+
+    def enter(self, node, path):
+        self.spend(1, node, path)
+        if id(node) in self.open:
+            line, col = _mark(node)
+            raise ParseError(path, line, col, "malformed YAML: an alias refers to a mapping that contains it")
+        self.open.add(id(node))
+
+
+def _merge_yaml(node, message, path, budget):
     owner = message.DESCRIPTOR.full_name
     if not isinstance(node, yaml.MappingNode):
         line, col = _mark(node)
         raise ParseError(path, line, col, f"expected a mapping for message {owner}")
+    budget.enter(node, path)
     fields = message.DESCRIPTOR.fields_by_name
+    seen = {}
     for key_node, value_node in node.value:
         name = key_node.value
+        if name in seen:
+            line, col = _mark(key_node)
+            first = "%d:%d" % _mark(seen[name])
+            raise ParseError(path, line, col, f"field '{name}' of {owner} is given twice in one mapping (first at "
+                                              f"{first}); give a list for a repeated field")
+        seen[name] = key_node
         field = fields.get(name)
         if field is None:
             line, col = _mark(key_node)
             raise ParseError(path, line, col, _near_field(owner, name, f'Message type "{owner}" has no field named "{name}".'))
         items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        budget.spend(len(items), value_node, path)
         if not field.is_repeated and isinstance(value_node, yaml.SequenceNode):
             line, col = _mark(value_node)
             raise ParseError(path, line, col, f"field '{name}' of {owner} is not repeated; give one value, not a list")
@@ -245,7 +280,7 @@ def _merge_yaml(node, message, path):
                 sub.SetInParent()        # `dropout_param: {}` is present even when empty
                 if isinstance(item, yaml.ScalarNode) and item.value in ("", "~", "null"):
                     continue
-                _merge_yaml(item, sub, path)
+                _merge_yaml(item, sub, path, budget)
             else:
                 value = _scalar(field, item, path, owner)
                 try:
@@ -253,6 +288,7 @@ def _merge_yaml(node, message, path):
                 except (ValueError, TypeError) as e:
                     line, col = _mark(item)
                     raise ParseError(path, line, col, f"field '{name}' of {owner}: {e}") from None
+    budget.open.discard(id(node))
     return message
 
 
@@ -283,7 +319,7 @@ def _parse_yaml(text, message, path):
         raise ParseError(path, 0, 0, f"malformed YAML: {e}") from None
     if root is None:
         return message
-    return _merge_yaml(root, message, path)
+    return _merge_yaml(root, message, path, _YamlBudget(text))
 
 
 def message_to_yaml(message):
@@ -325,40 +361,22 @@ def read_text_message(path, message, dialect=None):
     return parse_prototxt(text, message, path, dialect)
 
 
-def read_binary_message(path, message, dialect=None):
-    """Fill `message` from a binary protobuf file.
-
-    A NetParameter (.caffemodel) written by a Caffe fork that reuses BVLC's
-    field numbers is recognised (netspec.dialects.detect_binary_dialect) and
-    read in that fork's schema, unless `dialect` names the schema to use.
-    """
-    if dialect is None:
-        _read_binary(path, message)
-        if message.DESCRIPTOR.full_name == "caffe.NetParameter":
-            dialect = dialects.detect_binary_dialect(message)
-        if dialect is None:
-            return message
-        message.Clear()
-    fork = dialects.dialect(dialect)
-    forked = _read_binary(path, fork.message_class(message.DESCRIPTOR.name)())
-    message.MergeFrom(fork.to_netspec(forked))
-    return message
+_BINARY_SUFFIX = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
 
 
-def _read_binary(path, message):
+def read_binary_payload(path, what):
+    """The protobuf bytes of a binary file: a regular file, size-bounded, its integrity record checked."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise NetspecError(f"{path}: no such file") from None
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_bytes(path, what)
     from .hdf5 import has_signature
     if has_signature(data[:1 << 20]):
-        raise NetspecError(f"{path}: an HDF5 file, not a binary {message.DESCRIPTOR.name}; Caffe's HDF5 weights "
-                           "(.caffemodel.h5) go to --weights / Net.copy_from, its solver states "
-                           "(.solverstate.h5) to --snapshot")
+        raise NetspecError(f"{path}: an HDF5 file, not a binary {what}; Caffe's HDF5 weights (.caffemodel.h5) "
+                           "go to --weights / Net.copy_from, its solver states (.solverstate.h5) to --snapshot")
+    return unseal(data, path)[0]
+
+
+def parse_binary(path, data, message):
+    """Fill `message` from protobuf bytes read from `path`, with a clear error for anything else."""
     try:
         message.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -367,12 +385,39 @@ def _read_binary(path, message):
         except UnicodeDecodeError:
             pass
         else:
-            suffix = {"NetParameter": ".caffemodel", "SolverState": ".solverstate", "BlobProto": ".binaryproto"}
             raise NetspecError(f"{path}: a text file, not a binary {message.DESCRIPTOR.name} "
-                               f"({suffix.get(message.DESCRIPTOR.name, 'binary protobuf')})") from None
+                               f"({_BINARY_SUFFIX.get(message.DESCRIPTOR.name, 'binary protobuf')})") from None
         raise NetspecError(f"{path}: not a valid binary {message.DESCRIPTOR.name} "
                            f"(truncated or corrupted file: {e})") from None
     return message
+
+
+def read_binary_message(path, message, dialect=None):
+    """Fill `message` from a binary protobuf file (a .caffemodel, .solverstate, .binaryproto).
+
+    A NetParameter (.caffemodel) written by a Caffe fork that reuses BVLC's
+    field numbers is recognised (netspec.dialects.detect_binary_dialect) and
+    read in that fork's schema, unless `dialect` names the schema to use.
+    """
+    path, name = os.fspath(path), message.DESCRIPTOR.name
+    what = f"a binary {name} ({_BINARY_SUFFIX[name]})" if name in _BINARY_SUFFIX else f"a binary {name}"
+    data = read_binary_payload(path, what)
+    if dialect is None:
+        parse_binary(path, data, message)
+        if message.DESCRIPTOR.full_name == "caffe.NetParameter":
+            dialect = dialects.detect_binary_dialect(message)
+        if dialect is None:
+            return message
+        message.Clear()
+    fork = dialects.dialect(dialect)
+    forked = parse_binary(path, data, fork.message_class(name)())
+    message.MergeFrom(fork.to_netspec(forked))
+    return message
+
+
+def write_binary_message(path, message):
+    """Write a message as Caffe's binary format, with netspec's integrity record (integrity.py) in front."""
+    write_file(path, seal(message.SerializeToString()))
 
 
 def _read_upgraded(path_or_param, message_class, upgrade):
@@ -396,42 +441,8 @@ def read_solver(path_or_param):
     return _read_upgraded(path_or_param, caffe_pb2.SolverParameter, upgrade_solver)
 
 
-def write_atomically(path, data):
-    """Write bytes so that a crash leaves either the old file or the new one, never a torn one.
-
-    The bytes go to a uniquely named temporary file in the same folder, which is
-    flushed, synced and then renamed over `path` (rename is atomic on POSIX).
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise NetspecError(f"{path}: cannot write ({e.strerror}); any previous file there is unchanged") \
-                from None
-        raise
-    try:
-        # Make the rename itself durable.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+# Every file netspec writes goes through durable.write_file; the old name stays importable.
+write_atomically = write_file
 
 
 def write_text_message(path, message):
@@ -440,4 +451,4 @@ def write_text_message(path, message):
         text = message_to_yaml(message)
     else:
         text = text_format.MessageToString(message)
-    write_atomically(path, text.encode("utf-8"))
+    write_file(path, text.encode("utf-8"))

@@ -12,12 +12,15 @@ import numpy as np
 
 from . import glog, hdf5, rng
 from .callbacks import FunctionCallback, SolverCallback
+from .durable import temp_name_for
 from .errors import NetspecError
+from .layers.python import UserCodeExit
 from .lr_policy import advance_multistep, check_policy, learning_rate
 from .net import Net
 from .proto import caffe_pb2
 from .schema import read_net, read_solver
-from .snapshot import read_solverstate, resolve_learned_net, snapshot_paths, write_solverstate
+from .snapshot import (check_resume_record, lock_prefix, read_solverstate, release_prefix, resolve_learned_net,
+                       snapshot_paths, write_solverstate)
 from .updates import make_rule
 from .weights import array_to_blob, blob_to_array
 
@@ -64,7 +67,10 @@ class Solver:
         self.rule = make_rule(p, self.source)
         self.iter = 0
         self.current_step = 0
-        self.action_request = None        # callable -> "none" | "stop" | "snapshot" (signals)
+        self.action_request = None        # callable -> "none" | "stop" | "snapshot" | "snapshot_stop" (signals)
+        self._prefix_lock = None          # snapshot.lock_prefix's lock while this solver trains
+        self._snapshot_iter = None        # the iteration of the last snapshot written
+        self.snapshot_on_user_exit = False  # the CLI: whether --sigint_effect keeps work (stop, snapshot)
         self.callbacks = []               # SolverCallback objects, called in the order added (callbacks.py)
         self.requested_early_exit = False
         self.on_divergence = _on_divergence[0]
@@ -83,7 +89,8 @@ class Solver:
         glog.info("Solver scaffolding done.", "solver.cpp:57")
 
     def close(self):
-        """Release the nets' prefetch threads and LMDBs (Net.close)."""
+        """Release the nets' prefetch threads and LMDBs (Net.close), and the snapshot prefix's lock."""
+        self._release_prefix()
         for net in [self.net] + list(self.test_nets):
             if net is not None:
                 net.close()
@@ -98,6 +105,9 @@ class Solver:
             raise NetspecError(f"{where}: unknown regularization_type '{p.regularization_type}' (L1 or L2)")
         if p.iter_size < 1:
             raise NetspecError(f"{where}: iter_size must be at least 1, got {p.iter_size}")
+        bad_iters = [n for n in p.test_iter if n < 1]
+        if bad_iters:
+            raise NetspecError(f"{where}: test_iter must be at least 1, got {bad_iters[0]}")
         if p.average_loss < 1:
             raise NetspecError(f"{where}: average_loss must be at least 1, got {p.average_loss}")
         sources = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
@@ -107,7 +117,7 @@ class Solver:
             raise NetspecError(f"{where}: more than one train net given ({', '.join(sources)}); set exactly one")
         if p.snapshot < 0:
             raise NetspecError(f"{where}: snapshot must not be negative, got {p.snapshot}")
-        if p.snapshot or p.snapshot_after_train:
+        if p.snapshot or p.snapshot_after_train or p.snapshot_prefix:   # a signal may ask for one, too
             self._default_prefix()
             if self.rank == 0:            # the root alone writes; other ranks would race on one host
                 self._check_snapshot_writable()
@@ -125,7 +135,7 @@ class Solver:
 
     def _check_snapshot_writable(self):
         prefix = self.param.snapshot_prefix
-        probe = f"{prefix}_iter_probe.tempfile"
+        probe = temp_name_for(f"{prefix}_iter_probe")      # netspec's temp pattern: removed if left by a kill
         try:
             folder = os.path.dirname(prefix)
             blocker = folder
@@ -220,7 +230,7 @@ class Solver:
             self.callbacks.append(FunctionCallback(on_start, on_gradients_ready))
 
     def _requested_action(self):
-        """"none", "stop" or "snapshot": a callback's agreed action (MPI), else action_request's."""
+        """"none", "stop", "snapshot" or "snapshot_stop": a callback's agreed action (MPI), else action_request's."""
         for callback in self.callbacks:
             agreed = callback.agreed_action()
             if agreed is not None:
@@ -249,7 +259,13 @@ class Solver:
     def learning_rate(self):
         self.current_step = advance_multistep(self.param, self.iter, self.current_step) \
             if self.param.lr_policy == "multistep" else self.current_step
-        return learning_rate(self.param, self.iter, self.current_step)
+        rate = learning_rate(self.param, self.iter, self.current_step)
+        if not np.isfinite(rate):
+            p = self.param
+            raise NetspecError(f"{self.source}: lr_policy '{p.lr_policy}' gives a learning rate of {rate} at "
+                               f"iteration {self.iter} (base_lr {_fmt(p.base_lr)}, gamma {_fmt(p.gamma)}, power "
+                               f"{_fmt(p.power)}, stepsize {p.stepsize}); choose values that keep it finite")
+        return rate
 
     def _update_smoothed_loss(self, loss):
         n = self.param.average_loss
@@ -262,7 +278,29 @@ class Solver:
             self._smoothed_loss += (loss - self._losses[idx]) / n
             self._losses[idx] = loss
 
+    def _hold_prefix(self):
+        """One training per snapshot_prefix (the root alone writes under MPI); True if taken just now."""
+        p = self.param
+        if self._prefix_lock is None and p.snapshot_prefix and self.rank == 0:
+            self._prefix_lock = lock_prefix(p.snapshot_prefix, self.source)
+            return True
+        return False
+
+    def _release_prefix(self):
+        if self._prefix_lock is not None:
+            release_prefix(self._prefix_lock)
+            self._prefix_lock = None
+
     def step(self, iters):
+        """Caffe's Solver::Step; holds the snapshot prefix's lock while it runs (solve: the whole run)."""
+        taken = self._hold_prefix()
+        try:
+            self._step(iters)
+        finally:
+            if taken:
+                self._release_prefix()
+
+    def _step(self, iters):
         p = self.param
         stop_iter = self.iter + iters
         if self._resumed_losses is not None:
@@ -283,8 +321,16 @@ class Solver:
                 callback.on_start(self)
             self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
+            try:
+                for _ in range(p.iter_size):
+                    loss += self.net.forward_backward()
+            except NetspecError as e:
+                # A Python layer called sys.exit(): an error, but the work so far is kept as a
+                # SIGINT would keep it (the weights are those of the last finished iteration).
+                user_exit = isinstance(e, UserCodeExit) or isinstance(e.__cause__, UserCodeExit)
+                if user_exit and self.snapshot_on_user_exit and not self.callbacks:
+                    self.snapshot()
+                raise
             loss /= p.iter_size
             for callback in self.callbacks:   # MPI: gradients and the loss averaged over the ranks
                 loss = callback.on_gradients_ready(self, loss)
@@ -305,9 +351,9 @@ class Solver:
                 glog.progress(f"  iteration {self.iter}/{p.max_iter}: {done}/{p.display} of this display "
                               f"interval, loss {self._smoothed_loss:.4g}")
             request = self._requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+            if (p.snapshot and self.iter % p.snapshot == 0) or request in ("snapshot", "snapshot_stop"):
                 self.snapshot()
-            if request == "stop":
+            if request in ("stop", "snapshot_stop"):
                 self.requested_early_exit = True
                 break
 
@@ -395,13 +441,22 @@ class Solver:
         glog.info(f"Solving {self.net.name}", "solver.cpp:289")
         glog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:290")
         self.requested_early_exit = False
+        taken = self._hold_prefix()
+        try:
+            self._solve(resume_file)
+        finally:
+            if taken:
+                self._release_prefix()
+
+    def _solve(self, resume_file):
+        p = self.param
         if resume_file and self.rank == 0:    # the other ranks take the root's state in on_solve (MPI)
             glog.info(f"Restoring previous solver status from {resume_file}", "solver.cpp:294")
             self.restore(resume_file)
         for callback in self.callbacks:
             callback.on_solve(self, resume_file)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if p.snapshot_after_train and self._snapshot_iter != self.iter:
             self.snapshot()
         if self.requested_early_exit:
             glog.info("Optimization stopped early.", "solver.cpp:312")
@@ -429,9 +484,9 @@ class Solver:
         n = p.test_iter[index]
         for _ in range(n):
             request = self._requested_action()
-            if request == "snapshot":
+            if request in ("snapshot", "snapshot_stop"):
                 self.snapshot()
-            elif request == "stop":
+            if request in ("stop", "snapshot_stop"):
                 self.requested_early_exit = True
                 glog.info("Test interrupted.", "solver.cpp:364")
                 return None
@@ -461,6 +516,7 @@ class Solver:
 
     def snapshot(self, suffix=""):
         """Write <prefix>_iter_N.caffemodel and .solverstate (each + `suffix`); returns their paths."""
+        self._snapshot_iter = self.iter           # on every rank, so that they agree on the next one
         resume = self._resume_payload()
         for callback in self.callbacks:       # MPI: all ranks' data cursors go into rank 0's file
             resume = callback.on_snapshot(self, resume)
@@ -492,11 +548,13 @@ class Solver:
             raise NetspecError(f"{state_path}: holds {len(state.history)} history blobs, but a {self.param.type} "
                                f"solver for this net needs {expected} (was it written by another solver type "
                                "or for another net?)")
-        if state.learned_net or not resume:
-            model, note = resolve_learned_net(state_path, state.learned_net)
-            if note:
-                glog.warning(note, "solver.cpp:470")
-            self.net.copy_from(model)
+        if not state.learned_net:
+            raise NetspecError(f"{state_path}: records no weights file (its learned_net is empty), so a resume "
+                               "would train on from random weights; start from a .caffemodel with --weights instead")
+        model, note = resolve_learned_net(state_path, state.learned_net)
+        if note:
+            glog.warning(note, "solver.cpp:470")
+        self.net.copy_from(model, require_all=True)
         n = len(self._histories)
         for k in range(self.rule.num_histories):
             for i, history in enumerate(self._histories):
@@ -509,8 +567,9 @@ class Solver:
         self.iter, self.current_step = state.iter, state.current_step
         if resume:
             try:
+                check_resume_record(resume)
                 self._apply_resume(resume)
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError, NetspecError) as e:
                 # OverflowError: numpy refuses a PCG64 state integer that does not fit (fuzz-found).
                 glog.warning(f"{state_path}: its netspec resume data is damaged ({type(e).__name__}: {e}); resuming "
                              "without the exact random state, data positions and loss window", "solver.cpp:470")

@@ -26,7 +26,8 @@ def blob_to_array(bp, diff=False):
     return arr.reshape(shape)
 
 
-def _varint(n):
+def varint(n):
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -38,7 +39,7 @@ def _varint(n):
 def _packed_floats(field_number, array):
     """The wire form of a packed `repeated float` field: tag, byte length, little-endian float32s."""
     raw = np.ascontiguousarray(array, "<f4").tobytes()
-    return _varint(field_number << 3 | 2) + _varint(len(raw)) + raw
+    return varint(field_number << 3 | 2) + varint(len(raw)) + raw
 
 
 def array_to_blob(array, bp, diff=None):
@@ -60,11 +61,21 @@ def _legacy_match(target_shape, source_shape):
     return padded == tuple(source_shape)
 
 
-def copy_layer_blobs(net, trained, where):
-    """Caffe's CopyTrainedLayersFrom: copy blobs by layer name; unknown layers are ignored."""
+def copy_layer_blobs(net, trained, where, require_all=False):
+    """Caffe's CopyTrainedLayersFrom: copy blobs by layer name.
+
+    Lenient (fine-tuning, --weights): a source layer the net lacks is logged as
+    ignored (as Caffe does), and so is each net layer with parameters that got
+    nothing from the file. require_all (resume, --snapshot): every net layer with
+    parameters must get them all, else NetspecError naming the layers missing.
+    """
+    from . import glog
+    filled = set()
     for source in trained.layer:
         layer = net.layer_dict.get(source.name)
         if layer is None or not source.blobs:
+            if layer is None and not require_all:
+                glog.info(f"Ignoring source layer {source.name}", "net.cpp:1079")
             continue
         if len(source.blobs) != len(layer.blobs):
             raise NetspecError(f"{where}: layer '{source.name}' has {len(source.blobs)} parameter blobs, "
@@ -77,3 +88,12 @@ def copy_layer_blobs(net, trained, where):
                     f"weights file has {shape}, net has {blob.shape} "
                     "(rename the layer to learn it from scratch)")
             blob.data[...] = blob_to_array(bp).reshape(blob.shape)
+        filled.add(source.name)
+    missing = [name for name, layer in net.layer_dict.items() if layer.blobs and name not in filled]
+    if missing and require_all:
+        shown = ", ".join(f"'{n}'" for n in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise NetspecError(f"{where}: holds no weights for layer(s) {shown} of the net, so resuming would leave "
+                           "them at their random initialisation (a truncated or foreign .caffemodel?)")
+    for name in missing:
+        glog.info(f"Layer {name} got no weights from {where}: it keeps its initialisation",
+                  "net.cpp:1079")

@@ -89,6 +89,16 @@ def gen_overwrite(file, offset, hex):
         f.write(bytes(data))
 
 
+def gen_unseal(file):
+    """Drop netspec's integrity record, leaving the file as Caffe would have written it."""
+    from netspec.integrity import unseal
+    with open(file, "rb") as f:
+        payload, sealed = unseal(f.read(), file)
+    assert sealed, f"{file} has no integrity record"
+    with open(file, "wb") as f:
+        f.write(payload)
+
+
 def gen_delete(file):
     os.remove(file)
 
@@ -118,7 +128,7 @@ def gen_lmdb(out, count, shape=(1, 4, 4), odd=None, raw=None):
 
 
 GENERATORS = {"caffemodel": gen_caffemodel, "solverstate": gen_solverstate, "truncate": gen_truncate,
-              "overwrite": gen_overwrite, "delete": gen_delete, "lmdb": gen_lmdb}
+              "overwrite": gen_overwrite, "delete": gen_delete, "unseal": gen_unseal, "lmdb": gen_lmdb}
 
 
 def prepare(case, root):

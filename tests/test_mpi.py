@@ -32,7 +32,7 @@ def _mpi_missing():
     if MPIRUN is None:
         return "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)"
     if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py not installed (pip install 'netspec[mpi]')"
+        return "mpi4py not installed (pip install -e '.[mpi]')"
     return None
 
 
@@ -162,7 +162,7 @@ def test_launched_without_mpi4py_says_what_to_install(tmp_path, records):
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("netspec: error: started by an MPI launcher (OMPI_COMM_WORLD_SIZE=2)")
-    assert "pip install 'netspec[mpi]'" in last and "Traceback" not in r.stderr
+    assert "pip install mpi4py (or, in the netspec checkout, pip install -e '.[mpi]')" in last and "Traceback" not in r.stderr
 
 
 def data_layer(db, batch):

@@ -110,8 +110,10 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     log = write_log(tmp_path / "run.log")
     with pytest.raises(NetspecError) as err:
         plot_logs(6, str(tmp_path / "a.png"), [log])
-    assert str(err.value) == "plotting needs matplotlib: pip install 'netspec[plot]'"
+    assert str(err.value) == ("plotting needs matplotlib: pip install matplotlib (or, in the netspec checkout, "
+                              "pip install -e '.[plot]')")
     result = CliRunner().invoke(plot_log_command, ["6", str(tmp_path / "a.png"), log])
     assert result.exit_code == 1
-    assert result.stderr == "netspec: error: plotting needs matplotlib: pip install 'netspec[plot]'\n"
+    assert result.stderr == ("netspec: error: plotting needs matplotlib: pip install matplotlib (or, in the "
+                             "netspec checkout, pip install -e '.[plot]')\n")
     assert not os.path.exists(tmp_path / "a.png")

@@ -23,7 +23,7 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def __init__(self, message):
-        super().__init__(" ".join(str(message).split("\n")))
+        super().__init__(glog.printable(" ".join(str(message).split("\n"))))
 
     def show(self, file=None):
         click.echo(f"netspec: error: {self.format_message()}", err=True)
@@ -34,7 +34,7 @@ def user_error(exc):
     if isinstance(exc, NetspecError):
         return UserError(exc)
     if isinstance(exc, MemoryError):
-        return UserError("out of memory (try a smaller batch_size)")
+        return UserError("out of memory")
     return exc
 
 
@@ -80,7 +80,7 @@ def run(command, argv=None, prog_name="netspec"):
             argv, log_dir = take_log_dir(expand_flagfiles(argv))
             if log_dir:
                 glog.add_log_files(log_dir, prog_name)
-            command.main(args=gflags_to_click(argv), prog_name=prog_name, standalone_mode=False)
+            status = command.main(args=gflags_to_click(argv), prog_name=prog_name, standalone_mode=False)
         except BaseException as e:
             error = user_error(e)       # also for a plain click command that let a NetspecError out
             parallel.abort_job(error, verbose)      # MPI: a failing rank ends the whole job (no-op alone)
@@ -95,4 +95,5 @@ def run(command, argv=None, prog_name="netspec"):
             traceback.print_exception(e.__cause__)
         e.show()
         sys.exit(e.exit_code)
-    sys.exit(0)
+    # click hands back ctx.exit(n) as a return value when not in standalone mode: keep its status.
+    sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)

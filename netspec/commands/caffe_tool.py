@@ -1,4 +1,5 @@
 """Caffe's `caffe` tool: train, test, time and device_query, with Caffe's flags and log lines."""
+import os
 import signal
 
 import click
@@ -25,22 +26,43 @@ def _phase(value):
 
 
 class _Signals:
-    """Turns SIGINT/SIGHUP into solver actions, as Caffe's SignalHandler does."""
+    """Turns SIGINT/SIGHUP/SIGTERM into solver actions, as Caffe's SignalHandler does.
 
-    def __init__(self, sigint_effect, sighup_effect):
-        self.effects = {signal.SIGINT: sigint_effect, signal.SIGHUP: sighup_effect}
+    SIGTERM (what Slurm and Kubernetes send before SIGKILL) has no handler in
+    Caffe, so its run dies without a snapshot; here its `stop` (the default)
+    writes a snapshot and then stops, whatever snapshot_after_train says. A
+    second SIGINT or SIGTERM while a stop is asked for, or before the first
+    request was acted on, ends the process at once (exit 130): the way out when
+    something blocks; a third exits without unwinding.
+    """
+
+    def __init__(self, sigint_effect, sighup_effect, sigterm_effect="stop"):
+        self.effects = {signal.SIGINT: sigint_effect, signal.SIGHUP: sighup_effect,
+                        signal.SIGTERM: "snapshot_stop" if sigterm_effect == "stop" else sigterm_effect}
         self.pending = "none"
+        self.stopping = False
+        self.forced = 0
 
     def install(self):
-        for sig, effect in self.effects.items():
+        for sig in self.effects:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         effect = self.effects.get(signum, "none")
+        ends = signum in (signal.SIGINT, signal.SIGTERM) and effect != "none"
+        if ends and (self.stopping or self.pending != "none"):
+            self.forced += 1
+            if self.forced > 1:
+                os._exit(130)
+            raise KeyboardInterrupt
         if effect != "none":
             self.pending = effect
-        if signum == signal.SIGINT and effect == "stop":
-            glog.info("SIGINT received: stopping after this iteration (a snapshot is written)", "signal_handler.cpp:63")
+        if effect in ("stop", "snapshot_stop"):
+            self.stopping = True
+            snap = ("a snapshot is written" if effect == "snapshot_stop"
+                    else "a snapshot is written unless snapshot_after_train is false")
+            glog.info(f"{signal.Signals(signum).name} received: stopping after this iteration ({snap}); "
+                      "send it again to end at once", "signal_handler.cpp:63")
 
     def __call__(self):
         action, self.pending = self.pending, "none"
@@ -58,12 +80,14 @@ def _refuse_gpu(gpu):
 @click.option("--weights", help="Comma-separated .caffemodel files to start from (fine-tuning).")
 @click.option("--sigint_effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True)
 @click.option("--sighup_effect", type=_SIGNAL_EFFECTS, default="snapshot", show_default=True)
+@click.option("--sigterm_effect", type=_SIGNAL_EFFECTS, default="stop", show_default=True,
+              help="stop: snapshot, then stop (batch schedulers send SIGTERM before SIGKILL).")
 @click.option("--gpu", default=None, hidden=True)
 @click.option("--level", type=int, default=None, help="Override the train net's level.")
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
 @click.option("--on_divergence", type=click.Choice(["stop", "continue"]), default="stop", show_default=True,
               help="At a NaN/inf loss: stop with a .diverged snapshot, or carry on as Caffe does.")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, stage, on_divergence):
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, sigterm_effect, gpu, level, stage, on_divergence):
     """Train a net (caffe train)."""
     _refuse_gpu(gpu)
     set_on_divergence(on_divergence)
@@ -80,9 +104,10 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, gpu, level, s
     for w in _split_list([weights] if weights and (mpi is None or mpi.rank == 0) else []):
         glog.info(f"Finetuning from {w}", "caffe.cpp:175")
         s.net.copy_from(w)
-    signals = _Signals(sigint_effect, sighup_effect)
+    signals = _Signals(sigint_effect, sighup_effect, sigterm_effect)
     signals.install()
     s.action_request = signals
+    s.snapshot_on_user_exit = sigint_effect in ("stop", "snapshot")
     if mpi is not None:
         s.add_callback(mpi)
     glog.info("Starting Optimization", "caffe.cpp:248")

@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from ..schema import write_atomically
+from ..schema import read_binary_payload, write_binary_message
 from .db import open_cursor
 from .lmdb_io import datum_to_array, parse_datum
 
@@ -36,7 +36,7 @@ def compute_image_mean(db_path, out_binaryproto=None, backend="lmdb"):
         glog.info(f"mean_value channel [{c}]: {value:g}", "compute_image_mean.cpp:0")
     if out_binaryproto is not None:
         glog.info(f"Write to {out_binaryproto}", "compute_image_mean.cpp:0")
-        write_atomically(out_binaryproto, blob.SerializeToString())
+        write_binary_message(out_binaryproto, blob)
     return blob
 
 
@@ -84,10 +84,9 @@ def _sum_datums(db_path, records):
 def load_mean_binaryproto(path):
     """A mean .binaryproto as a float32 C x H x W array."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise NetspecError(f"mean file '{path}' does not exist")
-    with open(path, "rb") as f:
-        payload = f.read()
+    payload = read_binary_payload(path, "a mean file (.binaryproto)")
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(payload)

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from ..errors import NetspecError
+from ..reading import check_regular
 
 GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 RESIZE_COEF_BITS = 11                     # OpenCV's INTER_RESIZE_COEF_BITS: weights are k / 2048
@@ -55,6 +56,8 @@ def decode_image(data, color=None, where="image"):
 
 def read_image(path, color=True, height=0, width=0):
     """Caffe's ReadImageToCVMat: the file decoded (colour or grey), resized when height and width are set."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        check_regular(path, "an image")         # a FIFO or device would block or never end
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -4,19 +4,20 @@ A Caffe LMDB is a directory holding data.mdb (and usually lock.mdb) whose
 records are (key, serialized caffe_pb2.Datum), read in key order.
 """
 import os
-import secrets
-import shutil
 import threading
 
 import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from ..durable import building_directory
 from ..errors import NetspecError
+from ..reading import check_regular
 from ..proto import caffe_pb2
 
 COMMIT_EVERY = 1000              # records per write transaction, as Caffe's converters commit
 DEFAULT_MAP_SIZE = 1 << 28       # 256 MiB to start; doubled whenever LMDB reports the map is full
+LMDB_FILES = ("data.mdb", "lock.mdb")   # all an LMDB directory holds: what --overwrite may replace
 
 
 # py-lmdb refuses to open one environment twice in a process, yet the train and test nets (and
@@ -71,8 +72,10 @@ def open_lmdb_readonly(path):
     if not os.path.exists(path):
         raise NetspecError(f"LMDB '{path}' does not exist")
     is_dir = os.path.isdir(path)
-    if is_dir and not os.path.isfile(os.path.join(path, "data.mdb")):
+    if is_dir and not os.path.lexists(os.path.join(path, "data.mdb")):
         raise NetspecError(f"'{path}' is not an LMDB: the directory has no data.mdb")
+    # A FIFO or device in its place would block or read without end.
+    check_regular(os.path.join(path, "data.mdb") if is_dir else path, "an LMDB")
     key = os.path.realpath(path)
     with _SHARED_LOCK:
         if key not in _SHARED_ENVS:
@@ -202,47 +205,17 @@ class LMDBCursor:
 def write_lmdb_atomically(dest, records, map_size=None, progress=None, overwrite=False):
     """Write (key, value) byte pairs to a new LMDB at `dest`; return the number written.
 
-    The records go to a temporary directory beside dest that is renamed into place
-    only when complete, so an interrupted write never leaves a half LMDB at dest.
-    `progress(n)` is called after each commit with the number of records written so far.
+    The records go to a directory beside dest that is moved in only when complete
+    (durable.building_directory), so an interrupted write never leaves a half LMDB
+    at dest, and --overwrite replaces only data.mdb and lock.mdb, never other files
+    of the folder. `progress(n)` is called after each commit with the records so far.
     """
     shown = os.fspath(dest)
-    dest = os.path.abspath(shown)
-    if os.path.lexists(dest) and not overwrite:
-        raise NetspecError(f"'{shown}' already exists; remove it first (or use --overwrite)")
-    if os.path.lexists(dest) and not os.path.isfile(os.path.join(dest, "data.mdb")):
-        # --overwrite must never delete a folder or file that merely has the wrong name.
+    if overwrite and os.path.lexists(shown) and not os.path.isfile(os.path.join(shown, "data.mdb")):
+        # --overwrite must never replace a folder or file that merely has the wrong name.
         raise NetspecError(f"refusing to replace '{shown}': it is not an LMDB directory")
-    try:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = make_temp_beside(dest, "tmp", directory=True)
-    except OSError as e:
-        raise NetspecError(f"cannot create LMDB '{shown}': {e.strerror or e}") from None
-    try:
-        count = _write_records(tmp, records, map_size or DEFAULT_MAP_SIZE, progress)
-        _move_into_place(tmp, dest, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return count
-
-
-def make_temp_beside(path, tag, directory=False):
-    """Create a fresh hidden file or directory next to path (same filesystem, so rename is atomic).
-
-    Unlike tempfile's, it gets the usual umask-based permissions, as the final file should.
-    """
-    parent, base = os.path.split(os.path.abspath(path))
-    while True:
-        candidate = os.path.join(parent, f".{base}.{tag}-{secrets.token_hex(4)}")
-        try:
-            if directory:
-                os.mkdir(candidate)
-            else:
-                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return candidate
-        except FileExistsError:
-            continue
+    with building_directory(shown, LMDB_FILES, overwrite=overwrite) as tmp:
+        return _write_records(tmp, records, map_size or DEFAULT_MAP_SIZE, progress)
 
 
 def _write_records(directory, records, map_size, progress):
@@ -279,29 +252,6 @@ def _commit_chunk(env, chunk):
             raise NetspecError(f"cannot write LMDB record: {_lmdb_reason(e)}") from None
 
 
-def _move_into_place(tmp, dest, overwrite):
-    if not os.path.lexists(dest):
-        try:
-            os.rename(tmp, dest)
-            return
-        except OSError as e:
-            if not overwrite:
-                raise NetspecError(f"cannot move the new LMDB into '{dest}': {e.strerror}") from None
-    # Swap: old -> backup, new -> dest, then drop the backup; restore the old one if the swap fails.
-    backup = make_temp_beside(dest, "old", directory=True)
-    os.rmdir(backup)
-    os.rename(dest, backup)
-    try:
-        os.rename(tmp, dest)
-    except OSError as e:
-        os.rename(backup, dest)
-        raise NetspecError(f"cannot replace '{dest}': {e.strerror}") from None
-    if os.path.isdir(backup) and not os.path.islink(backup):
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.remove(backup)
-
-
 def parse_datum(value, where="LMDB record"):
     """A caffe_pb2.Datum from serialized bytes, with a clear error for anything else."""
     datum = caffe_pb2.Datum()
@@ -324,6 +274,9 @@ def datum_to_array(datum, where="Datum", color=None):
         from .images import decode_image
         return decode_image(datum.data, color, where)
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 1:
+        raise NetspecError(f"{where}: the Datum has channels x height x width = {shape[0]}x{shape[1]}x{shape[2]}; "
+                           "each must be at least 1")
     size = shape[0] * shape[1] * shape[2]
     if datum.data:
         flat, found = np.frombuffer(datum.data, np.uint8), len(datum.data)

@@ -6,6 +6,7 @@ values Datum(channels=1, height=rows, width=cols, data=the uint8 pixels, label).
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import sys
 import urllib.error
@@ -16,7 +17,9 @@ import click
 import numpy as np
 
 from .. import glog
+from ..durable import temp_name_for
 from ..errors import NetspecError
+from ..reading import open_regular
 from ..proto import caffe_pb2
 from .db import write_db_atomically
 from .lmdb_io import open_lmdb_readonly
@@ -36,55 +39,76 @@ MNIST_MIRRORS = [
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 ]
+# MNIST's training images are 47 MB; an IDX file past 8 GiB is refused before it is read.
+MAX_IDX_BYTES = int(os.environ.get("NETSPEC_MAX_IDX_BYTES", 8 << 30))
 LMDB_NAMES = {"train": "mnist_train_lmdb", "t10k": "mnist_test_lmdb"}
 
 
 def _open_contents(path):
-    """A binary stream of the file's contents, gunzipped when it starts with the gzip magic."""
+    """A binary stream of a regular file's contents, gunzipped (as it is read) when it starts with the gzip magic."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise NetspecError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
+    raw = open_regular(path, "an IDX file")
+    compressed = raw.read(2) == GZIP_MAGIC
+    raw.seek(0)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw, raw
 
 
-def _read_contents(path):
-    with _open_contents(path) as stream:
-        try:
-            return stream.read()
-        except (EOFError, OSError, zlib.error) as e:
-            raise NetspecError(f"{path}: the gzip data is truncated or corrupt ({e})") from None
+def _read_exactly(stream, path, n):
+    try:
+        return stream.read(n)
+    except (EOFError, OSError, zlib.error) as e:
+        raise NetspecError(f"{path}: the gzip data is truncated or corrupt ({e})") from None
 
 
 def read_idx(path, kind):
-    """An IDX file ('images': N x rows x cols, 'labels': N) as a uint8 array, fully checked."""
+    """An IDX file ('images': N x rows x cols, 'labels': N) as a uint8 array, fully checked.
+
+    The header is read and checked first, and then only the bytes it promises (plus
+    one, to see extra data): a gzip bomb or a header promising terabytes is refused
+    before anything large is decompressed or allocated.
+    """
     magic_expected, ndims = IDX_KINDS[kind]
-    data = _read_contents(path)
-    header_len = 4 + 4 * ndims
-    if len(data) < 4:
-        raise NetspecError(f"{path}: truncated IDX file: {len(data)} bytes, too short for a header")
-    magic = int.from_bytes(data[:4], "big")
+    stream, raw = _open_contents(path)
+    with raw, stream:
+        header = _read_exactly(stream, path, 4 + 4 * ndims)
+        _check_idx_header(path, kind, header, magic_expected, ndims)
+        dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndims)]
+        body_size = math.prod(dims)       # Python ints: a header of 4 billion x 4 billion cannot wrap
+        what = f"{dims[0]} images of {dims[1]}x{dims[2]}" if kind == "images" else f"{dims[0]} labels"
+        expected = len(header) + body_size
+        size = os.fstat(raw.fileno()).st_size
+        if stream is raw and size < expected:           # uncompressed: the file's size tells at once
+            raise NetspecError(f"{path}: truncated IDX file: the header promises {what}, which needs "
+                               f"{expected} bytes; the file has {size} bytes (uncompressed)")
+        if body_size > MAX_IDX_BYTES:
+            raise NetspecError(f"{path}: the header promises {what} ({expected} bytes), more than netspec "
+                               f"reads from an IDX file ({MAX_IDX_BYTES} bytes)")
+        body = _read_exactly(stream, path, body_size + 1)
+    found = len(header) + len(body)
+    if len(body) < body_size:
+        raise NetspecError(f"{path}: truncated IDX file: the header promises {what}, which needs "
+                           f"{expected} bytes; the file has {found} bytes (uncompressed)")
+    if len(body) > body_size:
+        raise NetspecError(f"{path}: the header promises {what} ({expected} bytes) but the file has more "
+                           "bytes (uncompressed); extra data after the last record")
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def _check_idx_header(path, kind, header, magic_expected, ndims):
+    if len(header) < 4:
+        raise NetspecError(f"{path}: truncated IDX file: {len(header)} bytes, too short for a header")
+    magic = int.from_bytes(header[:4], "big")
     if magic != magic_expected:
         other = [k for k, (m, _) in IDX_KINDS.items() if m == magic]
         hint = f"; this looks like an IDX {other[0]} file" if other else ""
         raise NetspecError(f"{path}: wrong magic number {magic} (expected {magic_expected} for an "
                            f"IDX {kind} file{hint})")
-    if len(data) < header_len:
-        raise NetspecError(f"{path}: truncated IDX file: the header needs {header_len} bytes, "
-                           f"the file has {len(data)}")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndims)]
+    if len(header) < 4 + 4 * ndims:
+        raise NetspecError(f"{path}: truncated IDX file: the header needs {4 + 4 * ndims} bytes, "
+                           f"the file has {len(header)}")
+    dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndims)]
     if kind == "images" and (dims[1] == 0 or dims[2] == 0):
         raise NetspecError(f"{path}: the header gives images of {dims[1]}x{dims[2]} pixels")
-    expected = header_len + int(np.prod(dims))
-    what = f"{dims[0]} images of {dims[1]}x{dims[2]}" if kind == "images" else f"{dims[0]} labels"
-    if len(data) < expected:
-        raise NetspecError(f"{path}: truncated IDX file: the header promises {what}, which needs "
-                           f"{expected} bytes; the file has {len(data)} bytes (uncompressed)")
-    if len(data) > expected:
-        raise NetspecError(f"{path}: the header promises {what} ({expected} bytes) but the file has "
-                           f"{len(data)} bytes (uncompressed); extra data after the last record")
-    return np.frombuffer(data, np.uint8, offset=header_len).reshape(dims)
 
 
 def _datum_records(images, labels):
@@ -138,7 +162,8 @@ def find_mnist_file(folder, name):
 def md5_of_contents(path):
     """md5 of the uncompressed contents (gzip detected by its magic)."""
     digest = hashlib.md5()
-    with _open_contents(path) as stream:
+    stream, raw = _open_contents(path)
+    with raw, stream:
         try:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
@@ -206,7 +231,7 @@ def download_mnist(dest_dir, mirrors=None, timeout=20):
 
 def _fetch_checked(url, target, md5, timeout):
     """Download url to target if its contents have the given md5; return None or why it failed."""
-    tmp = target + ".part"
+    tmp = temp_name_for(target)      # netspec's temp pattern: cleaned up if left by a kill
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):

@@ -98,7 +98,14 @@ class _Prefetcher:
                 return
 
     def get(self):
-        item = self.queue.get()
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                # Never wait for a thread that is gone (stopped, or killed with its queue empty).
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise NetspecError("the data prefetch thread has stopped; no more batches will come") from None
         if isinstance(item, BaseException):
             raise item
         return item
@@ -216,6 +223,11 @@ class Data(Layer):
                 raise NetspecError(f"{at} has shape ({d.channels}, {d.height}, {d.width}) with "
                                    f"{len(d.data) or len(d.float_data)} values; the first record has "
                                    f"{self.datum_shape}")
+        kinds = [bool(d.data) for d in datums]
+        if any(k != kinds[0] for k in kinds):
+            i = kinds.index(not kinds[0])
+            raise NetspecError(f"{where[i]} holds {'uint8 data' if kinds[i] else 'float_data'}, the batch's first "
+                               f"record {'uint8 data' if kinds[0] else 'float_data'}; an LMDB must use one of the two")
         if datums[0].data:
             raw = np.frombuffer(b"".join(d.data for d in datums), np.uint8)
         else:
@@ -256,11 +268,15 @@ class Data(Layer):
             cursor.close()
 
     def set_resume_state(self, state):
+        """Go on from a get_resume_state() dict; on a bad one, raise with the prefetch thread running again."""
         self._prefetcher.stop()
-        self.cursor.seek(state["position"])
-        self.transformer.set_state(state["rng"])
-        self._consumed = self._state()
-        self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
+        try:
+            self.cursor.seek(state["position"])
+            self.transformer.set_state(state["rng"])
+        finally:
+            # Whatever failed above, the next forward must find a thread filling the queue.
+            self._consumed = self._state()
+            self._prefetcher = _Prefetcher(self._next_batch, self.layer_param.data_param.prefetch)
 
     # --- MPI data parallelism (netspec.parallel) ---
     def _read_values(self):

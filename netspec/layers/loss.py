@@ -2,7 +2,9 @@
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from ..errors import NetspecError
 from ..proto import caffe_pb2
+from ..schema import read_binary_payload
 from ..weights import blob_to_array
 from .base import FLT_MIN, Layer, register, scratch
 from .common import softmax, split_at_axis
@@ -40,7 +42,12 @@ class LabelMixin:
 
     def read_labels(self, label, outer, inner, num_classes, ignore=None):
         """Labels as int64 (outer, inner) with ignored ones replaced by 0, and the mask of valid ones."""
-        lab = label.data.reshape(outer, inner).astype(np.int64)
+        values = label.data.reshape(outer, inner)
+        finite = np.isfinite(values)
+        if not finite.all():
+            # Caught before the int cast, which would turn a NaN into -9223372036854775808 (and warn).
+            raise self.error(f"label value {values[~finite][0]} in bottom {self.bottom_name(1)} is not a number")
+        lab = values.astype(np.int64)
         valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         bad = valid & ((lab < 0) | (lab >= num_classes))
         if bad.any():
@@ -153,10 +160,9 @@ class InfogainLoss(_SoftmaxLabelLoss):
             raise self.error("needs infogain_loss_param.source (a BlobProto .binaryproto) or a third bottom with H")
         bp = caffe_pb2.BlobProto()
         try:
-            with open(path, "rb") as f:
-                bp.ParseFromString(f.read())
-        except OSError as e:
-            raise self.error(f"cannot read infogain matrix '{path}': {e.strerror}") from None
+            bp.ParseFromString(read_binary_payload(path, "an infogain matrix (.binaryproto)"))
+        except NetspecError as e:
+            raise self.error(f"cannot read infogain matrix '{path}': {e}") from None
         except DecodeError:
             raise self.error(f"infogain matrix '{path}' is not a BlobProto (.binaryproto) file") from None
         return blob_to_array(bp)

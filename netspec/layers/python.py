@@ -6,6 +6,7 @@ same four methods as every built-in layer, so the net drives both alike.
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -96,6 +97,29 @@ def bind_caffe_name():
         raise
 
 
+class UserCodeExit(NetspecError):
+    """The user's Python layer called sys.exit(): an error, never a quiet exit 0."""
+
+
+def _user_exit(layer_param, stage, exc):
+    return UserCodeExit(f"layer '{layer_param.name}' (Python {layer_param.python_param.module}."
+                        f"{layer_param.python_param.layer}): {stage} called sys.exit({exc.code!r}); a layer "
+                        "must raise an exception to stop training")
+
+
+def _takes_layer_param(user_cls):
+    """Whether the class is built as pycaffe builds it, `cls(layer_param)`, rather than `cls()`."""
+    try:
+        signature = inspect.signature(user_cls)
+    except (TypeError, ValueError):        # no signature to read (a C type): pycaffe's way
+        return True
+    try:
+        signature.bind(None)
+        return True
+    except TypeError:
+        return False
+
+
 @register("Python")
 class PythonLayer(Layer):
     """Creates the user's layer at construction and hands every call to it."""
@@ -119,6 +143,8 @@ class PythonLayer(Layer):
             hint = missing_module_hint(p.module, p.layer) or "; put it on PYTHONPATH or in the working directory"
             raise NetspecError(f"layer '{layer_param.name}' (Python): cannot import module '{p.module}' "
                                f"({e}){hint}") from None
+        except SystemExit as e:
+            raise _user_exit(layer_param, f"importing '{p.module}'", e) from None
         except Exception as e:  # noqa: BLE001 - the user's module raised while importing
             raise _user_error(layer_param, f"importing '{p.module}'", e) from None
         user_cls = getattr(module, p.layer, None)
@@ -127,13 +153,24 @@ class PythonLayer(Layer):
             near = difflib.get_close_matches(p.layer, classes, n=1)
             raise NetspecError(f"layer '{layer_param.name}' (Python): module '{p.module}' has no class "
                                f"'{p.layer}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        if not isinstance(user_cls, type) or not issubclass(user_cls, Layer):
+            what = "a class" if isinstance(user_cls, type) else f"a {type(user_cls).__name__}, not a class"
+            raise NetspecError(f"layer '{layer_param.name}' (Python): '{p.module}.{p.layer}' is {what}; "
+                               "python_param.layer must name a class that subclasses caffe.Layer (netspec.Layer)")
         try:
-            return _GuardedUserLayer(user_cls(layer_param))
-        except TypeError:
-            # pycaffe-style classes take no constructor arguments; Layer.__init__ sets the attributes.
+            if _takes_layer_param(user_cls):
+                return _GuardedUserLayer(user_cls(layer_param))
+            # A class whose __init__ takes no arguments: Layer's attributes first, then the user's __init__.
             obj = user_cls.__new__(user_cls)
             Layer.__init__(obj, layer_param, phase)
+            obj.__init__()
             return _GuardedUserLayer(obj)
+        except NetspecError:
+            raise
+        except SystemExit as e:
+            raise _user_exit(layer_param, "__init__", e) from None
+        except Exception as e:  # noqa: BLE001 - the user's own __init__ raised: surface it, named
+            raise _user_error(layer_param, "__init__", e) from None
 
 
 def _builtin_stand_in(layer_param, exc):
@@ -165,6 +202,8 @@ class _GuardedUserLayer:
             return getattr(self._inner, stage)(*args)
         except NetspecError:
             raise
+        except SystemExit as e:
+            raise _user_exit(self._inner.layer_param, stage, e) from None
         except Exception as e:  # noqa: BLE001 - any user error becomes one readable line
             raise _user_error(self._inner.layer_param, stage, e) from e
 

@@ -1,0 +1,147 @@
+"""Bounded memory: YAML alias bombs, gzip bombs and oversized IDX headers are refused before they
+expand; the whole net's memory is checked against the budget, naming the largest layers."""
+import gzip
+import io
+import os
+import time
+
+import pytest
+
+import netspec as caffe
+from netspec import memory
+from netspec.datasets.mnist import read_idx
+from netspec.errors import NetspecError
+from netspec.proto import caffe_pb2
+from netspec.schema import parse_yaml
+
+
+def alias_bomb(levels=9, width=10):
+    """A billion-laughs net: each level lists the previous one `width` times (width**levels strings)."""
+    lines = ["name: bomb", "layer:", "  - name: a", "    type: ReLU", "    include:", "      - stage: &s0 [x]"]
+    rules = []
+    for i in range(1, levels):
+        refs = ", ".join([f"*s{i - 1}"] * width)
+        rules.append(f"s{i}: &s{i} [{refs}]")
+    # A list of lists is no stage list: refer to each level through a rule of its own.
+    text = "\n".join(lines) + "\n"
+    layer_refs = ", ".join(["*L"] * width)
+    text = (f"name: bomb\nlayer: [&L {{name: a, type: ReLU, include: [&R {{stage: [{', '.join(['x'] * 50)}]}}, "
+            f"{', '.join(['*R'] * 2000)}]}}, {', '.join(['*L'] * 2000)}]\n")
+    return text
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly():
+    text = alias_bomb()
+    assert len(text) < 40_000               # 2000 x 2000 x 50 = 200 million strings if expanded
+    start = time.perf_counter()
+    with pytest.raises(NetspecError, match=r"bomb.yaml:2:\d+: malformed YAML: its aliases expand to far more "
+                                           r"nodes than the file holds \(an alias bomb\?\)"):
+        parse_yaml(text, caffe_pb2.NetParameter(), "bomb.yaml")
+    assert time.perf_counter() - start < 60
+
+
+def test_a_recursive_alias_is_refused():
+    text = "name: n\nlayer: &l [{name: a, type: ReLU, include: [{stage: [x]}]}]\n"
+    parse_yaml(text, caffe_pb2.NetParameter(), "ok.yaml")      # a plain anchor is fine
+    loop = "layer: &l\n  name: a\n  type: ReLU\n  python_param: *l\n"
+    with pytest.raises(NetspecError, match="loop.yaml"):
+        parse_yaml(loop, caffe_pb2.NetParameter(), "loop.yaml")
+
+
+def test_duplicate_yaml_keys_are_refused():
+    with pytest.raises(NetspecError, match=r"d.yaml:2:1: field 'name' of caffe.NetParameter is given twice in one "
+                                           r"mapping \(first at 1:1\)"):
+        parse_yaml("name: a\nname: b\n", caffe_pb2.NetParameter(), "d.yaml")
+
+
+def _gzip_idx(path, header, body_size):
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        block = bytes(1 << 20)
+        for _ in range(body_size >> 20):
+            f.write(block)
+
+
+def test_an_idx_header_promising_terabytes_is_refused_before_decompressing(tmp_path):
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    header = (2051).to_bytes(4, "big") + (4_000_000_000).to_bytes(4, "big") + (4_000_000_000).to_bytes(4, "big") \
+        + (1000).to_bytes(4, "big")
+    _gzip_idx(path, header, 64 << 20)
+    start = time.perf_counter()
+    with pytest.raises(NetspecError, match=r"the header promises 4000000000 images of 4000000000x1000 "
+                                           r"\(16000000000000000000016 bytes\), more than netspec reads"):
+        read_idx(str(path), "images")
+    assert time.perf_counter() - start < 5          # the 64 MB behind the header were never inflated
+
+
+def test_a_gzip_holding_more_than_its_header_says_stops_at_the_promise(tmp_path):
+    path = tmp_path / "long-images-idx3-ubyte.gz"
+    header = (2051).to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    _gzip_idx(path, header, 64 << 20)
+    with pytest.raises(NetspecError, match=r"the header promises 2 images of 2x2 \(24 bytes\) but the file has more "
+                                           r"bytes \(uncompressed\); extra data after the last record"):
+        read_idx(str(path), "images")
+
+
+def test_a_raw_idx_header_larger_than_the_file_names_positive_sizes(tmp_path):
+    path = tmp_path / "big-labels-idx1-ubyte"
+    path.write_bytes((2049).to_bytes(4, "big") + (0xFFFFFFFF).to_bytes(4, "big") + b"\x01\x02")
+    with pytest.raises(NetspecError, match=r"the header promises 4294967295 labels, which needs 4294967303 bytes; "
+                                           r"the file has 10 bytes"):
+        read_idx(str(path), "labels")
+
+
+BIG = """
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {n} dim: 3 dim: 512 dim: 512 }} }} }}
+layer {{ name: "a" type: "ReLU" bottom: "data" top: "a" }}
+layer {{ name: "b" type: "ReLU" bottom: "a" top: "b" }}
+layer {{ name: "c" type: "ReLU" bottom: "b" top: "c" }}
+"""
+
+
+def test_the_whole_net_is_checked_not_each_blob(tmp_path, monkeypatch):
+    # Each blob (data + diff of 64x3x512x512 floats) is 0.375 GiB, well under the budget; all of them are not.
+    monkeypatch.setattr(memory, "budget", lambda: (1 << 30, "the machine's available memory"))
+    (tmp_path / "big.prototxt").write_text(BIG.format(n=64))
+    with pytest.raises(NetspecError) as info:
+        caffe.Net(str(tmp_path / "big.prototxt"), caffe.TEST)
+    message = str(info.value)
+    assert "layer 'b'" not in message or "the net needs at least 1.12 GiB" in message
+    assert "the net needs at least 1.12 GiB (outputs and their gradients 1.12 GiB" in message
+    assert "but the machine's available memory allows 1.00 GiB" in message
+    assert "largest layers: 'data' (Input) 0.38 GiB in outputs" in message
+    assert "they scale with batch_size" in message
+    (tmp_path / "small.prototxt").write_text(BIG.format(n=8))
+    caffe.Net(str(tmp_path / "small.prototxt"), caffe.TEST).close()
+
+
+def test_when_parameters_dominate_the_hint_is_not_batch_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "budget", lambda: (1 << 30, "the address-space limit (ulimit -v)"))
+    (tmp_path / "wide.prototxt").write_text("""
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 40000 } } }
+    layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 5000 } }
+    """)
+    with pytest.raises(NetspecError, match=r"layer 'fc' \(InnerProduct\): blob of shape \(5000, 40000\) needs 1.49 "
+                                           r"GiB .* the blob is a parameter of the layer: a smaller num_output"):
+        caffe.Net(str(tmp_path / "wide.prototxt"), caffe.TEST)
+    (tmp_path / "two.prototxt").write_text("""
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 40000 } } }
+    layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" inner_product_param { num_output: 2500 } }
+    layer { name: "fc2" type: "InnerProduct" bottom: "data" top: "fc2" inner_product_param { num_output: 2500 } }
+    """)
+    with pytest.raises(NetspecError, match=r"largest layers: 'fc1' \(InnerProduct\) 0.75 GiB in parameters, 'fc2'.*the "
+                                           r"parameters dominate: a smaller num_output or kernel, not batch_size"):
+        caffe.Net(str(tmp_path / "two.prototxt"), caffe.TEST)
+
+
+@pytest.mark.parametrize("shape,message", [
+    ("dim: -1 dim: 3", r"layer 'data' \(Input\): negative dimension in blob shape \(-1, 3\)"),
+    ("dim: 4294967296 dim: 4294967296 dim: 4294967296", r"layer 'data' \(Input\): blob shape .* has "
+                                                        r"79228162514264337593543950336 elements"),
+    (" ".join(["dim: 1"] * 40), r"layer 'data' \(Input\): blob shape has 40 axes; at most 32 are allowed"),
+])
+def test_shapes_no_blob_can_take_get_one_line(tmp_path, shape, message):
+    (tmp_path / "net.prototxt").write_text(
+        f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}')
+    with pytest.raises(NetspecError, match=message):
+        caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
