@@ -206,7 +206,8 @@ class Net:
                    f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
         except BadBlobShape as e:
             raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
-        new_tops = [t for j, t in enumerate(tops) if not (j < len(lp.bottom) and lp.bottom[j] == lp.top[j])]
+        new_tops = [t for j, t in enumerate(tops)
+                    if not (j < len(lp.bottom) and j < len(lp.top) and lp.bottom[j] == lp.top[j])]
         wiring.memory.add(lp.name, lp.type, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
         wiring.memory.check()       # before the first forward touches (and so really takes) the memory
         loss_weights = self._set_loss_weights(layer, tops)

@@ -370,7 +370,7 @@ def read_binary_payload(path, what):
     data = read_bytes(path, what)
     from .hdf5 import has_signature
     if has_signature(data[:1 << 20]):
-        raise NetspecError(f"{path}: an HDF5 file, not a binary {what}; Caffe's HDF5 weights (.caffemodel.h5) "
+        raise NetspecError(f"{path}: an HDF5 file, not {what}; Caffe's HDF5 weights (.caffemodel.h5) "
                            "go to --weights / Net.copy_from, its solver states (.solverstate.h5) to --snapshot")
     return unseal(data, path)[0]
 

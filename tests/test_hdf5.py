@@ -565,7 +565,7 @@ def test_hdf5_where_a_binary_proto_is_read_is_named_not_corrupted(tmp_path, shar
     from netspec.proto import caffe_pb2
     with pytest.raises(NetspecError) as e:
         read_binary_message(str(path), caffe_pb2.NetParameter())
-    assert "an HDF5 file, not a binary NetParameter" in str(e.value) and "corrupt" not in str(e.value)
+    assert "an HDF5 file, not a binary NetParameter (.caffemodel)" in str(e.value) and "corrupt" not in str(e.value)
     proc = subprocess.run([sys.executable, "-m", "netspec", "upgrade", str(path), str(tmp_path / "out.caffemodel")],
                           capture_output=True, text=True)
     assert "corrupt" not in proc.stderr and "Traceback" not in proc.stderr and proc.returncode != 0
