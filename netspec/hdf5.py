@@ -34,6 +34,16 @@ def h5py_module():
     return h5py
 
 
+def has_signature(data):
+    """Whether bytes start with HDF5's signature (at 0, or after a user block of 512 * 2^k bytes)."""
+    offset = 0
+    while offset + len(SIGNATURE) <= len(data):
+        if data[offset:offset + len(SIGNATURE)] == SIGNATURE:
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False
+
+
 def is_hdf5(path):
     """Whether the file starts with HDF5's signature (at 0, or after a user block of 512 * 2^k bytes)."""
     try:

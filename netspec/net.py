@@ -186,6 +186,8 @@ class Net:
         self._created.append(layer)
         bottoms, bottom_need = self._append_bottoms(lp, wiring, filtered, param, state)
         tops = self._append_tops(lp, wiring)
+        if layer.is_loss and not tops:
+            tops.append(Blob())           # Caffe's AutoTopBlobs: a loss without a top gets an anonymous one
         check_blob_counts(layer, bottoms, tops)
         glog.info(f"Setting up {lp.name}", "net.cpp:129")
         try:
@@ -204,7 +206,8 @@ class Net:
                    f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
         except BadBlobShape as e:
             raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
-        new_tops = [t for j, t in enumerate(tops) if not (j < len(lp.bottom) and lp.bottom[j] == lp.top[j])]
+        new_tops = [t for j, t in enumerate(tops)
+                    if not (j < len(lp.bottom) and j < len(lp.top) and lp.bottom[j] == lp.top[j])]
         wiring.memory.add(lp.name, lp.type, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
         wiring.memory.check()       # before the first forward touches (and so really takes) the memory
         loss_weights = self._set_loss_weights(layer, tops)
@@ -294,7 +297,8 @@ class Net:
                 blob.diff[...] = w
                 weights.append((blob, w))
                 glog.info(f"    with loss weight {w:g}", "net.cpp:148")
-            self.blob_loss_weights[lp.top[j]] = w
+            if j < len(lp.top):
+                self.blob_loss_weights[lp.top[j]] = w
         return weights
 
     def _attach_params(self, layer, lp):

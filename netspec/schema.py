@@ -38,6 +38,9 @@ def _read_text(path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        from .hdf5 import has_signature
+        if has_signature(data[:1 << 20]):
+            raise NetspecError(f"{path}: an HDF5 file (.caffemodel.h5 weights are read with --weights)") from None
         raise NetspecError(f"{path}: not a text file ({e.reason} at byte {e.start}); "
                            "binary files (.caffemodel) are read with --weights") from None
 
@@ -365,6 +368,10 @@ def read_binary_payload(path, what):
     """The protobuf bytes of a binary file: a regular file, size-bounded, its integrity record checked."""
     path = os.fspath(path)
     data = read_bytes(path, what)
+    from .hdf5 import has_signature
+    if has_signature(data[:1 << 20]):
+        raise NetspecError(f"{path}: an HDF5 file, not {what}; Caffe's HDF5 weights (.caffemodel.h5) "
+                           "go to --weights / Net.copy_from, its solver states (.solverstate.h5) to --snapshot")
     return unseal(data, path)[0]
 
 

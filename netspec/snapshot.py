@@ -50,10 +50,12 @@ def snapshot_paths(prefix, iteration, hdf5_format=False):
     return base + ".caffemodel" + suffix, base + ".solverstate" + suffix
 
 
-def write_solverstate(path, state, resume=None):
-    """Write a caffe.SolverState (HDF5 when the path ends in .h5), with netspec's resume payload
-    (and, in the binary format, the integrity record)."""
-    if os.fspath(path).endswith(".h5"):
+def write_solverstate(path, state, resume=None, hdf5_format=None):
+    """Write a caffe.SolverState, with netspec's resume payload (and, in the binary format, the
+    integrity record); as HDF5 when `hdf5_format` (None: when the path ends in .h5)."""
+    if hdf5_format is None:
+        hdf5_format = os.fspath(path).endswith(".h5")
+    if hdf5_format:
         hdf5.write_solverstate(path, state.iter, state.learned_net, state.current_step,
                                [blob_to_array(bp) for bp in state.history],
                                None if resume is None else json.dumps(resume))

@@ -526,9 +526,9 @@ class Solver:
         as_hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model_path, state_path = (path + suffix for path in snapshot_paths(p.snapshot_prefix, self.iter, as_hdf5))
         if as_hdf5:
-            glog.info(f"Snapshotting to HDF5 file {model_path}", "solver.cpp:464")
+            glog.info(f"Snapshotting to HDF5 file {model_path}", "solver.cpp:474")
             self.net.save_hdf5(model_path, p.snapshot_diff)
-            glog.info(f"Snapshotting solver state to HDF5 file {state_path}", "sgd_solver.cpp:284")
+            glog.info(f"Snapshotting solver state to HDF5 file {state_path}", "sgd_solver.cpp:296")
         else:
             glog.info(f"Snapshotting to binary proto file {model_path}", "solver.cpp:454")
             self.net.save(model_path, p.snapshot_diff)
@@ -538,7 +538,7 @@ class Solver:
         for k in range(self.rule.num_histories):
             for history in self._histories:
                 array_to_blob(history[k], state.history.add())
-        write_solverstate(state_path, state, resume)
+        write_solverstate(state_path, state, resume, as_hdf5)
         return model_path, state_path
 
     def restore(self, state_path):

@@ -28,9 +28,12 @@ HDF5Data layers run for real, on HDF5 files written here in place of the absent 
 dataset of 2 x batch_size rows, "data" rows 4 floats in [0, 1) (the 4-vectors of Caffe's
 hdf5_classification example, the corpus's only HDF5 nets), other tops zeros.
 
-WindowData is not implemented, and `type: "Python"` layers need their module: those nets must
-fail with ONE NetspecError naming every unsupported type in the net, or the missing module. No
-other refusal is allowed.
+WindowData layers run for real too: their window file becomes one written here, listing one
+100x80 PNG with foreground windows of classes 1..3 and background windows, and a mean_file a
+3x256x256 mean (ImageNet's size).
+
+`type: "Python"` layers need their module: those nets must fail with ONE NetspecError naming
+every unsupported type in the net, or the missing module. No other refusal is allowed.
 """
 import atexit
 import functools
@@ -65,7 +68,6 @@ EXPECTED_FILES = 81
 EXPECTED_PARSED = 80                 # all but MALFORMED
 EXPECTED_NETS = 51                   # 50 net files that parse + 1 net embedded in a solver
 EXPECTED_REFUSED = {
-    "unknown layer type 'WindowData'": 1,
     "missing Python module": 6,
 }
 
@@ -154,6 +156,13 @@ def prepared(net_param, batch=None):
             layer.hdf5_data_param.source = hdf5_source(layer)
             if batch:
                 layer.hdf5_data_param.batch_size = batch
+        elif layer.type == "WindowData":
+            source, mean_file = window_fixtures()
+            layer.window_data_param.source, layer.window_data_param.root_folder = source, ""
+            if layer.transform_param.mean_file:
+                layer.transform_param.mean_file = mean_file
+            if batch:
+                layer.window_data_param.batch_size = batch
         elif layer.type == "Input" and batch:
             for shape in layer.input_param.shape:
                 shape.dim[0] = batch
@@ -172,10 +181,7 @@ def hdf5_source(layer):
     p = layer.hdf5_data_param
     key = (p.source, p.batch_size, tuple(layer.top))
     if key not in _fixtures:
-        if "dir" not in _fixtures:
-            _fixtures["dir"] = tempfile.mkdtemp(prefix="corpus-hdf5-")
-            atexit.register(shutil.rmtree, _fixtures["dir"], True)
-        stem = os.path.join(_fixtures["dir"], f"source{len(_fixtures)}")
+        stem = os.path.join(fixture_dir(), f"source{len(_fixtures)}")
         rows = 2 * max(1, p.batch_size)
         with h5py.File(stem + ".h5", "w") as f:
             for top in layer.top:
@@ -185,6 +191,35 @@ def hdf5_source(layer):
             f.write(stem + ".h5\n")
         _fixtures[key] = stem + ".txt"
     return _fixtures[key]
+
+
+def fixture_dir():
+    if "dir" not in _fixtures:
+        _fixtures["dir"] = tempfile.mkdtemp(prefix="corpus-data-")
+        atexit.register(shutil.rmtree, _fixtures["dir"], True)
+    return _fixtures["dir"]
+
+
+def window_fixtures():
+    """(window file, mean file) standing in for a WindowData layer's absent ones."""
+    if "window" not in _fixtures:
+        from PIL import Image
+        folder = fixture_dir()
+        image = os.path.join(folder, "window.png")
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 100, 3), np.uint8)).save(image)
+        windows = [(1, 0.9, 10, 10, 50, 40), (2, 0.7, 30, 5, 90, 70), (3, 0.6, 0, 0, 99, 79),
+                   (0, 0.1, 60, 40, 95, 75), (0, 0.3, 5, 50, 40, 79)]
+        source = os.path.join(folder, "windows.txt")
+        with open(source, "w") as f:
+            f.write(f"# 0\n{image}\n3\n80\n100\n{len(windows)}\n")
+            f.writelines(" ".join(map(str, w)) + "\n" for w in windows)
+        mean = caffe_pb2.BlobProto(num=1, channels=3, height=256, width=256)
+        mean.data.extend(np.full(3 * 256 * 256, 100, np.float32))
+        mean_file = os.path.join(folder, "mean.binaryproto")
+        with open(mean_file, "wb") as f:
+            f.write(mean.SerializeToString())
+        _fixtures["window"] = (source, mean_file)
+    return _fixtures["window"]
 
 
 FILLER_FIELDS = ("weight_filler", "bias_filler", "filler")
@@ -226,12 +261,14 @@ def outcome(label):
         for phase, stages in states(net_param):
             net = Net(prepared(net_param), phase, stages=stages)          # Caffe's batch sizes and shapes
             shapes.setdefault(phase, {}).update((name, blob.shape) for name, blob in net.blobs.items())
+            net.close()                   # a WindowData layer's prefetch thread
             del net
             if phase != "TEST":
                 continue
             net = Net(prepared(net_param, batch=1), phase, stages=stages)
             random_weights(net)
             net.forward()
+            net.close()
             for name in net.outputs:
                 assert np.all(np.isfinite(net.blobs[name].data)), f"{label} {phase}: output '{name}' not finite"
     except NetspecError as e:

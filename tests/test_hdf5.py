@@ -555,3 +555,29 @@ def test_h5_snapshot_errors(h5_training):
     with pytest.raises(NetspecError, match="holds 3 history blobs, but a SGD solver for this net needs 4"):
         s.restore(str(state))
     s.close()
+
+
+def test_hdf5_where_a_binary_proto_is_read_is_named_not_corrupted(tmp_path, shared_net):
+    net = caffe.Net(shared_net, caffe.TEST)
+    path = tmp_path / "w.caffemodel.h5"
+    net.save_hdf5(str(path))
+    from netspec.schema import read_binary_message
+    from netspec.proto import caffe_pb2
+    with pytest.raises(NetspecError) as e:
+        read_binary_message(str(path), caffe_pb2.NetParameter())
+    assert "an HDF5 file, not a binary NetParameter (.caffemodel)" in str(e.value) and "corrupt" not in str(e.value)
+    proc = subprocess.run([sys.executable, "-m", "netspec", "upgrade", str(path), str(tmp_path / "out.caffemodel")],
+                          capture_output=True, text=True)
+    assert "corrupt" not in proc.stderr and "Traceback" not in proc.stderr and proc.returncode != 0
+
+
+def test_a_diverged_snapshot_is_hdf5_too(h5_training):
+    root = h5_training
+    s = Solver(solver_file(root))
+    s.param.base_lr = 1e30
+    with pytest.raises(NetspecError, match="training diverged"):
+        s.step(10)
+    written = sorted(p.name for p in (root / "snap").iterdir())
+    assert written and all(n.endswith(".h5.diverged") for n in written)
+    assert all(h5py.is_hdf5(root / "snap" / n) for n in written)
+    s.close()

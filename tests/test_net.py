@@ -296,3 +296,31 @@ def test_python_layer_exception_names_the_layer(tmp_path, monkeypatch):
     with pytest.raises(NetspecError, match=r"layer 'double' \(Python broken_layers.Broken\): setup raised "
                                            r"ValueError: bad param_str"):
         net_from(PY_NET % (module, "Broken"))
+
+
+def test_loss_layer_without_a_top_gets_an_anonymous_one():
+    """Caffe's AutoTopBlobs (R-CNN's pascal_finetune net): the loss counts, though no blob is named."""
+    net = net_from("""
+        force_backward: true
+        layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "x" bottom: "y" }
+        """)
+    net.blobs["x"].data[...] = [[1, 2, 3], [0, 0, 0]]
+    net.blobs["y"].data[...] = 0
+    assert net.outputs == [] and net.forward_backward() == pytest.approx(14 / 4)
+    np.testing.assert_allclose(net.blobs["x"].diff, [[0.5, 1, 1.5], [0, 0, 0]])
+
+
+# Every type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in its src/, master).
+CAFFE_LAYER_TYPES = """AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution
+Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten
+HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit
+Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU Reduction
+Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax SoftmaxWithLoss Split Swish
+TanH Threshold Tile WindowData""".split()
+
+
+def test_every_caffe_layer_type_is_registered():
+    from netspec.layers import LAYER_REGISTRY
+    assert len(CAFFE_LAYER_TYPES) == 61
+    assert [t for t in CAFFE_LAYER_TYPES if t not in LAYER_REGISTRY] == []

@@ -3,6 +3,7 @@
     data.py       Input, DummyData, Data (LMDB, LevelDB), MemoryData
     image_data.py ImageData (image files named in a list)
     hdf5.py       HDF5Data, HDF5Output
+    window_data.py WindowData (R-CNN's windows cut from image files)
     conv.py       Convolution, Deconvolution (columns: im2col.py, or native.py's compiled ones)
     pooling.py    Pooling, SPP (windows: window_pool.py)
     common.py     InnerProduct, Softmax, Eltwise (and the axis/softmax helpers)
@@ -27,7 +28,7 @@
   (ReLU6 is in neuron.py, ShuffleChannel in structure.py.)
 """
 from .base import LAYER_REGISTRY, Layer, register  # noqa: F401
-from . import data, image_data, hdf5, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
+from . import data, image_data, hdf5, window_data, conv, pooling, common, neuron, loss, structure, indexing, norm, python, recurrent  # noqa: F401,E402
 from . import detection, multibox, annotated_data  # noqa: F401,E402
 from . import (roi_pooling, proposal, smooth_l1_loss, resize, fork_bn, depthwise,  # noqa: F401,E402
                dense_image_data)

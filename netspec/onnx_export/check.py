@@ -109,10 +109,9 @@ def netspec_forward(net, feeds):
 
 
 def net_reshape_skipping_data(net):
-    for layer in net.layers:
-        if not (layer.is_data and not layer.layer_param.bottom):
-            lp = layer.layer_param
-            layer.reshape([net.blobs[n] for n in lp.bottom], [net.blobs[n] for n in lp.top])
+    for record in net.records:       # the record's blobs: a loss may have an anonymous top
+        if not (record.layer.is_data and not record.bottom_names):
+            record.layer.reshape(record.bottoms, record.tops)
 
 
 def compare(net, model, feeds=None, every_blob=False, seed=0, threads=None):

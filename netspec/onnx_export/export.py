@@ -133,8 +133,8 @@ def to_onnx(net, opset=None, dynamic_batch=False, producer="netspec"):
             for t in lp.top:
                 current[t] = current[lp.bottom[0]]
             continue
-        if layer.type == "Silence":
-            continue
+        if layer.type == "Silence" or (layer.is_loss and not lp.top):
+            continue        # a loss without a top (Caffe's anonymous one) has nothing to output
         if is_input_layer(layer):
             for t, v in zip(lp.top, tops):
                 inputs.append(v)
