@@ -134,8 +134,8 @@ def make_temp_dir_beside(path):
 def building_directory(dest, owned, overwrite=False):
     """Yield a fresh directory beside `dest` to build into; move it in when the block ends cleanly.
 
-    `owned` names the files the format consists of (an LMDB's data.mdb and
-    lock.mdb). With dest absent the built directory is renamed to dest. With
+    `owned` names the files the format consists of: a set (an LMDB's data.mdb
+    and lock.mdb) or, for formats whose file names vary (LevelDB), a predicate. With dest absent the built directory is renamed to dest. With
     dest present (overwrite=True): when dest holds nothing but owned files, the
     two directories are swapped and the old owned files removed; when dest
     holds anything else too, each built file is renamed over its namesake
@@ -144,7 +144,7 @@ def building_directory(dest, owned, overwrite=False):
     """
     shown = os.fspath(dest)
     dest = os.path.abspath(shown)
-    owned = set(owned)
+    owns = owned if callable(owned) else set(owned).__contains__
     if os.path.lexists(dest):
         if not overwrite:
             raise NetspecError(f"'{shown}' already exists; remove it first (or use --overwrite)")
@@ -158,26 +158,26 @@ def building_directory(dest, owned, overwrite=False):
     try:
         yield tmp
         built = set(os.listdir(tmp))
-        strays = built - owned
+        strays = {name for name in built if not owns(name)}
         if strays:
             raise NetspecError(f"internal: building '{shown}' made unexpected files {sorted(strays)}")
         for name in built:
             with open(os.path.join(tmp, name), "rb+") as f:
                 os.fsync(f.fileno())
-        _move_directory_in(tmp, dest, shown, owned, built)
+        _move_directory_in(tmp, dest, shown, owns, built)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     sync_directory(os.path.dirname(dest))
 
 
-def _move_directory_in(tmp, dest, shown, owned, built):
+def _move_directory_in(tmp, dest, shown, owns, built):
     try:
         if not os.path.lexists(dest):
             os.rename(tmp, dest)
             return
         present = set(os.listdir(dest))
-        if present <= owned:
+        if all(owns(name) for name in present):
             backup = temp_name_for(dest)
             os.rename(dest, backup)
             try:
@@ -192,7 +192,7 @@ def _move_directory_in(tmp, dest, shown, owned, built):
         # The folder holds the user's other files: replace ours one by one, leave theirs.
         for name in sorted(built):
             os.replace(os.path.join(tmp, name), os.path.join(dest, name))
-        for name in (owned & present) - built:
+        for name in {name for name in present if owns(name)} - built:
             os.unlink(os.path.join(dest, name))
         os.rmdir(tmp)
         sync_directory(dest)

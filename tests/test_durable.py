@@ -130,6 +130,21 @@ def test_overwriting_an_lmdb_with_the_users_files_in_it_replaces_only_data_and_l
     assert [n for n in os.listdir(tmp_path) if n != "db"] == []
 
 
+def test_overwriting_a_leveldb_with_the_users_files_in_it_replaces_only_leveldb_files(tmp_path):
+    pytest.importorskip("plyvel")
+    from netspec.datasets.db import open_cursor, write_db_atomically
+    db = tmp_path / "db"
+    write_db_atomically(str(db), _records(3, 1), backend="leveldb")
+    (db / "README").write_text("mine")
+    write_db_atomically(str(db), _records(5, 2), backend="leveldb", overwrite=True)
+    assert (db / "README").read_text() == "mine"
+    assert all(n == "README" or n in ("CURRENT", "LOCK", "LOG") or "MANIFEST-" in n or n[0].isdigit()
+               for n in os.listdir(db))
+    with open_cursor(str(db), "leveldb") as cursor:
+        assert len(cursor) == 5
+    assert [n for n in os.listdir(tmp_path) if n != "db"] == []
+
+
 def test_overwriting_a_plain_lmdb_swaps_it_in_whole(tmp_path):
     db = tmp_path / "db"
     write_lmdb_atomically(str(db), _records(3, 1))

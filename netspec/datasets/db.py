@@ -5,11 +5,11 @@ LMDBs. netspec opens what the directory actually holds, and says so in the log w
 the backend named (Caffe would fail to open it).
 """
 import os
-import shutil
 
 from .. import glog
 from ..errors import NetspecError
 from ..proto import caffe_pb2
+from ..durable import building_directory
 from . import leveldb_io, lmdb_io
 
 BACKENDS = ("lmdb", "leveldb")
@@ -55,20 +55,8 @@ def write_db_atomically(dest, records, backend="lmdb", map_size=None, progress=N
         return lmdb_io.write_lmdb_atomically(dest, records, map_size=map_size, progress=progress,
                                              overwrite=overwrite)
     shown = os.fspath(dest)
-    dest = os.path.abspath(shown)
-    if os.path.lexists(dest) and not overwrite:
-        raise NetspecError(f"'{shown}' already exists; remove it first (or use --overwrite)")
-    if os.path.lexists(dest) and not leveldb_io.is_leveldb(dest):
+    if overwrite and os.path.lexists(shown) and not leveldb_io.is_leveldb(shown):
+        # --overwrite must never replace a folder or file that merely has the wrong name.
         raise NetspecError(f"refusing to replace '{shown}': it is not a LevelDB directory")
-    try:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = lmdb_io.make_temp_beside(dest, "tmp", directory=True)
-    except OSError as e:
-        raise NetspecError(f"cannot create LevelDB '{shown}': {e.strerror or e}") from None
-    try:
-        count = leveldb_io.write_leveldb(tmp, records, progress)
-        lmdb_io._move_into_place(tmp, dest, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return count
+    with building_directory(shown, leveldb_io.is_leveldb_file, overwrite=overwrite) as tmp:
+        return leveldb_io.write_leveldb(tmp, records, progress)

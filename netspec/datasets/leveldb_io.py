@@ -4,6 +4,7 @@ A Caffe LevelDB is a directory (CURRENT, MANIFEST-*, *.ldb, LOG, LOCK) whose rec
 (key, serialized Datum) in bytewise key order, the same order as LMDB's.
 """
 import os
+import re
 import threading
 
 from ..errors import NetspecError
@@ -25,6 +26,14 @@ def plyvel_module():
                            "Python 3.10-3.12, elsewhere it builds against libleveldb-dev), or convert "
                            "the database to LMDB") from None
     return plyvel
+
+
+# The files LevelDB makes: what convert_imageset --overwrite may replace in a folder (nothing else).
+_LEVELDB_FILE = re.compile(r"(CURRENT|LOCK|LOG(\.old)?|MANIFEST-\d+|\d+\.(log|ldb|sst|dbtmp))")
+
+
+def is_leveldb_file(name):
+    return _LEVELDB_FILE.fullmatch(name) is not None
 
 
 def is_leveldb(path):
