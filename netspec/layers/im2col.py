@@ -226,9 +226,10 @@ class ConvGeometry:
         return [slice(c, min(self.channels, c + step)) for c in range(0, self.channels, step)]
 
     def sample_parts(self):
-        """Stacked: sample slices whose columns hold about COL2IM_PART elements (kept in cache)."""
+        """Stacked: sample slices whose columns hold about COL2IM_PART elements (kept in cache);
+        one empty slice for an empty batch, so callers always have a first part to size by."""
         step = max(1, COL2IM_PART // (self.rows * self.out_count))
-        return [slice(n, min(self.num, n + step)) for n in range(0, self.num, step)]
+        return [slice(n, min(self.num, n + step)) for n in range(0, self.num, step)] or [slice(0, 0)]
 
     def keeps_columns(self, rows):
         """Whether the whole batch's columns (rows x positions x samples) fit COLUMN_BUDGET;
