@@ -58,6 +58,13 @@ def check_regular(path, what="a file"):
     return st
 
 
+def refuse_special(path, what="a file"):
+    """Refuse a path that exists but is not a regular file (a FIFO or device would block or never
+    end); a missing path is left to the caller's own message."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        check_regular(path, what)
+
+
 def open_regular(path, what="a file", allow_stdin=False):
     """A binary file object on `path`, which must be a regular file (or /dev/stdin when allowed).
 

@@ -135,3 +135,15 @@ def test_read_bytes_bounds_what_it_reads(tmp_path):
     with pytest.raises(NetspecError, match=r"big.prototxt: 1000 bytes, more than netspec reads for a file \(999 bytes\)"):
         reading.read_bytes(path, "a file", limit=999)
     assert reading.read_bytes(path, "a file", limit=1000) == b"#" * 1000
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "ImageData" image_data_param { source: "pipe" batch_size: 1 }',
+    'type: "DenseImageData" dense_image_data_param { source: "pipe" batch_size: 1 }',
+    'type: "WindowData" window_data_param { source: "pipe" batch_size: 1 } transform_param { crop_size: 8 }',
+    'type: "HDF5Data" hdf5_data_param { source: "pipe" batch_size: 1 }',
+])
+def test_a_fifo_as_a_list_file_is_refused(workdir, fifo, layer):
+    (workdir / "lists.prototxt").write_text(f'layer {{ name: "d" {layer} top: "a" top: "b" }}\n')
+    r = cli(workdir, "time", "--model=lists.prototxt", "--iterations=1", timeout=60)
+    assert r.returncode == 1 and "pipe: is a FIFO (named pipe), not a regular file" in last_line(r), r.stderr[-800:]

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 from ..errors import NetspecError
 from ..proto import caffe_pb2
+from ..reading import refuse_special
 from .lmdb_io import write_lmdb_atomically
 
 
@@ -63,6 +64,7 @@ def voc_annotation(path, names, record):
 
 
 def read_list(path):
+    refuse_special(path, "a list file")
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line.split() for line in f if line.strip()]

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import glog
 from ..errors import NetspecError
-from ..reading import check_regular
+from ..reading import refuse_special
 from ..proto import caffe_pb2
 from .db import write_db_atomically
 from .images import decode_threads, encode_image, read_image
@@ -24,8 +24,7 @@ CHUNK = 64                      # images read and converted together by the thre
 
 def read_image_list(listfile):
     """[(name, label)] from a list file; like Caffe, the label follows the line's last space."""
-    if os.path.exists(listfile) and not os.path.isfile(listfile):
-        check_regular(listfile, "an image list")     # a FIFO or device would block or never end
+    refuse_special(listfile, "an image list")
     try:
         with open(listfile, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()

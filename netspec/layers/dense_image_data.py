@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..datasets.images import read_image, resize_linear, resize_nearest
+from ..reading import refuse_special
 from ..rng import get_rng
 from ..transform import DataTransformer
 from .base import Layer, register
@@ -44,6 +45,7 @@ class DenseImageData(Layer):
             raise self.error("dense_image_data_param.batch_size must be positive")
         self.size = (p.new_height, p.new_width) if p.new_height else None
         self.color = p.is_color
+        refuse_special(p.source, "an image list")
         try:
             with open(p.source) as f:
                 lines = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]

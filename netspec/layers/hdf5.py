@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import glog, hdf5
 from ..errors import NetspecError
+from ..reading import refuse_special
 from ..rng import c_rand
 from .base import Layer, register, shape_str
 
@@ -16,6 +17,7 @@ def read_file_list(source, where):
     A name is taken as given (relative to the working directory, as in Caffe) or, when no such
     file exists there, relative to the list's own folder.
     """
+    refuse_special(source, "an HDF5 file list")
     try:
         with open(source, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()

@@ -20,6 +20,7 @@ import numpy as np
 from .. import glog
 from ..datasets.images import decode_image, read_image, resize_linear
 from ..errors import NetspecError
+from ..reading import refuse_special
 from ..rng import get_rng
 from .base import Layer, register
 from .data import _Prefetcher
@@ -64,6 +65,7 @@ def warp_geometry(box, image_width, image_height, crop, context_pad, square, mir
 
 
 def _tokens(path):
+    refuse_special(path, "a window file")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             for token in line.split():
