@@ -133,13 +133,11 @@ def test(model, weights, iterations, phase, level, stage, gpu):
     sums, total_loss = {}, 0.0
     for i in range(iterations):
         total_loss += net.forward_prefilled()
-        index = 0
         for name in net.outputs:
             values = net.blobs[name].data.ravel().astype(np.float64)
             sums[name] = sums.get(name, 0.0) + values
             for v in values:
                 glog.info(f"Batch {i}, {name} = {v:g}", "caffe.cpp:333")
-                index += 1
     glog.info(f"Loss: {total_loss / iterations:g}", "caffe.cpp:338")
     for name in net.outputs:
         w = net.blob_loss_weights.get(name, 0.0)
