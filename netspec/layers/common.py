@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import fillers
 from ..proto import caffe_pb2
+from ..threads import parallel_flat
 from .base import Layer, register
 
 
@@ -126,23 +127,32 @@ class Eltwise(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        op, out = self.layer_param.eltwise_param.operation, top[0].data
-        if op == self.Op.SUM:
-            np.multiply(bottom[0].data, self.coeff[0], out=out)
-            for c, b in zip(self.coeff[1:], bottom[1:]):
-                out += c * b.data if c != 1 else b.data
-        elif op == self.Op.PROD:
-            np.multiply(bottom[0].data, bottom[1].data, out=out)
-            for b in bottom[2:]:
-                out *= b.data
+        op = self.layer_param.eltwise_param.operation
+        if op in (self.Op.SUM, self.Op.PROD):
+            parallel_flat(self._sum_or_product, top[0].data, *(b.data for b in bottom))
         else:
             # The first bottom holding the maximum wins ties, as in Caffe (strictly greater replaces).
             stacked = np.stack([b.data for b in bottom])
             self.argmax = stacked.argmax(axis=0)
-            np.max(stacked, axis=0, out=out)
+            np.max(stacked, axis=0, out=top[0].data)
+
+    def _sum_or_product(self, out, *inputs):
+        if self.layer_param.eltwise_param.operation == self.Op.SUM:
+            np.multiply(inputs[0], self.coeff[0], out=out)
+            for c, x in zip(self.coeff[1:], inputs[1:]):
+                out += c * x if c != 1 else x
+        else:
+            np.multiply(inputs[0], inputs[1], out=out)
+            for x in inputs[2:]:
+                out *= x
 
     def backward(self, top, propagate_down, bottom):
         p = self.layer_param.eltwise_param
+        if p.operation == self.Op.SUM:
+            for i, b in enumerate(bottom):
+                if propagate_down[i]:
+                    parallel_flat(lambda dy, dx, c=self.coeff[i]: np.multiply(dy, c, out=dx), top[0].diff, b.diff)
+            return
         dy = top[0].diff
         for i, b in enumerate(bottom):
             if not propagate_down[i]:
