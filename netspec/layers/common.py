@@ -3,8 +3,12 @@ import numpy as np
 
 from .. import fillers
 from ..proto import caffe_pb2
-from ..threads import parallel_flat
+from ..threads import parallel_flat, parallel_for, spans
 from .base import Layer, register
+
+
+# GEMMs are cut into at most this many blocks for the threads (threads.py), by shape alone.
+CHUNKS = 8
 
 
 def split_at_axis(shape, axis):
@@ -57,27 +61,54 @@ class InnerProduct(Layer):
         self.M = int(np.prod(shape[:axis], dtype=np.int64))
         top[0].reshape(shape[:axis] + (self.num_output,))
 
+    def _blocks(self, n):
+        """[(start, stop)] over n output units (or input columns): the GEMMs cut into blocks of at
+        least 64, by the shape alone, for the threads; one block when the product is small."""
+        if self.M * self.K * self.num_output < (1 << 21):
+            return [(0, n)]
+        return spans(n, min(CHUNKS, n // 64))
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         w = self.blobs[0].data
-        np.matmul(x, w if self.transpose else w.T, out=y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        bias = self.blobs[1].data if self.bias_term else None
+        blocks = self._blocks(self.num_output)
+
+        def chunk(k):
+            a, b = blocks[k]
+            out = y[:, a:b]
+            np.matmul(x, w[:, a:b] if self.transpose else w[a:b].T, out=out)
+            if bias is not None:
+                out += bias[a:b]
+
+        parallel_for(len(blocks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
-        w = self.blobs[0].data
-        if self.transpose:
-            self.blobs[0].diff += x.T @ dy
-        else:
-            self.blobs[0].diff += dy.T @ x
+        w, w_diff = self.blobs[0].data, self.blobs[0].diff
+        blocks = self._blocks(self.num_output)
+
+        def weight_chunk(k):
+            a, b = blocks[k]
+            if self.transpose:
+                w_diff[:, a:b] += x.T @ dy[:, a:b]
+            else:
+                w_diff[a:b] += dy[:, a:b].T @ x
+
+        parallel_for(len(blocks), weight_chunk)
         if self.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            np.matmul(dy, w.T if self.transpose else w, out=dx)
+            columns = self._blocks(self.K)
+
+            def data_chunk(k):
+                a, b = columns[k]
+                np.matmul(dy, w[a:b].T if self.transpose else w[:, a:b], out=dx[:, a:b])
+
+            parallel_for(len(columns), data_chunk)
 
 
 @register("Softmax")
