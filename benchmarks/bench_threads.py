@@ -170,14 +170,22 @@ def predict(name, args):
         calls = threads.trace
         threads.trace = None
         totals.append((t, calls))
-    t, calls = min(totals, key=lambda tc: tc[0])
+    t, traced = min(totals, key=lambda tc: tc[0])
+    calls = [c for _, c in traced]
     inside = sum(sum(c) for c in calls)
     serial = t - inside
     two = serial + sum(schedule(c, 2) for c in calls)
     three = serial + sum(schedule(c, 3) for c in calls)
+    lost = {}
+    for where, c in traced:     # time a second thread would sit idle, by chunk function
+        lost[where] = lost.get(where, 0.0) + 2 * schedule(c, 2) - sum(c)
+    worst = sorted(lost.items(), key=lambda kv: -kv[1])[:args.worst]
     print(f"{name:11s} {args.mode} batch {args.batch}: {t * 1e3:8.1f} ms at 1 thread, {inside / t:5.1%} in "
           f"{len(calls)} parallel_for calls; predicted speed-up {t / two:.2f}x at 2 threads, {t / three:.2f}x at 3; "
           f"serial {serial * 1e3:.1f} ms, load {os.getloadavg()[0]:.1f}", flush=True)
+    if worst:
+        print("    idle second thread by chunk function (ms): " + ", ".join(
+            f"{where} {ms * 1e3:.0f}" for where, ms in worst), flush=True)
 
 
 def main():
@@ -190,6 +198,8 @@ def main():
     ap.add_argument("--layers", action="store_true", help="per-layer-type times at 1 and 2 threads")
     ap.add_argument("--predict", action="store_true",
                     help="the time inside parallel_for at 1 thread, and the speed-up it allows")
+    ap.add_argument("--worst", type=int, default=0, help="with --predict: name the N chunk functions "
+                    "where a second thread would idle most")
     ap.add_argument("nets", nargs="*", help=f"of {', '.join(NETS)} (default: all but lenet)")
     args = ap.parse_args()
     run = busy if args.busy else layers if args.layers else predict if args.predict else scaling

@@ -209,7 +209,7 @@ def _traced(n, fn):
         t = clock()
         fn(i)
         times.append(clock() - t)
-    trace.append(times)
+    trace.append((getattr(fn, "__qualname__", "?"), times))
 
 
 def spans(total, parts):
