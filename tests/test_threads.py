@@ -144,7 +144,7 @@ THREADED_NET = """
 name: "threaded"
 force_backward: true
 layer { name: "data" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 8 dim: 3 dim: 24 dim: 24 } shape { dim: 8 } } }
+        input_param { shape { dim: BATCH dim: 3 dim: 24 dim: 24 } shape { dim: BATCH } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 48 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 }
                             bias_filler { type: "constant" value: 0.1 } } }
@@ -170,7 +170,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-def _run_threaded_net(n, phase):
+def _run_threaded_net(n, phase, batch):
     import textwrap
     import numpy as np
     import netspec
@@ -178,10 +178,11 @@ def _run_threaded_net(n, phase):
     from netspec.schema import parse_prototxt
     netspec.set_threads(n)
     netspec.set_random_seed(3)
-    net = netspec.Net(parse_prototxt(textwrap.dedent(THREADED_NET), caffe_pb2.NetParameter()), phase)
+    text = textwrap.dedent(THREADED_NET).replace("BATCH", str(batch))
+    net = netspec.Net(parse_prototxt(text, caffe_pb2.NetParameter()), phase)
     rng = np.random.default_rng(0)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
-    net.blobs["label"].data[...] = rng.integers(0, 200, 8)
+    net.blobs["label"].data[...] = rng.integers(0, 200, batch)
     out = {}
     for it in range(2):     # twice: the second pass reuses every cached buffer
         net.clear_param_diffs()
@@ -196,17 +197,19 @@ def _run_threaded_net(n, phase):
     return out, engines
 
 
-@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
-def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_threads(phase, restore_threads):
+@pytest.mark.parametrize("phase, batch", [("TRAIN", 8), ("TEST", 8), ("TRAIN", 1)])
+def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_threads(phase, batch, restore_threads):
+    """Batch 8 cuts by samples; batch 1 cuts the stacked convolutions' GEMMs by rows and channels."""
     import netspec
     from netspec.layers import conv_engines, native
-    one, engines = _run_threaded_net(1, getattr(netspec, phase))
+    one, engines = _run_threaded_net(1, getattr(netspec, phase), batch)
     # The engines this net is meant to reach (when the compiled kernels are built).
     if native.ENABLED:
-        assert {"StackedConv", "ColumnConv", "PointwiseConv"} <= engines
+        # Batch 1: the small maps go stacked too (side by side needs several samples).
+        assert ({"StackedConv", "PointwiseConv"} | ({"ColumnConv"} if batch > 1 else set())) <= engines
     assert conv_engines.CHUNKS > 1
     for n in (2, 3):
-        other, _ = _run_threaded_net(n, getattr(netspec, phase))
+        other, _ = _run_threaded_net(n, getattr(netspec, phase), batch)
         assert other.keys() == one.keys()
         different = [name for name in one if one[name] != other[name]]
         assert not different, f"{n} threads differ from 1 in {different}"

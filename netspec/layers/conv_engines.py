@@ -32,6 +32,8 @@ from ..threads import parallel_for, spans
 CHUNKS = 8
 # Fewest output rows in one chunk of a GEMM cut by rows: thinner products lose BLAS speed.
 MIN_CHUNK_ROWS = 16
+# Below this many samples, stacked convolutions cut each sample's work by rows and channels.
+SMALL_BATCH = 4
 
 
 def choose_engine(layer, dtype):
@@ -189,12 +191,29 @@ class StackedConv(ConvEngine):
         else:
             self.im2col(image[part], cols)
 
+    def by_rows(self):
+        """Fewer samples than SMALL_BATCH (and compiled, or 1x1): the threads split each sample's
+        GEMMs by output rows, and its im2col/col2im by channels, instead of taking samples."""
+        return 0 < self.geom.num < SMALL_BATCH and (self.window is not None or self.layer.pointwise)
+
+    def channel_chunks(self, part):
+        """[(sample, first channel, end channel)] over the samples of `part`: im2col/col2im work items."""
+        g = self.geom
+        blocks = spans(g.channels, CHUNKS if g.rows * g.out_count >= (1 << 15) else 1)
+        return [(n, c0, c1) for n in range(part.start, part.stop) for c0, c1 in blocks]
+
+    def sub_window(self, channels):
+        return (channels,) + self.window[1:]
+
     def forward_one(self, i, b, w, bias, y):
         g, group = self.geom, self.layer.group
         keep = self.keeps_columns()
+        col = self.col_buffer(f"col{i}", g.num, y.dtype) if keep else None
+        if self.by_rows():
+            self.forward_by_rows(b, w, bias, y, col)
+            return col
         image = self.bottom_image(b) if self.window is None else None
         parts = g.sample_parts(CHUNKS)
-        col = self.col_buffer(f"col{i}", g.num, y.dtype) if keep else None
         biggest = parts[0].stop - parts[0].start
 
         def chunk(k):
@@ -212,7 +231,96 @@ class StackedConv(ConvEngine):
         parallel_for(len(parts), chunk)
         return col
 
+    def part_columns(self, b, part, col, dtype, build):
+        """By rows: the columns of the samples in `part`, in `col` (kept ones) or this thread's
+        buffer, built (`build`) by channel blocks in parallel; for 1x1, the bottom itself."""
+        g = self.geom
+        if self.layer.pointwise:
+            return b.data.reshape(g.num, g.channels, g.out_count)[part]
+        cols = col[part] if col is not None else self.col_buffer(None, part.stop - part.start, dtype, shared=True)
+        if not build:
+            return cols
+        x = b.data.reshape(g.num, -1)
+        items = self.channel_chunks(part)
+        K, P, HW = g.kernel_count, g.out_count, math.prod(g.spatial)
+
+        def chunk(k):
+            n, c0, c1 = items[k]
+            rows = (c1 - c0) * K
+            native.kernels.im2col(x[n, c0 * HW:], cols[n - part.start].reshape(-1)[c0 * K * P:],
+                                  self.sub_window(c1 - c0), 0, 1, P, rows * P)
+
+        parallel_for(len(items), chunk)
+        return cols
+
+    def forward_by_rows(self, b, w, bias, y, col):
+        g, group = self.geom, self.layer.group
+        blocks = row_blocks(self.layer)
+        rows_per_group = self.layer.num_output // group
+        for part in g.sample_parts():
+            cols_g = g.grouped(self.part_columns(b, part, col, y.dtype, build=True), group)
+            y_g = y[part].reshape(part.stop - part.start, group, rows_per_group, g.out_count)
+
+            def chunk(k):
+                gs, rs = blocks[k]
+                out = y_g[:, gs, rs]
+                np.matmul(w[gs, rs], cols_g[:, gs], out=out)
+                if bias is not None:
+                    out += bias.reshape(group, rows_per_group)[gs, rs, None]
+
+            parallel_for(len(blocks), chunk)
+
+    def backward_by_rows(self, b, dy, acc, dx, col):
+        """Each part's weight gradient by row blocks (added to acc part after part, in order), and
+        its data gradient by channel blocks: dcol rows, then col2im (or, for 1x1, dx itself)."""
+        g, group = self.geom, self.layer.group
+        blocks = row_blocks(self.layer)
+        K, P, HW = g.kernel_count, g.out_count, math.prod(g.spatial)
+        wt = self.layer.grouped_weights().transpose(0, 2, 1) if dx is not None else None
+        for part in g.sample_parts():
+            cols = self.part_columns(b, part, col, dy.dtype, build=col is None)
+            cols_g = g.grouped(cols, 1 if self.fold_bias else group)
+            dt = g.grouped(dy[part], group)
+
+            def weight_chunk(k):
+                gs, rs = blocks[k]
+                add_weight_grad(dt[:, gs, rs], cols_g if self.fold_bias else cols_g[:, gs], acc[gs, rs])
+
+            parallel_for(len(blocks), weight_chunk)
+            if dx is None:
+                continue
+            if group > 1:       # dcol by channel blocks needs one group: each sample whole
+                self.data_grad_samples(wt, dt, dx, part)
+                continue
+            items = self.channel_chunks(part)
+            flat_dx = dx.reshape(g.num, -1)
+
+            def data_chunk(k):
+                n, c0, c1 = items[k]
+                d = dt[n - part.start, 0]
+                if self.layer.pointwise:
+                    np.matmul(wt[0, c0:c1], d, out=flat_dx[n, c0 * P:c1 * P].reshape(c1 - c0, P))
+                    return
+                rows = (c1 - c0) * K
+                dcol = scratch(None, "conv_dcol", (rows, P), dy.dtype)
+                np.matmul(wt[0, c0 * K:c1 * K], d, out=dcol)
+                native.kernels.col2im(dcol, flat_dx[n, c0 * HW:], self.sub_window(c1 - c0), 0, 1, P, rows * P)
+
+            parallel_for(len(items), data_chunk)
+
+    def data_grad_samples(self, wt, dt, dx, part):
+        g = self.geom
+        for n in range(part.start, part.stop):
+            d = scratch(None, "conv_dcol", (1, g.rows, g.out_count), dt.dtype)
+            np.matmul(wt, dt[n - part.start:n - part.start + 1], out=g.grouped(d, self.layer.group))
+            if self.layer.pointwise:
+                np.copyto(dx[n].reshape(d.shape[1:]), d[0])
+            else:
+                native.kernels.col2im(d, dx, self.window, n, n + 1, g.out_count, g.rows * g.out_count)
+
     def backward_one(self, b, dy, acc, dx, col):
+        if self.by_rows():
+            return self.backward_by_rows(b, dy, acc, dx, col)
         g, group = self.geom, self.layer.group
         dtype = dy.dtype
         compiled = self.window is not None      # col2im straight into dx
@@ -252,6 +360,16 @@ class StackedConv(ConvEngine):
             g.store_image(dimage, dx)
 
 
+def row_blocks(layer):
+    """[(groups slice, rows slice)]: the output rows cut for the GEMMs, by groups when there
+    are many, else each group's rows in blocks of at least MIN_CHUNK_ROWS."""
+    group, rows = layer.group, layer.num_output // layer.group
+    if group >= CHUNKS:
+        return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
+    per_group = max(1, min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS))
+    return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
+
+
 def add_in_order(acc, partials):
     """acc += partials[0] + partials[1] + ..., in that order, over element blocks in parallel."""
     flat = acc.reshape(-1)
@@ -278,6 +396,9 @@ class PointwiseConv(StackedConv):
         return self.bottom_image(b).reshape(g.num, g.channels, g.out_count)
 
     def forward_one(self, i, b, w, bias, y):
+        if self.by_rows():
+            self.forward_by_rows(b, w, bias, y, None)
+            return None
         g, group = self.geom, self.layer.group
         x = self.columns(b)
         parts = g.sample_parts(CHUNKS)
@@ -335,20 +456,11 @@ class ColumnConv(ConvEngine):
         group = self.layer.group
         return a.reshape(group, a.shape[0] // group, a.shape[1])
 
-    def _row_blocks(self):
-        """[(groups slice, rows slice)]: the output rows cut for the GEMMs, by groups when there
-        are many, else each group's rows in blocks of at least MIN_CHUNK_ROWS."""
-        group, rows = self.layer.group, self.layer.num_output // self.layer.group
-        if group >= CHUNKS:
-            return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
-        per_group = max(1, min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS))
-        return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
-
     def forward_one(self, i, b, w, bias, y):
         g, num_output = self.geom, self.layer.num_output
         x = b.data.reshape((g.num, g.channels) + g.spatial)
         keep = self.layer.runs_backward and len(self.parts) == 1
-        blocks = self._row_blocks()
+        blocks = row_blocks(self.layer)
         rows_per_group = num_output // self.layer.group
         for n0, n1 in self.parts:
             col = self._columns(self.layer, f"col{i}", x, n0, n1) if keep else \
@@ -374,7 +486,7 @@ class ColumnConv(ConvEngine):
         g, num_output = self.geom, self.layer.num_output
         x = b.data.reshape((g.num, g.channels) + g.spatial)
         wt = self.layer.grouped_weights().transpose(0, 2, 1)
-        blocks = self._row_blocks()
+        blocks = row_blocks(self.layer)
         group, rows_per_group, P = self.layer.group, num_output // self.layer.group, g.out_count
         for n0, n1 in self.parts:
             if col is None or len(self.parts) > 1:

@@ -212,6 +212,8 @@ class WindowPool:
     def _plane_chunks(self, kernel, *arrays):
         """kernel(*pieces, window, planes) over chunks of planes in parallel; each array is viewed
         (planes, plane size) and cut at the same planes."""
+        if not self.planes:
+            return
         flats = [a.reshape(self.planes, -1) for a in arrays]
         chunks = spans(self.planes, min(PLANE_CHUNKS, self.planes * self.height * self.width // FLAT_CHUNK))
 
