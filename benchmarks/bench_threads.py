@@ -1,7 +1,7 @@
 """Thread scaling and contention, as interleaved ratios in one process (netspec's threads, threads.py).
 
     .venv/bin/python benchmarks/bench_threads.py [--rounds 5] [--batch 10] [--mode test|train] [nets ...]
-    .venv/bin/python benchmarks/bench_threads.py --busy [--threads N]   # quiet vs one busy process
+    .venv/bin/python benchmarks/bench_threads.py --busy [--threads N] [--blas N]   # quiet vs one busy process
     .venv/bin/python benchmarks/bench_threads.py --layers NET            # per-layer times, 1 vs 2 threads
     .venv/bin/python benchmarks/bench_threads.py --predict [--mode train]  # parallel share, predicted speed-up
 
@@ -39,12 +39,15 @@ NETS = {
 }
 
 
+DATA_ROOT = [REPO]     # where LeNet's MNIST LMDBs are (--data-root)
+
+
 def build(name, batch, mode):
     from netspec import glog
     glog.configure(open(os.devnull, "w"))
     if name == "lenet" or mode == "train":
         from bench_models import build as build_train
-        solver, seeds = build_train(NETS[name], 64 if name == "lenet" else batch)
+        solver, seeds = build_train(NETS[name], 64 if name == "lenet" else batch, DATA_ROOT[0])
         net = solver.net
 
         def step():
@@ -58,6 +61,10 @@ def build(name, batch, mode):
     from time_models import build as build_test
     net = build_test(NETS[name], batch)
     return net, net.forward_prefilled
+
+
+def what(name, args):
+    return "train batch 64" if name == "lenet" else f"{args.mode} batch {args.batch}"
 
 
 def timed(fn):
@@ -81,7 +88,7 @@ def scaling(name, args):
         ratios.append(t1 / t2)
         t1s.append(t1)
         t2s.append(t2)
-    print(f"{name:11s} {args.mode} batch {args.batch}: 1 thread {np.median(t1s) * 1e3:8.1f} ms, 2 threads "
+    print(f"{name:11s} {what(name, args)}: 1 thread {np.median(t1s) * 1e3:8.1f} ms, 2 threads "
           f"{np.median(t2s) * 1e3:8.1f} ms, speed-up {np.median(ratios):.2f}x (rounds {min(ratios):.2f}-"
           f"{max(ratios):.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -91,6 +98,10 @@ def busy(name, args):
     if args.threads:
         netspec.set_threads(args.threads)
     net, step = build(name, args.batch, args.mode)
+    limiter = None
+    if args.blas:   # the BLAS's own threads instead (netspec before threads.py: --threads 1 --blas 2)
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(limits=args.blas, user_api="blas")  # noqa: F841 (held while timing)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         spinner.send_signal(signal.SIGSTOP)
@@ -109,7 +120,8 @@ def busy(name, args):
     finally:
         spinner.kill()
         spinner.wait()
-    print(f"{name:11s} {args.mode} batch {args.batch}, {netspec.get_threads()} threads: quiet "
+    blas = f", BLAS {args.blas} threads" if args.blas else ""
+    print(f"{name:11s} {what(name, args)}, {netspec.get_threads()} threads{blas}: quiet "
           f"{np.median(quiet) * 1e3:8.1f} ms, beside a busy process {np.median(loaded) * 1e3:8.1f} ms, "
           f"slow-down {np.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
@@ -139,7 +151,7 @@ def layers(name, args):
         k = rec.layer.type
         a = by_type.setdefault(k, np.zeros(4))
         a += (total[1][i], total[2][i], back[1][i], back[2][i])
-    print(f"{name} {args.mode} batch {args.batch}, ms per pass by layer type (1 thread / 2 threads):")
+    print(f"{name} {what(name, args)}, ms per pass by layer type (1 thread / 2 threads):")
     for k, (f1, f2, b1, b2) in sorted(by_type.items(), key=lambda kv: -kv[1][0] - kv[1][2]):
         n = args.rounds
         print(f"  {k:18s} fwd {f1 / n * 1e3:8.2f} / {f2 / n * 1e3:8.2f}   bwd {b1 / n * 1e3:8.2f} / {b2 / n * 1e3:8.2f}")
@@ -180,7 +192,7 @@ def predict(name, args):
     for where, c in traced:     # time a second thread would sit idle, by chunk function
         lost[where] = lost.get(where, 0.0) + 2 * schedule(c, 2) - sum(c)
     worst = sorted(lost.items(), key=lambda kv: -kv[1])[:args.worst]
-    print(f"{name:11s} {args.mode} batch {args.batch}: {t * 1e3:8.1f} ms at 1 thread, {inside / t:5.1%} in "
+    print(f"{name:11s} {what(name, args)}: {t * 1e3:8.1f} ms at 1 thread, {inside / t:5.1%} in "
           f"{len(calls)} parallel_for calls; predicted speed-up {t / two:.2f}x at 2 threads, {t / three:.2f}x at 3; "
           f"serial {serial * 1e3:.1f} ms, load {os.getloadavg()[0]:.1f}", flush=True)
     if worst:
@@ -195,6 +207,8 @@ def main():
     ap.add_argument("--mode", choices=["test", "train"], default="test")
     ap.add_argument("--busy", action="store_true", help="quiet vs one busy process, at the default threads")
     ap.add_argument("--threads", type=int, default=None, help="with --busy: this thread count")
+    ap.add_argument("--blas", type=int, default=None, help="with --busy: let the BLAS run this many threads")
+    ap.add_argument("--data-root", default=REPO, help="folder holding data/mnist/*_lmdb (for lenet)")
     ap.add_argument("--layers", action="store_true", help="per-layer-type times at 1 and 2 threads")
     ap.add_argument("--predict", action="store_true",
                     help="the time inside parallel_for at 1 thread, and the speed-up it allows")
@@ -202,6 +216,7 @@ def main():
                     "where a second thread would idle most")
     ap.add_argument("nets", nargs="*", help=f"of {', '.join(NETS)} (default: all but lenet)")
     args = ap.parse_args()
+    DATA_ROOT[0] = args.data_root
     run = busy if args.busy else layers if args.layers else predict if args.predict else scaling
     for name in args.nets or [n for n in NETS if n != "lenet"]:
         run(name, args)
