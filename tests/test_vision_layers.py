@@ -154,6 +154,11 @@ CONV_CASES = [
     ("num_output: 4 kernel_size: 2 kernel_size: 3 dilation: 1 dilation: 2 stride: 2 stride: 1 group: 2 "
      "bias_term: false", (3, 4, 6, 8), (2, 1), (0, 0), (1, 2), 2),
     ("num_output: 3 kernel_size: 3 group: 3 pad: 1", (2, 3, 5, 5), (1, 1), (1, 1), (1, 1), 3),   # depthwise
+    ("num_output: 4 kernel_size: 3 group: 4 pad: 1 stride: 2", (2, 4, 7, 6), (2, 2), (1, 1), (1, 1), 4),
+    ("num_output: 6 kernel_h: 3 kernel_w: 2 group: 3 pad_h: 2 pad_w: 1 stride_h: 1 stride_w: 3", (2, 3, 5, 8),
+     (1, 3), (2, 1), (1, 1), 3),                                          # depthwise, 2 outputs per channel
+    ("num_output: 2 kernel_size: 3 group: 2 dilation: 2 pad: 1 bias_term: false", (3, 2, 7, 7), (1, 1), (1, 1),
+     (2, 2), 2),
     ("num_output: 4 kernel_size: 1", (2, 3, 5, 6), (1, 1), (0, 0), (1, 1), 1),                   # pointwise
     ("num_output: 4 kernel_size: 1 group: 2 bias_term: false", (2, 4, 3, 5), (1, 1), (0, 0), (1, 1), 2),
 ]
@@ -173,10 +178,61 @@ def test_convolution_matches_naive_loops(layout, params, shape, stride, pad, dil
 @pytest.mark.parametrize("params, shape, stride, pad, dilation, group", CONV_CASES)
 def test_convolution_gradients(layout, params, shape, stride, pad, dilation, group):
     layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
-    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
     pointwise = "kernel_size: 1 " in params + " "
+    depthwise = group == shape[1] and group > 1
+    assert isinstance(layer.engine, conv_engines.DepthwiseConv) == depthwise
+    if depthwise:
+        assert (layer.engine.window is not None) == layout.startswith("native")
+        return
+    assert isinstance(layer.engine, conv_engines.PointwiseConv) == pointwise
+    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts")
+                                                                 and not pointwise)
     compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
     assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
+
+
+@pytest.mark.parametrize("params, shape, stride, pad, dilation", [
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2", (2, 3, 9), (2,), (1,), (1,)),
+    ("num_output: 2 kernel_size: 2 group: 2 pad: 1", (2, 2, 3, 4, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+])
+def test_depthwise_convolution_in_1d_and_3d(params, shape, stride, pad, dilation):
+    """Not 2-D: the depthwise engine's numpy sums over shifted views, against loops and differences."""
+    x = R.standard_normal(shape)
+    with precision(np.float64):
+        layer, bottom, top = build(conv(params), [x])
+        assert isinstance(layer.engine, conv_engines.DepthwiseConv) and layer.engine.window is None
+        layer.forward(bottom, top)
+        w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, shape[1]), rtol=1e-10,
+                               atol=1e-10)
+    check_layer(conv(params), [x], max_checks=80)
+
+
+@NATIVE
+def test_depthwise_kernel_ranges_split_the_work():
+    """Forward, data and weight gradients over ranges of planes/channels add up to the whole call."""
+    x = R.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    with precision(np.float32):
+        layer, bottom, top = build(conv("num_output: 8 kernel_size: 3 group: 4 pad: 1 stride: 2"), [x])
+    eng = layer.engine
+    w = layer.blobs[0].data.reshape(8, 9)
+    whole = np.empty(top[0].shape, np.float32)
+    native.kernels.depthwise_forward(x, w, layer.blobs[1].data, whole, eng.window, 2, 3, 0, 24)
+    split = np.empty_like(whole)
+    for start, stop in ((0, 5), (5, 17), (17, 24)):
+        native.kernels.depthwise_forward(x, w, layer.blobs[1].data, split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(split, whole)
+    dy = R.standard_normal(whole.shape).astype(np.float32)
+    dx_whole, dx_split = np.empty_like(x), np.empty_like(x)
+    native.kernels.depthwise_backward_data(dy, w, None, dx_whole, eng.window, 2, 3, 0, 12)
+    for start, stop in ((0, 7), (7, 12)):
+        native.kernels.depthwise_backward_data(dy, w, None, dx_split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(dx_split, dx_whole)
+    dw_whole, dw_split = np.zeros_like(w), np.zeros_like(w)
+    native.kernels.depthwise_backward_weights(dy, x, None, dw_whole, eng.window, 2, 3, 0, 8)
+    for start, stop in ((0, 3), (3, 8)):
+        native.kernels.depthwise_backward_weights(dy, x, None, dw_split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(dw_split, dw_whole)
 
 
 def test_convolution_output_shapes_and_weight_layout():

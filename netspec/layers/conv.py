@@ -122,11 +122,16 @@ class _ConvBase(Layer):
             self.geom = ConvGeometry(self.num, self.num_output, out, *geometry)
             self.in_spatial = tuple(spatial)
         else:
-            self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry)
+            self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry,
+                                     batch_inner=False if self.stacked_only() else None)
             out = self.geom.out
         top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
         for t in top:
             t.reshape(top_shape)
+
+    def stacked_only(self):
+        """Whether the engine for this layer reads the bottom as stacked NCHW (no batch-inner columns)."""
+        return False
 
     def grouped_weights(self):
         """The weights as (group, out / group, in / group * kernel)."""
@@ -152,8 +157,14 @@ class Convolution(_ConvBase):
         super().setup(bottom, top)
         # A 1x1 kernel with stride 1 and no pad: the stacked columns are the bottom itself.
         self.pointwise = (max(self.kernel) == 1 and max(self.stride) == 1 and max(self.pad) == 0)
+        # group == input channels (MobileNet's 3x3): the direct depthwise engine, no GEMM.
+        self.depthwise = self.group > 1 and self.group == self.channels
         self.fold_bias = self.bias_term and self.group == 1 and not self.pointwise
         self.engine = None          # chosen in reshape, for the shape (conv_engines.py)
+
+    def stacked_only(self):
+        # Neither builds columns: PointwiseConv's are the bottom itself, DepthwiseConv sums taps.
+        return self.pointwise or self.depthwise
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
