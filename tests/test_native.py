@@ -68,7 +68,8 @@ def _run_net(tmp_path, enabled, monkeypatch):
     net.blobs["label"].data[...] = data.integers(0, 4, 6)
     loss = float(net.forward()["loss"])
     net.backward()
-    used = [isinstance(net.layer_dict[n].engine, ColumnConv) for n in ("conv1", "conv2", "conv3")]
+    used = [isinstance(net.layer_dict[n].engine, ColumnConv) for n in ("conv1", "conv2")]
+    used += [net.layer_dict["conv3"].engine.window is not None]     # depthwise: DepthwiseConv's kernels
     used += [net.layer_dict[n].pool.window is not None for n in ("pool1", "pool2")]
     used += [net.layer_dict[n].fused for n in ("bn", "scale")]
     grads = {name: [p.diff.copy() for p in params] for name, params in net.params.items()}

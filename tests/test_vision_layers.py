@@ -9,6 +9,7 @@ import pytest
 from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
+from netspec.layers import conv as conv_module
 from netspec.layers import conv_engines, im2col, native
 from netspec.proto import caffe_pb2
 
@@ -30,6 +31,8 @@ def layout(request, monkeypatch):
     monkeypatch.setattr(native, "ENABLED", name.startswith("native"))
     small_maps = name in ("batch_inner", "native", "native_parts")
     monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if small_maps else 0)
+    # 1x1 kernels: small maps take the columns of their layout, others run on the bottom itself.
+    monkeypatch.setattr(conv_module, "POINTWISE_MIN_POSITIONS", 10 ** 9 if small_maps else 0)
     monkeypatch.setattr(im2col, "COL2IM_PART", 50)
     if name.endswith("stacked_rebuilt"):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
@@ -184,9 +187,9 @@ def test_convolution_gradients(layout, params, shape, stride, pad, dilation, gro
     if depthwise:
         assert (layer.engine.window is not None) == layout.startswith("native")
         return
-    assert isinstance(layer.engine, conv_engines.PointwiseConv) == pointwise
-    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts")
-                                                                 and not pointwise)
+    small_maps = layout in ("batch_inner", "native", "native_parts")
+    assert isinstance(layer.engine, conv_engines.PointwiseConv) == (pointwise and not small_maps)
+    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
     compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
     assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
 

@@ -246,7 +246,12 @@ class PointwiseConv(StackedConv):
         return None
 
     def backward_one(self, b, dy, acc, dx, col):
-        super().backward_one(b, dy, acc, dx, self.columns(b))
+        g, group = self.geom, self.layer.group
+        dt = g.grouped(dy, group)
+        add_weight_grad(dt, g.grouped(self.columns(b), group), acc)
+        if dx is not None:      # the data gradient's columns are dx itself: written by the GEMM
+            wt = self.layer.grouped_weights().transpose(0, 2, 1)
+            np.matmul(wt, dt, out=g.grouped(dx.reshape(g.num, g.channels, g.out_count), group))
 
 
 class ColumnConv(ConvEngine):
