@@ -238,6 +238,30 @@ def test_depthwise_kernel_ranges_split_the_work():
     np.testing.assert_array_equal(dw_split, dw_whole)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=NATIVE)])
+def test_depthwise_convolution_gives_the_same_bytes_on_any_thread_count(compiled, monkeypatch):
+    from netspec import threads
+    monkeypatch.setattr(native, "ENABLED", compiled)
+    monkeypatch.setattr(conv_engines.DepthwiseConv, "chunk_work", 1)     # many chunks
+    x = R.standard_normal((3, 4, 9, 8))
+    dy = R.standard_normal((3, 8, 5, 4))
+    before = threads.get_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            threads.set_threads(n)
+            layer, bottom, top = build(conv("num_output: 8 kernel_size: 3 group: 4 pad: 1 stride: 2"), [x])
+            layer.forward(bottom, top)
+            top[0].diff[...] = dy
+            layer.backward(top, [True], bottom)
+            results.append([top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()])
+    finally:
+        threads.set_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_convolution_output_shapes_and_weight_layout():
     cases = [  # (params, bottom shape, top shape, weight shape)
         ("num_output: 5 kernel_size: 3", (2, 3, 10, 9), (2, 5, 8, 7), (5, 3, 3, 3)),

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import native
+from ..threads import parallel_for, spans
 from .base import scratch
 from .im2col import COLUMN_BUDGET, add_weight_grad
 
@@ -333,11 +334,23 @@ class DepthwiseConv(ConvEngine):
     def _flat_weights(self, w):
         return w.reshape(self.layer.num_output, self.geom.kernel_count)
 
+    # Elements of work (outputs x taps) per chunk handed to the threads: enough that a chunk's
+    # cost dwarfs its dispatch, by the shape alone. Every item's result is independent of the
+    # chunking (planes and channels are whole), so any thread count gives the same bytes.
+    chunk_work = 1 << 18
+
+    def _split(self, kernel, items, *args):
+        """kernel(*args, start, stop) over [0, items) in chunks, on netspec's threads."""
+        g = self.geom
+        work = g.num * self.layer.num_output * g.out_count * g.kernel_count
+        parts = spans(items, min(64, max(1, work // self.chunk_work)))
+        parallel_for(len(parts), lambda k: kernel(*args, *parts[k]))
+
     def forward_one(self, i, b, w, bias, y):
         g = self.geom
         if self.window is not None:
-            native.kernels.depthwise_forward(b.data, self._flat_weights(w), bias, y, self.window, self.multiplier,
-                                             g.num, 0, g.num * self.layer.num_output)
+            self._split(native.kernels.depthwise_forward, g.num * self.layer.num_output, b.data,
+                        self._flat_weights(w), bias, y, self.window, self.multiplier, g.num)
             return None
         image = self._input_per_output(self.bottom_image(b))
         taps = self._flat_weights(w)
@@ -354,11 +367,11 @@ class DepthwiseConv(ConvEngine):
         w = self._flat_weights(self.layer.grouped_weights())
         dw = acc.reshape(num_output, g.kernel_count)
         if self.window is not None:
-            native.kernels.depthwise_backward_weights(dy, b.data, None, dw, self.window, self.multiplier, g.num, 0,
-                                                      num_output)
+            self._split(native.kernels.depthwise_backward_weights, num_output, dy, b.data, None, dw, self.window,
+                        self.multiplier, g.num)
             if dx is not None:
-                native.kernels.depthwise_backward_data(dy, w, None, dx, self.window, self.multiplier, g.num, 0,
-                                                       g.num * g.channels)
+                self._split(native.kernels.depthwise_backward_data, g.num * g.channels, dy, w, None, dx, self.window,
+                            self.multiplier, g.num)
             return
         image = self._input_per_output(self.bottom_image(b))
         grad = dy.reshape((g.num, num_output) + g.out)
