@@ -93,9 +93,15 @@ class _Wiring:
 
 class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
-    `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
+    `Net(model, phase, weights=...)`; `model` may also be a NetParameter.
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None):
+    reuse_memory=True (netspec's own, for inference): when no layer runs backward, blobs that
+    no later layer reads share buffers (reuse.py), so an intermediate's `data` after forward
+    is not its value; the inputs, outputs and blobs asked of forward(blobs=...) are kept.
+    A forward starting past the first layer gives every blob its own memory again."""
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None,
+                 reuse_memory=False):
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -127,6 +133,31 @@ class Net:
             raise
         if weights:
             self.copy_from(weights)
+        self._reuse = None
+        if reuse_memory and not any(record.need_backward for record in self.records):
+            self._plan_reuse(())
+
+    def _plan_reuse(self, keep):
+        from .reuse import ReusePlan
+        if self._reuse is not None:
+            self._reuse.release()
+        self._reuse = ReusePlan(self, keep)
+        self._reuse.apply()
+
+    def _keep_blobs(self, names):
+        """Blobs a caller will read after forward keep their memory (a new plan if any was shared)."""
+        plan = self._reuse
+        if plan is None:
+            return
+        keep = set(plan.keep)
+        if set(names) <= keep:
+            return
+        self._plan_reuse(keep | set(names))
+
+    @property
+    def reuses_memory(self):
+        """Whether blobs share buffers now (Net(reuse_memory=True) and no forward from a later layer)."""
+        return self._reuse is not None
 
     def close(self):
         """Release what layers hold outside Python's memory: prefetch threads, open LMDBs. Idempotent."""
@@ -421,6 +452,11 @@ class Net:
     def forward_prefilled(self, start=0, end=None):
         """Run layers start..end (indices); return the weighted loss."""
         end = len(self.records) - 1 if end is None else end
+        if start and self._reuse is not None:
+            # The bottoms of layer `start` may hold what later layers wrote last time: back to
+            # memory of their own (holding what they hold now, e.g. a value the caller set).
+            self._reuse.release()
+            self._reuse = None
         loss = 0.0
         try:
             before, after = self._hooks["before_forward"], self._hooks["after_forward"]
@@ -507,8 +543,10 @@ class Net:
             target.data[...] = value
         i0 = self._layer_index(start, 0)
         i1 = self._layer_index(end, len(self.records) - 1)
-        self.forward_prefilled(i0, i1)
         wanted = list(blobs or [])
+        if wanted:
+            self._keep_blobs([name for name in wanted if name in self.blobs])
+        self.forward_prefilled(i0, i1)
         names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
         return {name: self.blobs[name].data for name in names}
 
@@ -565,6 +603,9 @@ class Net:
             blob.diff[...] = 0
 
     def reshape(self):
+        self._reshape_layers()
+
+    def _reshape_layers(self):
         for record in self.records:
             record.layer.reshape(record.bottoms, record.tops)
 
