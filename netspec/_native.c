@@ -461,7 +461,56 @@ static PyObject *py_depthwise_forward(PyObject *self, PyObject *args) { return d
 static PyObject *py_depthwise_data(PyObject *self, PyObject *args) { return depthwise(args, DW_DATA); }
 static PyObject *py_depthwise_weights(PyObject *self, PyObject *args) { return depthwise(args, DW_WEIGHTS); }
 
+/* channel_chain(x, y, m, s, a, b, outer, channels, inner, standardise, scale, relu, start, stop):
+ * see _depthwise_body.h; m and s are read only when standardise, a and b only when scale (else None). */
+static PyObject *py_channel_chain(PyObject *self, PyObject *args)
+{
+    PyObject *obj[6];
+    long outer, channels, inner, start, stop;
+    int flags[3], kind;
+    if (!PyArg_ParseTuple(args, "OOOOOOlllppp(ll)", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &outer,
+                          &channels, &inner, &flags[0], &flags[1], &flags[2], &start, &stop))
+        return NULL;
+    if (outer < 0 || channels <= 0 || inner < 0 || start < 0 || stop < start || stop > outer * channels) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or plane range");
+        return NULL;
+    }
+    if (float_kind(obj[0], &kind) < 0)
+        return NULL;
+    static const char *names[6] = {"bottom", "top", "mean", "std", "scale", "bias"};
+    Py_buffer v[6];
+    int held[6] = {0};
+    for (int i = 0; i < 6; i++) {
+        if ((i == 2 || i == 3) && !flags[0])
+            continue;
+        if ((i == 4 || i == 5) && !flags[1])
+            continue;
+        if (get_buffer(obj[i], &v[i], i == 1, kind, i < 2 ? outer * channels * inner : channels, names[i]) < 0) {
+            for (int k = 0; k < i; k++)
+                if (held[k]) PyBuffer_Release(&v[k]);
+            return NULL;
+        }
+        held[i] = 1;
+    }
+    const void *p[6];
+    for (int i = 0; i < 6; i++)
+        p[i] = held[i] ? v[i].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        channel_chain_f64(p[0], (double *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
+                          flags[2], start, stop);
+    else
+        channel_chain_f32(p[0], (float *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
+                          flags[2], start, stop);
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 6; k++)
+        if (held[k]) PyBuffer_Release(&v[k]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"channel_chain", py_channel_chain, METH_VARARGS,
+     "channel_chain(x, y, m, s, a, b, outer, channels, inner, standardise, scale, relu, (start, stop))"},
     {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
      "depthwise_forward(x, w, bias, y, geom, multiplier, num, start, stop)"},
     {"depthwise_backward_data", py_depthwise_data, METH_VARARGS,

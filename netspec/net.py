@@ -15,6 +15,7 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
+from .fusion import find_chains
 from .memory import MemoryEstimate, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -133,9 +134,13 @@ class Net:
             raise
         if weights:
             self.copy_from(weights)
+        self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
         self._reuse = None
         if reuse_memory and not any(record.need_backward for record in self.records):
-            self._plan_reuse(())
+            try:
+                self._plan_reuse(())        # reshapes every layer again: errors name the file, as forward's do
+            except NetspecError as e:
+                raise self._located(e) from e
 
     def _plan_reuse(self, keep):
         from .reuse import ReusePlan
@@ -460,7 +465,14 @@ class Net:
         loss = 0.0
         try:
             before, after = self._hooks["before_forward"], self._hooks["after_forward"]
-            for i in range(start, end + 1):
+            # Chains (fusion.py) run as one pass unless hooks or debug output want each layer.
+            chains = self._chains if not (before or after or self.debug_info) else {}
+            i = start
+            while i <= end:
+                chain = chains.get(i)
+                if chain is not None and chain.last <= end and chain.run():
+                    i = chain.last + 1
+                    continue
                 for hook in before:
                     hook(i)
                 record = self.records[i]
@@ -472,6 +484,7 @@ class Net:
                     self._debug(record, "Forward")
                 for hook in after:
                     hook(i)
+                i += 1
         except NetspecError as e:
             raise self._located(e) from e
         return loss
