@@ -829,18 +829,21 @@ def parse_args(argv):
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest relative output difference accepted")
     ap.add_argument("--train-batch", type=int, default=10)
     ap.add_argument("--parts", default="forward,train,contention",
-                    help="which of forward,train,contention to run (default all)")
+                    help="which of forward,train,contention,profile to run (default the first three)")
     ap.add_argument("--contention-batch", type=int, default=10)
-    ap.add_argument("--profile", action="store_true", help="per-layer-type profile netspec vs ONNX Runtime instead")
+    ap.add_argument("--profile", action="store_true", help="the per-layer-type profile alone (--parts profile)")
     ap.add_argument("--profile-threads", type=int, default=1)
     ap.add_argument("--caffe", default="caffe", help="BVLC Caffe's binary (default: `caffe` from PATH)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: LeNet and SqueezeNet, batch 1, 1 thread, "
                     "2 rounds (under a minute)")
     ap.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the tables as markdown here")
+    ap.add_argument("--json", help="also write every sample and check as JSON here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--profile-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.profile:
+        args.parts = "profile"
     if args.quick:
         args.nets = args.nets or "lenet,squeezenet"
         args.batches, args.threads, args.rounds, args.iterations = "1", "1", 2, 1
@@ -880,13 +883,17 @@ def main(argv=None):
                     progress(f"    ONNX export failed: {cache[(key, batch)]['onnx_error']}")
             return cache[(key, batch)]
 
-        if args.profile:
-            md += profile_section(args, found, desc_for, batches)
-        else:
-            md += timing_sections(args, found, desc_for, batches)
+        raw = {}
+        if set(args.parts.split(",")) - {"profile"}:
+            md += timing_sections(args, found, desc_for, batches, raw)
+        if "profile" in args.parts.split(","):
+            md += profile_section(args, found, desc_for, batches, raw)
     seconds = time.perf_counter() - start
     blas = _blas_info()
-    head = [f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE {os.path.relpath(args.python, REPO) if args.python.startswith(REPO) else args.python} {cmdline.strip()}` on {when}, {seconds:.0f} s in all.", ""]
+    head = ["# netspec against its peers (ONNX Runtime, OpenCV dnn, Caffe, PyTorch)", "",
+            "Written by `benchmarks/bench_peers.py` (its docstring says what is timed and how). Figures on a "
+            "shared machine drift 2x: compare within a table, where runners alternate round by round.", ""]
+    head += [f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE {os.path.relpath(args.python, REPO) if args.python.startswith(REPO) else args.python} {cmdline.strip()}` on {when}, {seconds:.0f} s in all.", ""]
     head += [f"- {line}" for line in machine_lines(found, blas)] + [""]
     text = "\n".join(head + md) + "\n"
     print(text)
@@ -894,9 +901,12 @@ def main(argv=None):
         from netspec.schema import write_atomically
         write_atomically(args.out, text.encode())
         progress(f"wrote {args.out}")
+    if args.json:
+        from netspec.schema import write_atomically
+        write_atomically(args.json, json.dumps(raw, indent=1, default=str).encode())
 
 
-def profile_section(args, found, desc_for, batches):
+def profile_section(args, found, desc_for, batches, raw):
     if not (found["ort"] and found["onnx"]):
         return ["Profile: needs onnx and onnxruntime (missing)."]
     md = [f"## Per-layer-type profile: netspec `time_net` vs ONNX Runtime's profiler, "
@@ -908,12 +918,13 @@ def profile_section(args, found, desc_for, batches):
             if not desc.get("onnx"):
                 md += [f"### {key}: ONNX export failed: {desc.get('onnx_error')}", ""]
                 continue
-            md += profile_lines(key, desc, run_profile(desc, args.profile_threads, max(args.iterations, 3),
-                                                       args.python))
+            prof = run_profile(desc, args.profile_threads, max(args.iterations, 3), args.python)
+            raw.setdefault("profile", []).append({"net": key, "batch": batch, "types": desc["types"], **prof})
+            md += profile_lines(key, desc, prof)
     return md
 
 
-def timing_sections(args, found, desc_for, batches):
+def timing_sections(args, found, desc_for, batches, raw):
     parts = set(args.parts.split(","))
     peers = [p for p in ("ort", "opencv") if found[p] and (p != "ort" or found["onnx"])]
     caffe = found["caffe"]
@@ -951,6 +962,9 @@ def timing_sections(args, found, desc_for, batches):
             names = ["netspec"] + [p for p in peers if p != "ort" or desc.get("onnx")]
             progress(f"[contention] {key} batch {batch}, default threads, quiet vs 1 busy process")
             contention_rows.append((key, batch, run_config(names, desc, None, args, busy=True)))
+    for part, rows in (("forward", forward_rows), ("train", train_rows), ("contention", contention_rows)):
+        if rows:
+            raw[part] = [{"net": k, "batch": b, **res} for k, b, res in rows]
     md = ["Ratios are netspec / peer within one interleaved run (below 1: netspec is faster). "
           f"{args.rounds} rounds; each round runs each runner at least {args.iterations} times "
           f"(and for at least {args.min_seconds} s); medians over all samples. Checks: max |peer - netspec| / "
