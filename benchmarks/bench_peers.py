@@ -5,7 +5,7 @@ Install the peers in a separate venv (never netspec's dependencies), then run fr
     python3 -m venv /work/benchvenv
     /work/benchvenv/bin/pip install -e . onnx onnxruntime "opencv-python-headless<5" threadpoolctl torch==2.13.0
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /work/benchvenv/bin/python benchmarks/bench_peers.py \\
-        --out benchmarks/peer_bench.md            # everything: about 30-60 min on 2 cores
+        --out benchmarks/peer_bench.md --json /tmp/peer_bench.json   # everything (see peer_bench.md for the time)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /work/benchvenv/bin/python benchmarks/bench_peers.py --quick
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /work/benchvenv/bin/python benchmarks/bench_peers.py \\
         --profile --out /tmp/profile.md           # per-layer-type netspec vs ONNX Runtime's profiler
@@ -266,6 +266,19 @@ def _netspec_threads(threads):
         pass
 
 
+def _floor(net, threads):
+    """bench_models' GEMM floor of `net` with the BLAS at `threads` threads (the cores when None):
+    netspec holds its BLAS to one thread and threads the layers itself, but the floor is the
+    machine's GEMM peak at that many cores."""
+    from bench_models import gemm_floor, gemm_shapes
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return gemm_floor(gemm_shapes(net))
+    with threadpool_limits(limits=threads or len(os.sched_getaffinity(0)), user_api="blas"):
+        return gemm_floor(gemm_shapes(net))
+
+
 class NetspecInfer:
     def __init__(self, desc, threads):
         from netspec import glog
@@ -273,6 +286,7 @@ class NetspecInfer:
         from netspec.proto import caffe_pb2
         glog.configure(open(os.devnull, "w"))
         _netspec_threads(threads)
+        self.threads = threads
         self.net = Net(os.path.join(desc["dir"], "net.prototxt"), caffe_pb2.TEST)
         self.net.copy_from(os.path.join(desc["dir"], "net.caffemodel"))
         self.ins, self.want = _load(desc)
@@ -286,8 +300,7 @@ class NetspecInfer:
         return {n: self.net.blobs[n].data for n in self.want}
 
     def floor(self):
-        from bench_models import gemm_floor, gemm_shapes
-        return gemm_floor(gemm_shapes(self.net))
+        return _floor(self.net, self.threads)
 
 
 class OrtInfer:
@@ -342,6 +355,7 @@ class NetspecTrain:
         import bench_models
         glog.configure(open(os.devnull, "w"))
         _netspec_threads(threads)
+        self.threads = threads
         model = LENET if desc["key"] == "lenet" else NETS[desc["key"]]
         self.solver, self.seeds = bench_models.build(model, desc["batch"], desc.get("data_root", REPO))
         self.net = self.solver.net
@@ -361,8 +375,7 @@ class NetspecTrain:
         return None                   # the training net is checked through the torch worker's eval forward
 
     def floor(self):
-        from bench_models import gemm_floor, gemm_shapes
-        return gemm_floor(gemm_shapes(self.net))
+        return _floor(self.net, self.threads)
 
 
 class TorchTrain:
