@@ -558,11 +558,13 @@ def interleaved(workers, rounds, iterations, min_s, busy=None, caffe=None):
     under the keys runner and runner+'@busy'."""
     samples = {}
     phases = [False, True] if busy else [False]
-    for _ in range(rounds):
+    for k in range(rounds):
+        # Each round starts with another runner, so that none always runs right after a start-up.
+        order = workers[k % len(workers):] + workers[:k % len(workers)] if workers else []
         for loaded in phases:
             proc = busy[0]() if loaded else None
             try:
-                for w in workers:
+                for w in order:
                     key = w.runner + ("@busy" if loaded else "")
                     r = w.ask(op="time", n=iterations, min_s=min_s)
                     samples.setdefault(key, []).extend(r.get("times", []))
