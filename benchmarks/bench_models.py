@@ -49,7 +49,9 @@ DEPLOY = [
 ]
 SCALING_BATCHES = (16, 64, 256)
 SCALING_THREADS = (1, 2)
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# NETSPEC_THREADS sets netspec's own threads (netspec/threads.py, which holds the BLAS to one);
+# the BLAS variables matter only to code that runs GEMMs outside netspec (the floor, PyTorch).
+THREAD_VARS = ("NETSPEC_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _maxrss_mb():
@@ -235,7 +237,11 @@ def bench_net(model, batch, iterations=3, warmup=1, floor=True, floor_passes=3, 
         "loss": float(loss), "gemms": len(shapes), "blas_threads": _blas_threads(), "load1": _load1(),
     }
     if floor:
-        result.update(gemm_floor(shapes, floor_passes))
+        # The floor is the BLAS's own threading over the cores netspec uses (netspec holds it to one).
+        from threadpoolctl import threadpool_limits
+        from netspec.threads import get_threads
+        with threadpool_limits(limits=get_threads(), user_api="blas"):
+            result.update(gemm_floor(shapes, floor_passes))
     return result
 
 
@@ -248,10 +254,9 @@ def _load1():
 
 
 def _blas_threads():
-    for var in THREAD_VARS[:2]:
-        if os.environ.get(var):
-            return int(os.environ[var])
-    return os.cpu_count()
+    # netspec's thread count (its layers split their work; the BLAS runs one thread under each).
+    from netspec.threads import get_threads
+    return get_threads()
 
 
 # ------------------------------------------------------------------ PyTorch comparison (optional)
@@ -385,7 +390,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed iterations first (LeNet: 3 more)")
     ap.add_argument("--batch", type=int, default=10, help="deploy nets' batch (default 10)")
     ap.add_argument("--lenet-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None, help="BLAS threads for the children (default: BLAS's own)")
+    ap.add_argument("--threads", type=int, default=None, help="threads for the children (NETSPEC_THREADS; default: the cores)")
     ap.add_argument("--scaling", action="store_true", help="LeNet at batch 16, 64, 256 with 1 and 2 BLAS threads")
     ap.add_argument("--torch", action="store_true", help="also time LeNet's step in PyTorch if it is installed")
     ap.add_argument("--out", help="write the tables as markdown here (e.g. benchmarks/model_bench.md)")

@@ -11,6 +11,7 @@ from .blob import Blob  # noqa: F401
 from .layers import LAYER_REGISTRY, Layer  # noqa: F401
 from .net import Net, TRAIN, TEST  # noqa: F401
 from . import glog as _glog, rng as _rng
+from .threads import set_threads, get_threads  # noqa: F401  (NETSPEC_THREADS, else the cores we may use)
 
 _glog.ensure_configured()     # pycaffe logs net setup and training to stderr from the start
 

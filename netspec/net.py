@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import glog, hdf5, layers as _layers  # noqa: F401  (importing layers fills the registry)
+from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing layers fills the registry)
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
@@ -107,6 +107,7 @@ class Net:
         if phase is None:
             raise TypeError("Net needs a phase: netspec.TRAIN or netspec.TEST")
         self.phase = _parse_phase(phase)
+        threads.get_threads()     # settles the thread count and holds the BLAS to one thread, before any GEMM
         param = read_net(model)
         self.source = source or (os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
         state = caffe_pb2.NetState()

@@ -11,6 +11,7 @@ from ..parallel import from_environment
 from ..proto import caffe_pb2
 from ..schema import read_solver
 from ..solver import Solver, set_on_divergence
+from ..threads import default_threads, parse_count, set_threads
 from ..timing import describe_machine, time_net
 from .base import command
 
@@ -74,6 +75,11 @@ def _refuse_gpu(gpu):
         raise click.UsageError(f"--gpu={gpu}: netspec runs on the CPU only; drop the --gpu flag")
 
 
+def _use_threads(threads):
+    """--threads N, else NETSPEC_THREADS, else the cores: checked now, so a bad value is one line before any work."""
+    set_threads(parse_count(threads, "--threads") if threads is not None else default_threads())
+
+
 @command()
 @click.option("--solver", required=True, type=click.Path(dir_okay=False), help="Solver prototxt or YAML.")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Resume from this .solverstate.")
@@ -87,9 +93,13 @@ def _refuse_gpu(gpu):
 @click.option("--stage", multiple=True, help="Train net stages (comma-separated).")
 @click.option("--on_divergence", type=click.Choice(["stop", "continue"]), default="stop", show_default=True,
               help="At a NaN/inf loss: stop with a .diverged snapshot, or carry on as Caffe does.")
-def train(solver, snapshot, weights, sigint_effect, sighup_effect, sigterm_effect, gpu, level, stage, on_divergence):
+@click.option("--threads", default=None, help="Threads to compute with (default: NETSPEC_THREADS, else the "
+              "cores this process may use); the BLAS runs one thread under each.")
+def train(solver, snapshot, weights, sigint_effect, sighup_effect, sigterm_effect, gpu, level, stage, on_divergence,
+          threads):
     """Train a net (caffe train)."""
     _refuse_gpu(gpu)
+    _use_threads(threads)
     set_on_divergence(on_divergence)
     if snapshot and weights:
         raise click.UsageError("give either --snapshot (resume) or --weights (fine-tune), not both")
@@ -123,9 +133,12 @@ def train(solver, snapshot, weights, sigint_effect, sighup_effect, sigterm_effec
 @click.option("--level", type=int, default=0)
 @click.option("--stage", multiple=True)
 @click.option("--gpu", default=None, hidden=True)
-def test(model, weights, iterations, phase, level, stage, gpu):
+@click.option("--threads", default=None, help="Threads to compute with (default: NETSPEC_THREADS, else the "
+              "cores this process may use); the BLAS runs one thread under each.")
+def test(model, weights, iterations, phase, level, stage, gpu, threads):
     """Score a trained net (caffe test)."""
     _refuse_gpu(gpu)
+    _use_threads(threads)
     net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
     for w in _split_list([weights]):
         net.copy_from(w)
@@ -155,9 +168,12 @@ def test(model, weights, iterations, phase, level, stage, gpu):
 @click.option("--level", type=int, default=0)
 @click.option("--stage", multiple=True)
 @click.option("--gpu", default=None, hidden=True)
-def time_command(model, iterations, phase, weights, level, stage, gpu):
+@click.option("--threads", default=None, help="Threads to compute with (default: NETSPEC_THREADS, else the "
+              "cores this process may use); the BLAS runs one thread under each.")
+def time_command(model, iterations, phase, weights, level, stage, gpu, threads):
     """Benchmark per-layer forward and backward (caffe time)."""
     _refuse_gpu(gpu)
+    _use_threads(threads)
     net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
     if weights:
         net.copy_from(weights)

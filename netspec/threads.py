@@ -1,0 +1,218 @@
+"""netspec's worker threads: how many, and `parallel_for` to share one layer's work among them.
+
+How many: set_threads(n) (also `--threads` on the CLI), else NETSPEC_THREADS, else the cores
+this process may run on (os.sched_getaffinity). netspec does its own splitting, so the BLAS
+is held to one thread (threadpoolctl) whatever the count: a multi-threaded BLAS spins and
+meets its threads at every GEMM, and on a busy machine one descheduled thread stalls all
+the others (OpenBLAS's 2-thread LeNet step went from 9 to 70-150 ms beside one busy process).
+
+How: a layer cuts its work into chunks and calls parallel_for(n, fn); the caller and the
+workers take chunk indices from one counter until none are left, so a thread that is
+descheduled holds up at most the chunk it is in. Workers sleep on a lock between calls
+(no spinning). Chunk i's work must not depend on which thread runs it or on the thread
+count: layers cut by the problem's shape alone, and sum partial results in chunk order,
+so that 1, 2 or 3 threads give the same bytes. The chunk functions spend their time in
+numpy or the compiled kernels, which release the GIL.
+
+A call from inside a chunk, or from another thread while the pool is busy (a data
+prefetch thread), runs its chunks in the calling thread, in order.
+"""
+import itertools
+import os
+import threading
+
+from .errors import NetspecError
+
+ENV = "NETSPEC_THREADS"
+
+_count = None       # resolved on first use: set_threads, else ENV, else the affinity mask
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def available_cores():
+    """The cores this process may run on (its affinity mask; os.cpu_count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_count(value, source):
+    """A thread count from text (`source` names where it came from, for the error)."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise NetspecError(f"{source}={value!r}: the thread count must be a whole number of at least 1")
+    return n
+
+
+def default_threads():
+    """NETSPEC_THREADS when set, else the cores of the affinity mask."""
+    value = os.environ.get(ENV, "").strip()
+    return parse_count(value, ENV) if value else available_cores()
+
+
+def get_threads():
+    """The number of threads netspec computes with."""
+    if _count is None:
+        set_threads(default_threads())
+    return _count
+
+
+def set_threads(n):
+    """Compute with `n` threads (1: everything in the calling thread). Holds the BLAS to one thread."""
+    global _count, _pool
+    n = parse_count(n, "threads")
+    with _pool_lock:
+        if _count is None:
+            _limit_blas()
+        _count = n
+        if _pool is not None and _pool.workers != n - 1:
+            _pool.close()
+            _pool = None
+
+
+_blas_limiter = None    # kept alive: the limit is threadpoolctl's while this object exists
+
+
+def _limit_blas():
+    """One BLAS thread; without threadpoolctl the BLAS keeps its own setting (OPENBLAS_NUM_THREADS)."""
+    global _blas_limiter
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+
+
+class _Task:
+    """One parallel_for call: the chunks not yet taken, how many have finished, the first error."""
+
+    __slots__ = ("fn", "n", "next_index", "next_finished", "finished", "error")
+
+    def __init__(self, fn, n):
+        self.fn, self.n = fn, n
+        self.next_index = itertools.count().__next__        # atomic under the GIL
+        self.next_finished = itertools.count(1).__next__
+        self.finished = threading.Event()
+        self.error = None
+
+    def work(self):
+        while True:
+            i = self.next_index()
+            if i >= self.n:
+                return
+            if self.error is None:      # after a failure the remaining chunks are skipped
+                try:
+                    self.fn(i)
+                except BaseException as e:     # re-raised by the caller
+                    if self.error is None:
+                        self.error = e
+            if self.next_finished() == self.n:
+                self.finished.set()
+
+
+class _Pool:
+    """`workers` threads beside the caller, asleep on one semaphore until there is work.
+
+    The caller waits for the chunks, not for the workers: a worker it woke that has not run
+    yet (descheduled on a busy machine) finds the task done when it does, and goes back to
+    sleep. A late wake-up may so carry over into the next call, where it only helps."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.busy = threading.Lock()
+        self.wake = threading.Semaphore(0)
+        self.task = None
+        self.closing = False
+        self.threads = [threading.Thread(target=self._serve, name=f"netspec-worker-{k}", daemon=True)
+                        for k in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def _serve(self):
+        _local.in_worker = True
+        while True:
+            self.wake.acquire()
+            if self.closing:
+                return
+            task = self.task
+            if task is not None:
+                task.work()
+
+    def run(self, n, fn):
+        task = _Task(fn, n)
+        self.task = task
+        self.wake.release(min(self.workers, n - 1))
+        task.work()
+        task.finished.wait()
+        self.task = None
+        if task.error is not None:
+            raise task.error
+
+    def close(self):
+        with self.busy:
+            self.closing = True
+            self.wake.release(self.workers)
+        for t in self.threads:
+            t.join()
+
+
+_local = threading.local()
+
+
+def parallel_for(n, fn):
+    """fn(0), ..., fn(n - 1), shared among the threads; returns when all have returned.
+
+    The chunks may run in any order and at once, so each must write only its own part of
+    the output. The first exception a chunk raises is raised here (later chunks are skipped).
+    """
+    global _pool
+    if n <= 0:
+        return
+    threads = get_threads() if _count is None else _count
+    if n == 1 or threads == 1 or getattr(_local, "in_worker", False):
+        for i in range(n):
+            fn(i)
+        return
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = _Pool(_count - 1)
+            pool = _pool
+    if not pool.busy.acquire(blocking=False):
+        for i in range(n):      # nested call, or another thread's: in this thread, in order
+            fn(i)
+        return
+    try:
+        pool.run(n, fn)
+    finally:
+        pool.busy.release()
+
+
+def spans(total, parts):
+    """[(start, stop)]: range(total) cut into `parts` runs (or fewer, none empty) whose lengths
+    differ by at most one. Callers pick `parts` from the problem's shape, never the thread count."""
+    parts = max(1, min(parts, total))
+    step, extra = divmod(total, parts)
+    out, start = [], 0
+    for k in range(parts):
+        stop = start + step + (1 if k < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def _forget_pool_in_child():
+    # A forked child has the pool's objects but not its threads.
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
