@@ -16,7 +16,7 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
-from .memory import MemoryEstimate, work_bytes
+from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
 from .schema import read_binary_message, read_net, write_binary_message
@@ -227,7 +227,8 @@ class Net:
                    f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
         except BadBlobShape as e:
             raise NetspecError(f"layer '{name}' ({type_}): {e}") from None
-        wiring.memory.add(name, type_, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
+        wiring.memory.add(name, type_, new_tops, layer.blobs, work_bytes(layer, bottoms, tops),
+                          own_work_bytes(layer, bottoms, tops))
         wiring.memory.check()       # before the first forward touches (and so really takes) the memory
         loss_weights = self._set_loss_weights(layer, tops, top_names)
         if log:
