@@ -10,7 +10,7 @@ from ..fillers import fill
 from ..proto import caffe_pb2
 from ..threads import parallel_for, spans
 from . import native
-from .base import Layer, prod, register
+from .base import Layer, nbytes, prod, register, training
 
 # LRN's samples are cut into at most this many chunks for the threads (threads.py).
 SAMPLE_CHUNKS = 8
@@ -35,6 +35,9 @@ class BatchNorm(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised input, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.batch_norm_param
@@ -63,12 +66,23 @@ class BatchNorm(Layer):
         self.view = (shape[0], self.channels, -1)
         self.fused = native.usable(bottom[0].data.dtype)
 
+    def _stored_mean_var(self):
+        """The stored statistics, scaled by 1 / the stored factor (Caffe's moving-average sums)."""
+        factor = self.blobs[2].data[0]
+        factor = 0 if factor == 0 else 1 / factor
+        return factor * self.blobs[0].data, factor * self.blobs[1].data
+
+    def stored_statistics(self, dtype):
+        """(mean, std) per channel in `dtype`, as forward computes them from the stored statistics
+        (fusion.py runs BatchNorm through them; backward reads self.std)."""
+        mean, var = self._stored_mean_var()
+        self.std = np.sqrt(var + self.eps).astype(dtype)[:, None]
+        return mean.astype(dtype), self.std.reshape(-1)
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
         if self.use_global_stats:
-            factor = self.blobs[2].data[0]
-            factor = 0 if factor == 0 else 1 / factor
-            mean, var = factor * self.blobs[0].data, factor * self.blobs[1].data
+            mean, var = self._stored_mean_var()
         else:
             mean = x.mean(axis=(0, 2))
             centred = x - mean[:, None]
@@ -168,6 +182,9 @@ class Bias(_Broadcast):
 class Scale(_Broadcast):
     """top = bottom[0] * s (+ bias), s from bottom[1] or a learned blob (filler default constant 1)."""
 
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if top[0] is bottom[0] and training(self) else 0   # in place: the input
+
     def setup(self, bottom, top):
         self.params = p = self.layer_param.scale_param
         shape = self.param_shape(bottom, p) if len(bottom) == 1 else bottom[1].shape
@@ -235,6 +252,9 @@ class LRN(Layer):
     num_bottoms = 1
     num_tops = 1
 
+    def work_bytes(self, bottom, top):
+        return 2 * nbytes(bottom[0])          # the scale kept for backward, and the squares it is made of
+
     def setup(self, bottom, top):
         p = self.layer_param.lrn_param
         if p.local_size % 2 == 0:
@@ -300,6 +320,9 @@ class MVN(Layer):
     num_bottoms = 1
     num_tops = 1
 
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised output, kept for backward
+
     def setup(self, bottom, top):
         self._y = None
 
@@ -347,6 +370,9 @@ class Normalize(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0])              # x / norm, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.norm_param
