@@ -128,8 +128,13 @@ class Eltwise(Layer):
     def forward(self, bottom, top):
         op, out = self.layer_param.eltwise_param.operation, top[0].data
         if op == self.Op.SUM:
-            np.multiply(bottom[0].data, self.coeff[0], out=out)
-            for c, b in zip(self.coeff[1:], bottom[1:]):
+            if self.coeff[0] == 1 and self.coeff[1] == 1:     # x * 1 is x: one pass fewer
+                np.add(bottom[0].data, bottom[1].data, out=out)
+                rest = 2
+            else:
+                np.multiply(bottom[0].data, self.coeff[0], out=out)
+                rest = 1
+            for c, b in zip(self.coeff[rest:], bottom[rest:]):
                 out += c * b.data if c != 1 else b.data
         elif op == self.Op.PROD:
             np.multiply(bottom[0].data, bottom[1].data, out=out)
