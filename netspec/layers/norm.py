@@ -9,7 +9,7 @@ import numpy as np
 from ..fillers import fill
 from ..proto import caffe_pb2
 from . import native
-from .base import Layer, prod, register
+from .base import Layer, nbytes, prod, register, training
 
 
 def _keep(cache, array):
@@ -31,6 +31,9 @@ class BatchNorm(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised input, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.batch_norm_param
@@ -164,6 +167,9 @@ class Bias(_Broadcast):
 class Scale(_Broadcast):
     """top = bottom[0] * s (+ bias), s from bottom[1] or a learned blob (filler default constant 1)."""
 
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if top[0] is bottom[0] and training(self) else 0   # in place: the input
+
     def setup(self, bottom, top):
         self.params = p = self.layer_param.scale_param
         shape = self.param_shape(bottom, p) if len(bottom) == 1 else bottom[1].shape
@@ -231,6 +237,9 @@ class LRN(Layer):
     num_bottoms = 1
     num_tops = 1
 
+    def work_bytes(self, bottom, top):
+        return 2 * nbytes(bottom[0])          # the scale kept for backward, and the squares it is made of
+
     def setup(self, bottom, top):
         p = self.layer_param.lrn_param
         if p.local_size % 2 == 0:
@@ -275,6 +284,9 @@ class MVN(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised output, kept for backward
 
     def setup(self, bottom, top):
         self._y = None
@@ -323,6 +335,9 @@ class Normalize(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0])              # x / norm, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.norm_param
