@@ -169,8 +169,13 @@ class Eltwise(Layer):
 
     def _sum_or_product(self, out, *inputs):
         if self.layer_param.eltwise_param.operation == self.Op.SUM:
-            np.multiply(inputs[0], self.coeff[0], out=out)
-            for c, x in zip(self.coeff[1:], inputs[1:]):
+            if self.coeff[0] == 1 and self.coeff[1] == 1:     # x * 1 is x: one pass fewer
+                np.add(inputs[0], inputs[1], out=out)
+                rest = 2
+            else:
+                np.multiply(inputs[0], self.coeff[0], out=out)
+                rest = 1
+            for c, x in zip(self.coeff[rest:], inputs[rest:]):
                 out += c * x if c != 1 else x
         else:
             np.multiply(inputs[0], inputs[1], out=out)
