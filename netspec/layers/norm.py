@@ -8,7 +8,7 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
-from ..threads import parallel_for, spans
+from ..threads import FLAT_CHUNK, parallel_for, spans
 from . import native
 from .base import Layer, nbytes, prod, register, training
 
@@ -84,9 +84,7 @@ class BatchNorm(Layer):
         if self.use_global_stats:
             mean, var = self._stored_mean_var()
         else:
-            mean = x.mean(axis=(0, 2))
-            centred = x - mean[:, None]
-            var = np.mean(centred * centred, axis=(0, 2))
+            mean, var = self._batch_statistics(x)
             f, m = self.fraction, x.size // self.channels
             self.blobs[2].data *= f
             self.blobs[2].data += 1
@@ -103,6 +101,23 @@ class BatchNorm(Layer):
         # global-statistics backward does not read it.
         if self.runs_backward and not self.use_global_stats:
             self._x_norm = _keep(self._x_norm, y)
+
+    def _batch_statistics(self, x):
+        """Per-channel mean and (biased) variance of x (N, C, inner), by blocks of channels on the
+        threads: each channel's sums are its own, and the blocks are cut by the shape alone."""
+        channels = x.shape[1]
+        mean, var = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+        blocks = spans(channels, min(SAMPLE_CHUNKS, x.size // FLAT_CHUNK))
+
+        def chunk(k):
+            c = slice(*blocks[k])
+            xs = x[:, c]
+            mean[c] = xs.mean(axis=(0, 2))
+            centred = xs - mean[c, None]
+            var[c] = np.mean(centred * centred, axis=(0, 2))
+
+        parallel_for(len(blocks), chunk)
+        return mean, var
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
