@@ -40,7 +40,7 @@ def check_shape(shape):
     if len(shape) > MAX_BLOB_AXES:
         raise BadBlobShape(f"blob shape has {len(shape)} axes; at most {MAX_BLOB_AXES} are allowed "
                            "(Caffe's kMaxBlobAxes)")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise BadBlobShape(f"negative dimension in blob shape {shape}")
     count = math.prod(shape)
     if count > MAX_BLOB_COUNT:
@@ -57,6 +57,9 @@ class BlobTooLarge(NetspecError):
                          f"but only {available / 2**30:.2f} GiB of memory is available")
 
 
+_EMPTY = {}                   # dtype -> a zero-length array, what a blob holds before its first shape
+
+
 class Blob:
     """Holds `data` and `diff`, two arrays of one shape (float32 unless under `precision`).
 
@@ -66,17 +69,17 @@ class Blob:
     """
 
     def __init__(self, shape=()):
-        self.dtype = _dtype[-1]
-        self._data = np.zeros(0, self.dtype)
-        self._diff = np.zeros(0, self.dtype)
-        self.data = self._data
-        self.diff = self._diff
-        self.reshape(*shape)
+        self.dtype = dtype = _dtype[-1]
+        empty = _EMPTY.get(dtype)
+        if empty is None:
+            empty = _EMPTY[dtype] = np.zeros(0, dtype)
+        self._data = self._diff = self.data = self.diff = empty    # no element to write: safe to share
+        self.reshape(shape)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
-        shape = tuple(int(d) for d in shape)
+        shape = tuple(map(int, shape))
         count = check_shape(shape)
         if count > self._data.size:
             self._allocate(shape, count)

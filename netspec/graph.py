@@ -38,9 +38,12 @@ def filter_net(net_param, state):
     """A copy of `net_param` holding only the layers that `state` includes."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
+    kept = [layer_included(layer, state) for layer in net_param.layer]
+    if all(kept):
+        return out                # the common case: one copy of the whole message, in C
     del out.layer[:]
-    for layer in net_param.layer:
-        if layer_included(layer, state):
+    for layer, keep in zip(net_param.layer, kept):
+        if keep:
             out.layer.add().CopyFrom(layer)
     return out
 
@@ -65,16 +68,18 @@ def insert_splits(net_param):
     bottom_source = {}            # (layer index, bottom index) -> (producer layer, top index)
     for i, layer in enumerate(net_param.layer):
         for j, name in enumerate(layer.bottom):
-            if name not in producer:
+            src = producer.get(name)
+            if src is None:
                 continue          # reported as a missing bottom when the net is built
-            src = producer[name]
             bottom_source[(i, j)] = src
             consumers[src] = consumers.get(src, 0) + 1
+        weights = layer.loss_weight
+        weights = list(weights) if weights else ()
         for j, name in enumerate(layer.top):
             producer[name] = (i, j)
-            w = layer.loss_weight[j] if j < len(layer.loss_weight) else 0.0
-            loss_weight[(i, j)] = w
+            w = weights[j] if j < len(weights) else 0.0
             if w:
+                loss_weight[(i, j)] = w
                 consumers[(i, j)] = consumers.get((i, j), 0) + 1
     if all(n <= 1 for n in consumers.values()):
         return net_param
@@ -103,7 +108,7 @@ def insert_splits(net_param):
             split.bottom.append(name)
             for k in range(n):
                 split.top.append(split_blob_name(name, layer.name, j, k))
-            w = loss_weight[(i, j)]
+            w = loss_weight.get((i, j), 0.0)
             if w:
                 # The loss moves to the Split's first top, which nothing consumes.
                 del new.loss_weight[:]

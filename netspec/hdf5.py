@@ -10,7 +10,14 @@ Layouts (group and dataset paths inside the file):
     HDF5Data input     one dataset per top, named as the top, first axis = rows
 
 Caffe reads float or integer datasets and converts them to float; so does netspec.
+
+HDF5 checksums its metadata at best, never the values, so a flipped byte in a weight reads
+back as another weight. The files netspec writes carry one more root attribute,
+`netspec_sha256` (see `digest`), over every dataset's name, type, shape and bytes; Caffe's
+reader never looks at attributes. netspec checks it whenever it is there, and a file
+without it (written by Caffe) is read as before.
 """
+import hashlib
 import io
 import os
 
@@ -60,17 +67,64 @@ def is_hdf5(path):
     return False
 
 
+DIGEST_ATTRIBUTE = "netspec_sha256"
+_DIGEST_PREFIX = "netspec-sha256:"
+
+
+def digest(f):
+    """sha256 over every dataset in the file, in name order: its path, dtype, shape and bytes, and
+    the number of datasets, so that a dataset or group removed, added or changed shows."""
+    h5py = h5py_module()
+    found = []
+    f.visititems(lambda name, item: found.append(name) if isinstance(item, h5py.Dataset) else None)
+    h = hashlib.sha256(b"%d\0" % len(found))
+    for name in sorted(found):
+        ds = f[name]
+        value = ds[()]
+        raw = value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes()
+        h.update(f"{name}\0{ds.dtype.str}\0{tuple(ds.shape)}\0{len(raw)}\0".encode("utf-8"))
+        h.update(raw)
+    return _DIGEST_PREFIX + h.hexdigest()
+
+
+def _check_digest(f, path):
+    """NetspecError unless the file's contents still match the digest netspec wrote (if it wrote one)."""
+    recorded = f.attrs.get(DIGEST_ATTRIBUTE)
+    if recorded is None:
+        return                      # not written by netspec (Caffe's files have no such attribute)
+    if isinstance(recorded, bytes):
+        recorded = recorded.decode("ascii", "replace")
+    try:
+        actual = digest(f)
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        raise NetspecError(f"{path}: the HDF5 file is damaged: a dataset cannot be read ({e})") from None
+    if actual != recorded:
+        raise NetspecError(f"{path}: the file is corrupted: its datasets do not match the sha256 netspec "
+                           "recorded when writing it (a damaged copy, or edited since?)")
+
+
 def open_file(path, what="HDF5 file"):
-    """An h5py.File opened read-only, or a one-line NetspecError naming the file."""
+    """An h5py.File opened read-only (its integrity record checked), or a one-line NetspecError."""
     h5py = h5py_module()
     path = os.fspath(path)
     if not os.path.exists(path):
         raise NetspecError(f"{path}: no such {what}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as e:
-        reason = "not an HDF5 file" if not is_hdf5(path) else f"unreadable HDF5 file ({e})"
+        if not is_hdf5(path):
+            reason = "not an HDF5 file"
+        elif "truncated file" in str(e):
+            reason = f"the HDF5 file is truncated (an interrupted copy?): {e}"
+        else:
+            reason = f"unreadable HDF5 file ({e})"
         raise NetspecError(f"{path}: {reason}") from None
+    try:
+        _check_digest(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def dataset(group, name, where):
@@ -154,6 +208,7 @@ def write_file(path, fill):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)
+        f.attrs[DIGEST_ATTRIBUTE] = digest(f)
     durable.write_file(path, buffer.getvalue())
 
 
@@ -198,9 +253,15 @@ def save_net(net, path, write_diff=False):
     write_file(path, fill)
 
 
-def copy_trained_layers(net, path):
-    """Caffe's CopyTrainedLayersFromHDF5: by layer name; unknown layers are skipped, shapes must match."""
+def copy_trained_layers(net, path, require_all=False):
+    """Caffe's CopyTrainedLayersFromHDF5: by layer name; unknown layers are skipped, shapes must match.
+
+    As for binary weights (weights.copy_layer_blobs): with require_all (resume, --snapshot) every
+    net layer with parameters of its own must find them in the file, else NetspecError naming
+    those missing; otherwise each such layer is logged as keeping its initialisation.
+    """
     path = os.fspath(path)
+    filled = set()
     with open_file(path, "weights file") as f:
         if "data" not in f:
             raise NetspecError(f"{path}: an HDF5 file without the 'data' group of a Caffe .caffemodel.h5 "
@@ -225,6 +286,19 @@ def copy_trained_layers(net, path):
                                        f"weights file has {tuple(ds.shape)}, net has {blob.shape} "
                                        "(rename the layer to learn it from scratch)")
                 blob.data[...] = load_nd_dataset(group, str(j), path)
+            filled.add(name)
+    missing = []
+    for record in net.records:
+        layer = record.layer
+        if record.name not in filled and any(_owns(net, record.name, layer.layer_param, j)
+                                             for j in range(len(layer.blobs))):
+            missing.append(record.name)
+    if missing and require_all:
+        shown = ", ".join(f"'{n}'" for n in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise NetspecError(f"{path}: holds no weights for layer(s) {shown} of the net, so resuming would leave "
+                           "them at their random initialisation (a truncated or foreign .caffemodel.h5?)")
+    for name in missing:
+        glog.info(f"Layer {name} got no weights from {path}: it keeps its initialisation", "net.cpp:1079")
 
 
 # ---- solver state: SGDSolver::SnapshotSolverStateToHDF5 / RestoreSolverStateFromHDF5 ---------

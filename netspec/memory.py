@@ -4,8 +4,9 @@ numpy's zeroed arrays take no memory until written, so a net of four 11 GiB
 blobs is built without complaint on a 24 GiB machine and then OOM-killed in its
 first forward. So Net::Init adds up, layer by layer, every new top blob (data
 and diff), every parameter (data and diff) and the largest work buffer (the
-convolution columns, pooled between layers), and refuses the net as soon as
-the total passes the budget: MemAvailable, or the address space RLIMIT_AS
+convolution columns, pooled between layers) plus the work arrays each layer
+keeps of its own (Layer.work_bytes: masks, saved inputs, argmax indices, LRN
+scales, softmax probabilities), and refuses the net as soon as the total passes the budget: MemAvailable, or the address space RLIMIT_AS
 still allows (`ulimit -v`), whichever is smaller. The message names the
 largest layers and says what makes them large.
 """
@@ -53,8 +54,16 @@ def _gib(n):
     return f"{n / 2 ** 30:.2f} GiB"
 
 
+def own_work_bytes(layer, bottoms, tops):
+    """What the layer says it keeps of its own (Layer.work_bytes; 0 for a layer without the hook)."""
+    hook = getattr(layer, "work_bytes", None)
+    return int(hook(bottoms, tops)) if hook is not None else 0
+
+
 def work_bytes(layer, bottoms, tops):
-    """The largest work buffer a layer's forward/backward takes (im2col columns for convolutions)."""
+    """The shared work buffer a layer's forward/backward takes: the im2col columns of convolutions,
+    one pool for all layers, so the net holds the largest. (Estimated here rather than by a
+    Layer.work_bytes of the convolution layers, whose modules are being reworked for speed.)"""
     if layer.type not in ("Convolution", "Deconvolution") or not layer.blobs or not bottoms:
         return 0
     kernel = math.prod(layer.blobs[0].shape[1:])            # input channels per group x kernel area
@@ -64,12 +73,21 @@ def work_bytes(layer, bottoms, tops):
     return 2 * kernel * group * spatial * batch * 4           # columns and their gradient, float32
 
 
+def _mostly(blobs, params, work):
+    """What makes a layer large: its outputs, unless its parameters or its work buffers exceed them."""
+    if params > blobs and params >= work:
+        return "in parameters"
+    if work > blobs:
+        return "in work buffers"
+    return "in outputs"
+
+
 class MemoryEstimate:
     """Bytes per layer as the net is built; `check` raises once the total passes the budget."""
 
     def __init__(self):
-        self.layers = []               # (name, type, blob bytes, param bytes)
-        self.work = 0
+        self.layers = []               # (name, type, blob bytes, param bytes, own work bytes)
+        self.work = 0                  # the shared work buffer: the largest any layer needs
         self.total_fixed = 0
         self.limit, self.limited_by = budget()
 
@@ -77,11 +95,11 @@ class MemoryEstimate:
     def total(self):
         return self.total_fixed + self.work
 
-    def add(self, name, type_, new_tops, params, work=0):
+    def add(self, name, type_, new_tops, params, work=0, own_work=0):
         blob_bytes = sum(2 * b.count * b.data.itemsize for b in new_tops)
         param_bytes = sum(2 * b.count * b.data.itemsize for b in params)
-        self.layers.append((name, type_, blob_bytes, param_bytes))
-        self.total_fixed += blob_bytes + param_bytes
+        self.layers.append((name, type_, blob_bytes, param_bytes, own_work))
+        self.total_fixed += blob_bytes + param_bytes + own_work
         self.work = max(self.work, work)
 
     def check(self, net_name=None):
@@ -91,17 +109,20 @@ class MemoryEstimate:
 
     def largest(self):
         """`'conv1' (Convolution) 2.00 GiB in outputs, ...`: the three layers holding the most."""
-        largest = sorted(self.layers, key=lambda l: l[2] + l[3], reverse=True)[:3]
-        return ", ".join(f"'{n}' ({t}) {_gib(b + p)}" + (" in parameters" if p > b else " in outputs")
-                         for n, t, b, p in largest)
+        largest = sorted(self.layers, key=lambda l: l[2] + l[3] + l[4], reverse=True)[:3]
+        return ", ".join(f"'{n}' ({t}) {_gib(b + p + w)} " + _mostly(b, p, w) for n, t, b, p, w in largest)
 
     def describe(self, needs):
         blobs = sum(l[2] for l in self.layers)
         params = sum(l[3] for l in self.layers)
-        if params > blobs:
+        work = self.work + sum(l[4] for l in self.layers)
+        if params > blobs and params > work:
             hint = "the parameters dominate: a smaller num_output or kernel, not batch_size, is what helps"
+        elif work > blobs:
+            hint = ("the layers' work buffers dominate: they scale with batch_size and the input size "
+                    "(a smaller batch_size helps)")
         else:
             hint = "the layer outputs dominate: they scale with batch_size and the input size"
         return (f"the net {needs} (outputs and their gradients {_gib(blobs)}, parameters and their gradients "
-                f"{_gib(params)}, work buffers {_gib(self.work)}) but {self.limited_by} allows "
+                f"{_gib(params)}, work buffers {_gib(work)}) but {self.limited_by} allows "
                 f"{_gib(self.limit or 0)}; largest layers: {self.largest()}; {hint}")

@@ -6,6 +6,7 @@ setup and reshape, attach parameters (sharing those with the same ParamSpec
 name), and finally decide which layers need backward at all.
 """
 import difflib
+import gc
 import os
 from collections import OrderedDict
 
@@ -15,7 +16,8 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
-from .memory import MemoryEstimate, work_bytes
+from .fusion import find_chains
+from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
 from .schema import read_binary_message, read_net, write_binary_message
@@ -61,11 +63,12 @@ class LayerRecord:
     __slots__ = ("name", "layer", "bottoms", "tops", "bottom_names", "top_names", "loss_weights",
                  "need_backward", "bottom_need_backward")
 
-    def __init__(self, name, layer, bottoms, tops, loss_weights, need_backward, bottom_need_backward):
+    def __init__(self, name, layer, bottoms, tops, loss_weights, need_backward, bottom_need_backward,
+                 bottom_names=None, top_names=None):
         self.name, self.layer = name, layer
         self.bottoms, self.tops = bottoms, tops
-        self.bottom_names = list(layer.layer_param.bottom)
-        self.top_names = list(layer.layer_param.top)
+        self.bottom_names = list(layer.layer_param.bottom) if bottom_names is None else bottom_names
+        self.top_names = list(layer.layer_param.top) if top_names is None else top_names
         self.loss_weights = loss_weights              # [(top blob, weight)] for the tops that carry a loss
         self.need_backward = need_backward
         self.bottom_need_backward = bottom_need_backward
@@ -78,6 +81,10 @@ class LayerRecord:
     def backward(self):
         """Gradients into the params and into each bottom that needs one (callers check need_backward)."""
         self.layer.backward(self.tops, self.bottom_need_backward, self.bottoms)
+
+
+def _zero(a):
+    a.fill(0)
 
 
 class _Wiring:
@@ -93,9 +100,15 @@ class _Wiring:
 
 class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
-    `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
+    `Net(model, phase, weights=...)`; `model` may also be a NetParameter.
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None):
+    reuse_memory=True (netspec's own, for inference): when no layer runs backward, blobs that
+    no later layer reads share buffers (reuse.py), so an intermediate's `data` after forward
+    is not its value; the inputs, outputs and blobs asked of forward(blobs=...) are kept.
+    A forward starting past the first layer gives every blob its own memory again."""
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None,
+                 reuse_memory=False):
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -117,7 +130,9 @@ class Net:
             state.stage.append(s)
         self._created = []               # every layer made, even one whose setup failed, for close()
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
-        try:
+        collecting = gc.isenabled()
+        gc.disable()                     # setup makes many objects and few cycles: the collector's
+        try:                             # passes over them were a fifth of a large net's setup
             self._init(param, state)
         except NetspecError as e:
             self.close()                 # a Data layer set up before the error must not keep its thread
@@ -125,8 +140,41 @@ class Net:
         except BaseException:
             self.close()
             raise
+        finally:
+            if collecting:
+                gc.enable()
         if weights:
             self.copy_from(weights)
+        self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
+        self._reuse = None
+        if reuse_memory and not any(record.need_backward for record in self.records):
+            try:
+                self._plan_reuse(())        # reshapes every layer again: errors name the file, as forward's do
+            except NetspecError as e:
+                raise self._located(e) from e
+
+    def _plan_reuse(self, keep):
+        from .reuse import ReusePlan
+        if self._reuse is not None:
+            self._reuse.release()
+        self._reuse = ReusePlan(self, keep)
+        self._reuse.apply()
+
+    def keep_blobs(self, names):
+        """With reuse_memory: blobs (by name) a caller will read after forward keep their own memory
+        (a new plan if any was shared). Without it, nothing to do."""
+        plan = self._reuse
+        if plan is None:
+            return
+        keep = set(plan.keep)
+        if set(names) <= keep:
+            return
+        self._plan_reuse(keep | set(names))
+
+    @property
+    def reuses_memory(self):
+        """Whether blobs share buffers now (Net(reuse_memory=True) and no forward from a later layer)."""
+        return self._reuse is not None
 
     def close(self):
         """Release what layers hold outside Python's memory: prefetch threads, open LMDBs. Idempotent."""
@@ -175,22 +223,35 @@ class Net:
 
     def _append_layer(self, lp, wiring, filtered, param, state):
         """Caffe's Net::Init body for one layer: create, wire bottoms and tops, set up, attach params."""
+        try:
+            return self._append_layer_logged(lp, wiring, filtered, param, state, glog.info_enabled())
+        finally:
+            glog.flush()                  # the layer's lines, in one write (and before an error's line)
+
+    def _append_layer_logged(self, lp, wiring, filtered, param, state, log):
+        # `log`: whether INFO lines are written; the per-layer lines are not even built when not.
+        # Each protobuf field is read once (every read of a upb field makes a new Python object).
+        name, type_ = lp.name, lp.type
+        bottom_names, top_names = list(lp.bottom), list(lp.top)
         if not lp.HasField("phase"):
             lp.phase = state.phase
-        seen = lp.name in wiring.layer_has_params
+        seen = name in wiring.layer_has_params
         if seen:
             # Caffe allows it (Caffe's own mnist_autoencoder has two 'loss' layers); weights are
             # matched by name, so it is refused below only for layers that carry parameters.
-            glog.warning(f"duplicate layer name '{lp.name}'", "net.cpp:90")
-        glog.info(f"Creating Layer {lp.name}", "net.cpp:84")
+            glog.warning(f"duplicate layer name '{name}'", "net.cpp:90")
+        if log:
+            glog.info_later(f"Creating Layer {name}", "net.cpp:84")
         layer = create_layer(lp)
         self._created.append(layer)
-        bottoms, bottom_need = self._append_bottoms(lp, wiring, filtered, param, state)
-        tops = self._append_tops(lp, wiring)
+        bottoms, bottom_need = self._append_bottoms(lp, bottom_names, wiring, filtered, param, state, log)
+        tops, new_tops = self._append_tops(lp, bottom_names, top_names, wiring, log)
         if layer.is_loss and not tops:
             tops.append(Blob())           # Caffe's AutoTopBlobs: a loss without a top gets an anonymous one
+            new_tops = tops
         check_blob_counts(layer, bottoms, tops)
-        glog.info(f"Setting up {lp.name}", "net.cpp:129")
+        if log:
+            glog.info_later(f"Setting up {name}", "net.cpp:129")
         try:
             layer.setup(bottoms, tops)
             layer.reshape(bottoms, tops)
@@ -201,72 +262,86 @@ class Net:
             else:
                 hint = "a parameter of the layer: a smaller num_output or kernel, not batch_size, is what helps"
             raise NetspecError(
-                f"layer '{lp.name}' ({lp.type}): {e}. Memory required for data up to "
+                f"layer '{name}' ({type_}): {e}. Memory required for data up to "
                 f"this layer: {so_far + e.needed // 2} bytes; the blob is {hint}"
                 + (f"; the layers before it hold {wiring.memory.total / 2**30:.2f} GiB (largest layers: "
                    f"{wiring.memory.largest()})" if wiring.memory.total else "")) from None
         except BadBlobShape as e:
-            raise NetspecError(f"layer '{lp.name}' ({lp.type}): {e}") from None
-        new_tops = [t for j, t in enumerate(tops)
-                    if not (j < len(lp.bottom) and j < len(lp.top) and lp.bottom[j] == lp.top[j])]
-        wiring.memory.add(lp.name, lp.type, new_tops, layer.blobs, work_bytes(layer, bottoms, tops))
+            raise NetspecError(f"layer '{name}' ({type_}): {e}") from None
+        wiring.memory.add(name, type_, new_tops, layer.blobs, work_bytes(layer, bottoms, tops),
+                          own_work_bytes(layer, bottoms, tops))
         wiring.memory.check()       # before the first forward touches (and so really takes) the memory
-        loss_weights = self._set_loss_weights(layer, tops)
-        for blob in tops:
-            glog.info(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
-        self._attach_params(layer, lp)
-        if seen and (layer.blobs or wiring.layer_has_params[lp.name]):
-            raise NetspecError(f"duplicate layer name '{lp.name}': layers with parameters must have "
-                               "unique names (weights are copied by layer name)")
-        wiring.layer_has_params[lp.name] = bool(layer.blobs) or wiring.layer_has_params.get(lp.name, False)
+        loss_weights = self._set_loss_weights(layer, tops, top_names)
+        if log:
+            for blob in tops:
+                glog.info_later(f"Top shape: {' '.join(map(str, blob.shape))} ({blob.count})", "net.cpp:139")
         need_backward = any(bottom_need) and not layer.is_data
-        for j in range(len(layer.blobs)):
-            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
-            need_backward |= spec.lr_mult != 0
-        for name in lp.top:
-            wiring.blob_need_backward[name] = need_backward
-        return LayerRecord(lp.name, layer, bottoms, tops, loss_weights, need_backward, bottom_need)
+        if layer.blobs:
+            self._attach_params(layer, lp)
+            specs = lp.param
+            for j in range(len(layer.blobs)):
+                need_backward |= (specs[j].lr_mult if j < len(specs) else 1.0) != 0   # ParamSpec's default
+        elif lp.param:
+            self._attach_params(layer, lp)            # says that param specs were given for no blob
+        if seen and (layer.blobs or wiring.layer_has_params[name]):
+            raise NetspecError(f"duplicate layer name '{name}': layers with parameters must have "
+                               "unique names (weights are copied by layer name)")
+        wiring.layer_has_params[name] = bool(layer.blobs) or wiring.layer_has_params.get(name, False)
+        for top in top_names:
+            wiring.blob_need_backward[top] = need_backward
+        return LayerRecord(name, layer, bottoms, tops, loss_weights, need_backward, bottom_need,
+                           bottom_names, top_names)
 
-    def _append_bottoms(self, lp, wiring, filtered, param, state):
+    def _append_bottoms(self, lp, bottom_names, wiring, filtered, param, state, log=True):
         """Caffe's AppendBottom for each bottom: (bottom blobs, whether each gets a gradient)."""
         bottoms, need = [], []
-        for j, name in enumerate(lp.bottom):
-            if name not in self.blobs:
+        blobs = self.blobs
+        propagate_down = list(lp.propagate_down) if bottom_names else ()
+        for j, name in enumerate(bottom_names):
+            blob = blobs.get(name)
+            if blob is None:
                 raise self._missing_bottom(lp, name, filtered, param, state)
-            glog.info(f"{lp.name} <- {name}", "net.cpp:406")
-            bottoms.append(self.blobs[name])
+            if log:
+                glog.info_later(f"{lp.name} <- {name}", "net.cpp:406")
+            bottoms.append(blob)
             wiring.available.discard(name)
             ok = wiring.blob_need_backward.get(name, False)
-            if j < len(lp.propagate_down):
-                ok = ok and lp.propagate_down[j]
+            if j < len(propagate_down):
+                ok = ok and propagate_down[j]
             need.append(ok)
         return bottoms, need
 
-    def _append_tops(self, lp, wiring):
-        """Caffe's AppendTop for each top: a new blob, or the bottom's own when in place."""
-        tops = []
-        for j, name in enumerate(lp.top):
-            in_place = j < len(lp.bottom) and lp.bottom[j] == name
+    def _append_tops(self, lp, bottom_names, top_names, wiring, log=True):
+        """Caffe's AppendTop for each top: a new blob, or the bottom's own when in place.
+        Returns (tops, the new ones among them)."""
+        tops, new = [], []
+        layer_name = lp.name if top_names else None
+        is_input = top_names and lp.type == "Input"
+        for j, name in enumerate(top_names):
+            in_place = j < len(bottom_names) and bottom_names[j] == name
             if in_place:
-                glog.info(f"{lp.name} -> {name} (in-place)", "net.cpp:410")
+                if log:
+                    glog.info_later(f"{layer_name} -> {name} (in-place)", "net.cpp:410")
                 tops.append(self.blobs[name])
             elif name in self.blobs:
-                where = f"layer '{lp.name}' ({lp.type})"
-                if list(lp.top).count(name) > 1:
+                where = f"layer '{layer_name}' ({lp.type})"
+                if top_names.count(name) > 1:
                     raise NetspecError(f"{where}: top blob '{name}' appears twice among its tops")
                 raise NetspecError(f"{where}: top blob '{name}' is already produced by layer "
                                    f"'{wiring.producer[name]}' (only an in-place layer, with the blob as its "
                                    "bottom too, may write it again)")
             else:
-                glog.info(f"{lp.name} -> {name}", "net.cpp:452")
+                if log:
+                    glog.info_later(f"{layer_name} -> {name}", "net.cpp:452")
                 blob = Blob()
                 self.blobs[name] = blob
-                wiring.producer[name] = lp.name
+                wiring.producer[name] = layer_name
                 tops.append(blob)
+                new.append(blob)
             wiring.available.add(name)
-            if lp.type == "Input":
+            if is_input:
                 self.inputs.append(name)
-        return tops
+        return tops, new
 
     def _missing_bottom(self, lp, name, filtered, param, state):
         where = f"layer '{lp.name}' ({lp.type})"
@@ -285,12 +360,12 @@ class Net:
         hint = f"; did you mean '{near[0]}'?" if near else ""
         return NetspecError(f"{where}: unknown bottom blob '{name}' (no earlier layer produces it{hint})")
 
-    def _set_loss_weights(self, layer, tops):
-        lp = layer.layer_param
+    def _set_loss_weights(self, layer, tops, top_names):
+        given = list(layer.layer_param.loss_weight)
         weights = []
         for j, blob in enumerate(tops):
-            if j < len(lp.loss_weight):
-                w = lp.loss_weight[j]
+            if j < len(given):
+                w = given[j]
             else:
                 w = 1.0 if (layer.is_loss and j == 0) else 0.0
             if w:
@@ -298,8 +373,8 @@ class Net:
                 blob.diff[...] = w
                 weights.append((blob, w))
                 glog.info(f"    with loss weight {w:g}", "net.cpp:148")
-            if j < len(lp.top):
-                self.blob_loss_weights[lp.top[j]] = w
+            if j < len(top_names):
+                self.blob_loss_weights[top_names[j]] = w
         return weights
 
     def _attach_params(self, layer, lp):
@@ -421,10 +496,22 @@ class Net:
     def forward_prefilled(self, start=0, end=None):
         """Run layers start..end (indices); return the weighted loss."""
         end = len(self.records) - 1 if end is None else end
+        if start and self._reuse is not None:
+            # The bottoms of layer `start` may hold what later layers wrote last time: back to
+            # memory of their own (holding what they hold now, e.g. a value the caller set).
+            self._reuse.release()
+            self._reuse = None
         loss = 0.0
         try:
             before, after = self._hooks["before_forward"], self._hooks["after_forward"]
-            for i in range(start, end + 1):
+            # Chains (fusion.py) run as one pass unless hooks or debug output want each layer.
+            chains = self._chains if not (before or after or self.debug_info) else {}
+            i = start
+            while i <= end:
+                chain = chains.get(i)
+                if chain is not None and chain.last <= end and chain.run():
+                    i = chain.last + 1
+                    continue
                 for hook in before:
                     hook(i)
                 record = self.records[i]
@@ -436,6 +523,7 @@ class Net:
                     self._debug(record, "Forward")
                 for hook in after:
                     hook(i)
+                i += 1
         except NetspecError as e:
             raise self._located(e) from e
         return loss
@@ -507,8 +595,10 @@ class Net:
             target.data[...] = value
         i0 = self._layer_index(start, 0)
         i1 = self._layer_index(end, len(self.records) - 1)
-        self.forward_prefilled(i0, i1)
         wanted = list(blobs or [])
+        if wanted:
+            self.keep_blobs([name for name in wanted if name in self.blobs])
+        self.forward_prefilled(i0, i1)
         names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
         return {name: self.blobs[name].data for name in names}
 
@@ -562,9 +652,12 @@ class Net:
 
     def clear_param_diffs(self):
         for blob, _, _ in self._learnable:
-            blob.diff[...] = 0
+            threads.parallel_flat(_zero, blob.diff)
 
     def reshape(self):
+        self._reshape_layers()
+
+    def _reshape_layers(self):
         for record in self.records:
             record.layer.reshape(record.bottoms, record.tops)
 
@@ -647,7 +740,7 @@ class Net:
                 raise NetspecError(f"{where}: --weights takes a .caffemodel file; a .solverstate holds the solver's "
                                    "history (use --snapshot to resume from it)")
             if hdf5.is_hdf5(where):          # Caffe tells the two formats apart by content, not by name
-                return self.load_hdf5(where)
+                return hdf5.copy_trained_layers(self, where, require_all)
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             trained = upgrade_net(trained, where)
         copy_layer_blobs(self, trained, where, require_all)

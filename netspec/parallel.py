@@ -328,3 +328,6 @@ def abort_job(exc, verbose=False):
         # its report when several ranks abort at the same moment.
         time.sleep(0.5)
     dp.comm.Abort(1)
+    # MPICH 5's MPI_Abort returns to its caller once it has told the launcher: end here, or the
+    # error would be printed a second time on the way out.
+    os._exit(1)

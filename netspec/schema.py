@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import descriptor, text_format
 from google.protobuf.message import DecodeError
 
-from . import dialects
+from . import dialects, fast_text
 from .durable import write_file
 from .errors import NetspecError, ParseError
 from .integrity import seal, unseal
@@ -86,6 +86,10 @@ def parse_prototxt(text, message, path="<string>", dialect=None):
 
 
 def _parse_prototxt(text, message, path):
+    """Parse into `message`, a fresh one (_in_dialects makes it)."""
+    if fast_text.parse(text, message) is not None:
+        return message                # plain prototxt, read as text_format reads it (fast_text.py)
+    message.Clear()                   # what the fast reader set before it gave up
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as e:

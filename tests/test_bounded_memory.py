@@ -145,3 +145,49 @@ def test_shapes_no_blob_can_take_get_one_line(tmp_path, shape, message):
         f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}')
     with pytest.raises(NetspecError, match=message):
         caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+
+
+WORKING = """
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 64 dim: 16 dim: 256 dim: 256 }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "data" top: "data" relu_param {{ negative_slope: -0.1 }} }}
+layer {{ name: "norm" type: "LRN" bottom: "data" top: "norm" }}
+layer {{ name: "pool" type: "Pooling" bottom: "norm" top: "pool" pooling_param {{ pool: {pool} kernel_size: 2 stride: 2 }} }}
+"""
+
+
+def test_work_buffers_count_when_the_blobs_alone_would_fit(tmp_path, monkeypatch):
+    # Blobs (data and diff): data 0.5 GiB, norm 0.5 GiB, pool 0.125 GiB. Work: the in-place leaky ReLU
+    # keeps its input (0.25 GiB) and a sign mask (1/16 GiB) for backward, LRN its scale and the squares
+    # (0.5 GiB), MAX pooling its winners (int32 per output, byte indices and masks: 0.15625 GiB).
+    # Up to norm the blobs are 1.0 GiB, under the 1.5 GiB budget; with the work, 1.8125 GiB.
+    monkeypatch.setattr(memory, "budget", lambda: (3 << 29, "the address-space limit (ulimit -v)"))
+    (tmp_path / "max.prototxt").write_text(WORKING.format(pool="MAX"))
+    with pytest.raises(NetspecError) as info:
+        caffe.Net(str(tmp_path / "max.prototxt"), caffe.TRAIN)
+    message = str(info.value)
+    assert "the net needs at least 1.81 GiB (outputs and their gradients 1.00 GiB, parameters and their " \
+           "gradients 0.00 GiB, work buffers 0.81 GiB) but the address-space limit (ulimit -v) allows 1.50 GiB" \
+           in message, message
+    assert "largest layers: 'norm' (LRN) 1.00 GiB in outputs, 'data' (Input) 0.50 GiB in outputs, " \
+           "'relu' (ReLU) 0.31 GiB in work buffers" in message, message
+    # With 1.95 GiB: AVE pooling keeps no winners (1.9375 GiB in all) and fits; MAX's 0.156 GiB do not.
+    monkeypatch.setattr(memory, "budget", lambda: (int(1.95 * 2**30), "the address-space limit (ulimit -v)"))
+    with pytest.raises(NetspecError, match=r"the net needs at least 2.09 GiB \(outputs and their gradients 1.12 GiB, "
+                                           r"parameters and their gradients 0.00 GiB, work buffers 0.97 GiB\)"):
+        caffe.Net(str(tmp_path / "max.prototxt"), caffe.TRAIN)
+    (tmp_path / "ave.prototxt").write_text(WORKING.format(pool="AVE"))
+    caffe.Net(str(tmp_path / "ave.prototxt"), caffe.TRAIN).close()
+    # A TEST net runs no backward: what only backward keeps is not counted (1.78 GiB in all).
+    caffe.Net(str(tmp_path / "max.prototxt"), caffe.TEST).close()
+
+
+def test_the_work_hook_is_the_layers_own():
+    """Python layers (and any layer) may say what they keep; the base class says nothing."""
+    from netspec.layers.base import Layer
+    from netspec.memory import own_work_bytes
+    assert own_work_bytes(Layer(caffe_pb2.LayerParameter(name="x", type="Python")), [], []) == 0
+
+    class Keeps(Layer):
+        def work_bytes(self, bottom, top):
+            return 1234
+    assert own_work_bytes(Keeps(caffe_pb2.LayerParameter(name="y")), [], []) == 1234

@@ -369,6 +369,7 @@ def test_weight_file_errors(tmp_path, shared_net, edit, message):
         if "data/c/0" in f and "shape mismatch" in message:
             del f["data/c/0"]
         edit(f)
+        del f.attrs["netspec_sha256"]     # as Caffe writes it (netspec's own digest would refuse the edit first)
     with pytest.raises(NetspecError, match=re.escape(message)):
         net.copy_from(str(path))
 
@@ -552,6 +553,10 @@ def test_h5_snapshot_errors(h5_training):
     assert s.iter == 10
     with h5py.File(state, "a") as f:
         del f["history/3"]
+    with pytest.raises(NetspecError, match="the file is corrupted: its datasets do not match the sha256"):
+        s.restore(str(state))
+    with h5py.File(state, "a") as f:
+        del f.attrs["netspec_sha256"]                   # as Caffe would have written it
     with pytest.raises(NetspecError, match="holds 3 history blobs, but a SGD solver for this net needs 4"):
         s.restore(str(state))
     s.close()

@@ -338,6 +338,43 @@ def test_an_error_on_rank_1_ends_the_job_naming_the_rank(mpi, tmp_path, records)
     read_solverstate(str(newest))
 
 
+def _agreement_job(tmp_path, records, name, solver_edit=None, net_edit=None):
+    """Two folders, a/ (rank 0) and b/ (rank 1), each with solver.prototxt and net.prototxt by those
+    relative names; rank 1's copy edited. Returns mpirun's result (each rank started in its folder)."""
+    for folder, edit_solver, edit_net in (("a", None, None), ("b", solver_edit, net_edit)):
+        job = tmp_path / name / folder
+        job.mkdir(parents=True)
+        net = NET.format(db=records / "train_lmdb", batch=16, transform="", dropout="")
+        solver = SOLVER.format(net="net.prototxt", max_iter=20, snapshot=10, prefix="mlp")
+        (job / "net.prototxt").write_text(edit_net(net) if edit_net else net)
+        (job / "solver.prototxt").write_text(edit_solver(solver) if edit_solver else solver)
+    train = [sys.executable, "-m", "netspec", "train", "--solver=solver.prototxt"]
+    cmd = (mpirun(1, "-wdir", str(tmp_path / name / "a"), *train)
+           + [":", "-n", "1", "-wdir", str(tmp_path / name / "b"), *train])
+    return run(cmd, tmp_path, timeout=90)
+
+
+@pytest.mark.parametrize("what, solver_edit, net_edit, expected", [
+    ("base_lr", lambda s: s.replace("base_lr: 0.05", "base_lr: 0.01"), None,
+     "rank 1's solver differs from rank 0's: line 1: 'base_lr: 0.01' where rank 0 has 'base_lr: 0.05'"),
+    ("max_iter", lambda s: s.replace("max_iter: 20", "max_iter: 30"), None,
+     "rank 1's solver differs from rank 0's: line "),
+    ("net", None, lambda n: n.replace("num_output: 32", "num_output: 33"),     # another parameter count
+     "rank 1's net differs from rank 0's: line "),
+])
+def test_ranks_running_another_training_end_the_job_naming_rank_and_difference(mpi, tmp_path, records, what,
+                                                                               solver_edit, net_edit, expected):
+    tic = time.monotonic()
+    r = _agreement_job(tmp_path, records, what, solver_edit, net_edit)
+    assert time.monotonic() - tic < 60                    # ended, not hung in a mismatched Allreduce
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if "netspec: error:" in line]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert "the MPI ranks do not run the same training: " + expected in errors[0], errors[0]
+    assert "Traceback" not in r.stderr and "Iteration 0" not in r.stderr     # refused before training
+    assert not list((tmp_path / what / "a").glob("mlp_iter_*"))
+
+
 def wait_for_log(proc, text, times=1, timeout=60):
     seen, lines, deadline = 0, [], time.monotonic() + timeout
     while seen < times and time.monotonic() < deadline:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..errors import NetspecError
+from ..proto import caffe_pb2
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's FLT_MIN: the floor before a log or a division
 
@@ -79,6 +80,12 @@ class Layer:
     def close(self):
         """Release threads or files the layer holds (a Data layer's prefetch thread and LMDB)."""
 
+    def work_bytes(self, bottom, top):
+        """Bytes of the work arrays this layer keeps of its own beside its blobs (masks, saved inputs,
+        argmax indices, ...), once set up: the net adds them to its memory estimate before the
+        first forward allocates them. 0 unless a layer says otherwise."""
+        return 0
+
     # --- helpers for subclasses ----------------------------------------------
     def error(self, message):
         """A NetspecError that names this layer: `layer 'conv1' (Convolution): ...`."""
@@ -138,6 +145,17 @@ def scratch(owner, name, shape, dtype, fill=None):
         buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
         cache[name] = buf
     return buf
+
+
+def training(layer):
+    """Whether the layer is in a TRAIN net: what only backward keeps is counted there alone (a TEST
+    net runs no backward unless a script asks)."""
+    return layer.phase == caffe_pb2.TRAIN
+
+
+def nbytes(blob, itemsize=None):
+    """A blob's data size in bytes (of `itemsize`-byte elements if given: masks, indices)."""
+    return blob.count * (blob.data.itemsize if itemsize is None else itemsize)
 
 
 def shape_str(shape):

@@ -6,7 +6,7 @@ from ..errors import NetspecError
 from ..proto import caffe_pb2
 from ..schema import read_binary_payload
 from ..weights import blob_to_array
-from .base import FLT_MIN, Layer, register, scratch
+from .base import FLT_MIN, Layer, nbytes, register, scratch
 from .common import softmax, split_at_axis
 
 
@@ -112,6 +112,9 @@ class _SoftmaxLabelLoss(LossLayer):
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(_SoftmaxLabelLoss):
     """-log softmax(x)[label], summed and divided by the normalizer; top[1] (optional) is the softmax."""
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0])              # the softmax probabilities, kept for backward
 
     def setup(self, bottom, top):
         self.ignore = self.ignore_label()

@@ -10,7 +10,8 @@ import numpy as np
 from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from .base import Layer, register, scratch
+from ..threads import parallel_flat
+from .base import Layer, nbytes, register, scratch, training
 
 
 def sigmoid(x, out=None):
@@ -30,6 +31,10 @@ class Neuron(Layer):
     def reshape(self, bottom, top):
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
+
+    def work_bytes(self, bottom, top):
+        # Training in place, a layer whose gradient needs its input keeps a copy of it.
+        return nbytes(bottom[0]) if self.keeps_input and top[0] is bottom[0] and training(self) else 0
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -56,14 +61,25 @@ class ReLU(Neuron):
         # With slope >= 0 the sign of y is the sign of x, so backward can read the top.
         self.keeps_input = self.slope < 0
 
+    def work_bytes(self, bottom, top):
+        mask = nbytes(bottom[0], 1) if training(self) else 0           # backward's sign mask (bool)
+        return super().work_bytes(bottom, top) + mask
+
     def compute(self, x, out):
+        parallel_flat(self._compute, x, out)
+
+    def _compute(self, x, out):
         if self.slope == 0:
             np.maximum(x, 0, out=out)
         else:
             out[...] = np.where(x > 0, x, x * self.slope)
 
     def gradient(self, x, y, dy, dx):
-        positive = np.greater(x if self.keeps_input else y, 0, out=scratch(self, "positive", x.shape, np.bool_))
+        positive = scratch(self, "positive", x.shape, np.bool_)
+        parallel_flat(self._gradient, x if self.keeps_input else y, dy, dx, positive)
+
+    def _gradient(self, sign_of, dy, dx, positive):
+        np.greater(sign_of, 0, out=positive)
         if self.slope == 0:
             # Caffe's dy * (x > 0): one multiply by the mask, no temporaries (0 * inf is NaN in both).
             np.multiply(dy, positive, out=dx)
@@ -99,6 +115,10 @@ class Dropout(Neuron):
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio:g}")
         self.scale = 1.0 / (1.0 - self.ratio)
         self.training = self.phase == caffe_pb2.TRAIN
+
+    def work_bytes(self, bottom, top):
+        # TRAIN: the kept mask (the blob's type), made from float32 random draws.
+        return nbytes(bottom[0]) + nbytes(bottom[0], 4) if self.training else 0
 
     def compute(self, x, out):
         if not self.training:

@@ -8,8 +8,12 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
+from ..threads import parallel_for, spans
 from . import native
-from .base import Layer, prod, register
+from .base import Layer, nbytes, prod, register, training
+
+# LRN's samples are cut into at most this many chunks for the threads (threads.py).
+SAMPLE_CHUNKS = 8
 
 
 def _keep(cache, array):
@@ -31,6 +35,9 @@ class BatchNorm(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised input, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.batch_norm_param
@@ -59,12 +66,23 @@ class BatchNorm(Layer):
         self.view = (shape[0], self.channels, -1)
         self.fused = native.usable(bottom[0].data.dtype)
 
+    def _stored_mean_var(self):
+        """The stored statistics, scaled by 1 / the stored factor (Caffe's moving-average sums)."""
+        factor = self.blobs[2].data[0]
+        factor = 0 if factor == 0 else 1 / factor
+        return factor * self.blobs[0].data, factor * self.blobs[1].data
+
+    def stored_statistics(self, dtype):
+        """(mean, std) per channel in `dtype`, as forward computes them from the stored statistics
+        (fusion.py runs BatchNorm through them; backward reads self.std)."""
+        mean, var = self._stored_mean_var()
+        self.std = np.sqrt(var + self.eps).astype(dtype)[:, None]
+        return mean.astype(dtype), self.std.reshape(-1)
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
         if self.use_global_stats:
-            factor = self.blobs[2].data[0]
-            factor = 0 if factor == 0 else 1 / factor
-            mean, var = factor * self.blobs[0].data, factor * self.blobs[1].data
+            mean, var = self._stored_mean_var()
         else:
             mean = x.mean(axis=(0, 2))
             centred = x - mean[:, None]
@@ -97,7 +115,7 @@ class BatchNorm(Layer):
             y = self._x_norm
             count = y.shape[0] * y.shape[2]
             means = (native.channel_sums(dy, y) / count).astype(dy.dtype)
-            native.kernels.batch_norm_grad(dy, y, means[0], means[1], self.std, dx, *y.shape)
+            native.batch_norm_grad(dy, y, means[0], means[1], self.std, dx)
         else:
             y = self._x_norm
             grad = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
@@ -163,6 +181,9 @@ class Bias(_Broadcast):
 @register("Scale")
 class Scale(_Broadcast):
     """top = bottom[0] * s (+ bias), s from bottom[1] or a learned blob (filler default constant 1)."""
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if top[0] is bottom[0] and training(self) else 0   # in place: the input
 
     def setup(self, bottom, top):
         self.params = p = self.layer_param.scale_param
@@ -231,6 +252,9 @@ class LRN(Layer):
     num_bottoms = 1
     num_tops = 1
 
+    def work_bytes(self, bottom, top):
+        return 2 * nbytes(bottom[0])          # the scale kept for backward, and the squares it is made of
+
     def setup(self, bottom, top):
         p = self.layer_param.lrn_param
         if p.local_size % 2 == 0:
@@ -249,22 +273,42 @@ class LRN(Layer):
             return _window_sum(_window_sum(a, 2, self.size), 3, self.size)
         return _window_sum(a, 1, self.size)
 
+    def _samples(self, x):
+        """Each sample normalises alone: chunks of samples for the threads (by shape alone)."""
+        return spans(x.shape[0], min(SAMPLE_CHUNKS, x.size // (1 << 15)))
+
     def forward(self, bottom, top):
-        x = bottom[0].data
-        self.scale = self.window(x * x)
-        self.scale *= self.coeff
-        self.scale += self.k
-        np.multiply(x, self.scale ** -self.beta, out=top[0].data)
+        x, y = bottom[0].data, top[0].data
+        self.scale = scale = np.empty_like(x)     # not scratch: a caller may hold on to it
+        chunks = self._samples(x)
+
+        def chunk(k):
+            a, b = chunks[k]
+            xs = x[a:b]
+            s = self.window(xs * xs)
+            s *= self.coeff
+            s += self.k
+            scale[a:b] = s
+            np.multiply(xs, s ** -self.beta, out=y[a:b])
+
+        parallel_for(len(chunks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dy, y, x = top[0].diff, top[0].data, bottom[0].data
-        # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
-        back = self.window(dy * y / self.scale)
-        back *= x * (-2 * self.coeff * self.beta)
-        back += dy * self.scale ** -self.beta
-        bottom[0].diff[...] = back
+        dy, y, x, dx = top[0].diff, top[0].data, bottom[0].data, bottom[0].diff
+        chunks = self._samples(x)
+
+        def chunk(k):
+            a, b = chunks[k]
+            scale = self.scale[a:b]
+            # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
+            back = self.window(dy[a:b] * y[a:b] / scale)
+            back *= x[a:b] * (-2 * self.coeff * self.beta)
+            back += dy[a:b] * scale ** -self.beta
+            dx[a:b] = back
+
+        parallel_for(len(chunks), chunk)
 
 
 @register("MVN")
@@ -275,6 +319,9 @@ class MVN(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0]) if training(self) else 0      # the normalised output, kept for backward
 
     def setup(self, bottom, top):
         self._y = None
@@ -323,6 +370,9 @@ class Normalize(Layer):
     """
     num_bottoms = 1
     num_tops = 1
+
+    def work_bytes(self, bottom, top):
+        return nbytes(bottom[0])              # x / norm, kept for backward
 
     def setup(self, bottom, top):
         p = self.layer_param.norm_param

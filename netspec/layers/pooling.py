@@ -4,7 +4,7 @@ import numpy as np
 
 from ..proto import caffe_pb2
 from ..rng import get_rng
-from .base import Layer, register, scratch, shape_str
+from .base import Layer, nbytes, register, scratch, shape_str
 from .window_pool import WindowPool
 
 _POOL = caffe_pb2.PoolingParameter
@@ -91,6 +91,14 @@ class Pooling(Layer):
             self.pool = _make_pool(self, self.method, shape, kernel, self.stride, self.pad, self.ceil_mode, dtype)
         for t in top:
             t.reshape(shape[:2] + (self.pool.oh, self.pool.ow))
+
+    def work_bytes(self, bottom, top):
+        """MAX keeps its winners for backward: int32 argmax indices per output (compiled loops), or
+        per-row and per-output byte indices and masks (numpy passes); counted as both."""
+        if self.method != "max":
+            return 0
+        n, c, h, _ = bottom[0].shape
+        return nbytes(top[0], 4) + 2 * nbytes(top[0], 1) + 2 * n * c * h * self.pool.ow
 
     def forward(self, bottom, top):
         mask = top[1].data if len(top) > 1 else None
