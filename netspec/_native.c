@@ -50,11 +50,13 @@ static int ys_inside(const Geom *g, long i)
 #define T float
 #define NAME(x) x##_f32
 #include "_native_body.h"
+#include "_depthwise_body.h"
 #undef T
 #undef NAME
 #define T double
 #define NAME(x) x##_f64
 #include "_native_body.h"
+#include "_depthwise_body.h"
 #undef T
 #undef NAME
 
@@ -379,7 +381,142 @@ static PyObject *py_roi_pool(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Depthwise convolution (_depthwise_body.h), one entry point per direction:
+ *   depthwise_forward(x, w, bias or None, y, geom, multiplier, num, start, stop)    output planes
+ *   depthwise_backward_data(dy, w, None, dx, geom, multiplier, num, start, stop)   input planes
+ *   depthwise_backward_weights(dy, x, None, dw, geom, multiplier, num, start, stop) output channels
+ * geom's channels are the input channels; the last array is written. */
+enum { DW_FORWARD, DW_DATA, DW_WEIGHTS };
+
+static PyObject *depthwise(PyObject *args, int mode)
+{
+    PyObject *obj[4];
+    Geom g;
+    long m, num, start, stop;
+    if (!PyArg_ParseTuple(args, "OOOO" GEOM_FORMAT "llll", &obj[0], &obj[1], &obj[2], &obj[3], GEOM_ARGS(g), &m,
+                          &num, &start, &stop)
+        || check_geom(&g) < 0)
+        return NULL;
+    const long K = g.kh * g.kw, outputs = g.channels * m;
+    const long items = mode == DW_FORWARD ? num * outputs : mode == DW_DATA ? num * g.channels : outputs;
+    if (m <= 0 || num < 0 || start < 0 || stop < start || stop > items) {
+        PyErr_SetString(PyExc_ValueError, "bad depthwise multiplier, batch or range");
+        return NULL;
+    }
+    const Py_ssize_t image = num * g.channels * g.h * g.w, grads = num * outputs * g.oh * g.ow;
+    const Py_ssize_t weights = outputs * K;
+    /* Sizes of the arrays in argument order, per mode; the bias (forward) may be None. */
+    const Py_ssize_t need[3][4] = {{image, weights, outputs, grads}, {grads, weights, 0, image},
+                                   {grads, image, 0, weights}};
+    static const char *names[3][4] = {{"bottom", "weights", "bias", "top"}, {"top diff", "weights", "", "bottom diff"},
+                                      {"top diff", "bottom", "", "weight diff"}};
+    int kind;
+    if (float_kind(obj[0], &kind) < 0)
+        return NULL;
+    Py_buffer v[4];
+    int held[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        if (i == 2 && (mode != DW_FORWARD || obj[2] == Py_None))
+            continue;
+        if (get_buffer(obj[i], &v[i], i == 3, kind, need[mode][i], names[mode][i]) < 0) {
+            for (int k = 0; k < i; k++)
+                if (held[k]) PyBuffer_Release(&v[k]);
+            return NULL;
+        }
+        held[i] = 1;
+    }
+    /* Scratch: K doubles (weights), or kh row pointers and a zero row of the element type (forward). */
+    const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
+    const size_t scratch_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
+                               : mode == DW_FORWARD ? g.kh * sizeof(void *) + g.w * elem : 1;
+    char *acc = PyMem_RawCalloc(scratch_bytes, 1);
+    if (!acc) {
+        for (int k = 0; k < 4; k++)
+            if (held[k]) PyBuffer_Release(&v[k]);
+        return PyErr_NoMemory();
+    }
+    const void *bias = held[2] ? v[2].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) {
+        if (mode == DW_FORWARD)
+            depthwise_forward_f64(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (const double **)acc,
+                                  (const double *)(acc + g.kh * sizeof(void *)));
+        else if (mode == DW_DATA) depthwise_backward_data_f64(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
+        else depthwise_backward_weights_f64(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
+    } else {
+        if (mode == DW_FORWARD)
+            depthwise_forward_f32(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (const float **)acc,
+                                  (const float *)(acc + g.kh * sizeof(void *)));
+        else if (mode == DW_DATA) depthwise_backward_data_f32(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
+        else depthwise_backward_weights_f32(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(acc);
+    for (int k = 0; k < 4; k++)
+        if (held[k]) PyBuffer_Release(&v[k]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_depthwise_forward(PyObject *self, PyObject *args) { return depthwise(args, DW_FORWARD); }
+static PyObject *py_depthwise_data(PyObject *self, PyObject *args) { return depthwise(args, DW_DATA); }
+static PyObject *py_depthwise_weights(PyObject *self, PyObject *args) { return depthwise(args, DW_WEIGHTS); }
+
+/* channel_chain(x, y, m, s, a, b, outer, channels, inner, standardise, scale, relu, start, stop):
+ * see _depthwise_body.h; m and s are read only when standardise, a and b only when scale (else None). */
+static PyObject *py_channel_chain(PyObject *self, PyObject *args)
+{
+    PyObject *obj[6];
+    long outer, channels, inner, start, stop;
+    int flags[3], kind;
+    if (!PyArg_ParseTuple(args, "OOOOOOlllppp(ll)", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &outer,
+                          &channels, &inner, &flags[0], &flags[1], &flags[2], &start, &stop))
+        return NULL;
+    if (outer < 0 || channels <= 0 || inner < 0 || start < 0 || stop < start || stop > outer * channels) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or plane range");
+        return NULL;
+    }
+    if (float_kind(obj[0], &kind) < 0)
+        return NULL;
+    static const char *names[6] = {"bottom", "top", "mean", "std", "scale", "bias"};
+    Py_buffer v[6];
+    int held[6] = {0};
+    for (int i = 0; i < 6; i++) {
+        if ((i == 2 || i == 3) && !flags[0])
+            continue;
+        if ((i == 4 || i == 5) && !flags[1])
+            continue;
+        if (get_buffer(obj[i], &v[i], i == 1, kind, i < 2 ? outer * channels * inner : channels, names[i]) < 0) {
+            for (int k = 0; k < i; k++)
+                if (held[k]) PyBuffer_Release(&v[k]);
+            return NULL;
+        }
+        held[i] = 1;
+    }
+    const void *p[6];
+    for (int i = 0; i < 6; i++)
+        p[i] = held[i] ? v[i].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        channel_chain_f64(p[0], (double *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
+                          flags[2], start, stop);
+    else
+        channel_chain_f32(p[0], (float *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
+                          flags[2], start, stop);
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 6; k++)
+        if (held[k]) PyBuffer_Release(&v[k]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"channel_chain", py_channel_chain, METH_VARARGS,
+     "channel_chain(x, y, m, s, a, b, outer, channels, inner, standardise, scale, relu, (start, stop))"},
+    {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
+     "depthwise_forward(x, w, bias, y, geom, multiplier, num, start, stop)"},
+    {"depthwise_backward_data", py_depthwise_data, METH_VARARGS,
+     "depthwise_backward_data(dy, w, None, dx, geom, multiplier, num, start, stop)"},
+    {"depthwise_backward_weights", py_depthwise_weights, METH_VARARGS,
+     "depthwise_backward_weights(dy, x, None, dw, geom, multiplier, num, start, stop)"},
     {"channel_sums", py_channel_sums, METH_VARARGS, "channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner)"},
     {"batch_norm_grad", py_batch_norm_grad, METH_VARARGS,
      "batch_norm_grad(dy, y, mean_dy, mean_dyy, std, dx, outer, channels, inner)"},

@@ -16,6 +16,7 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
+from .fusion import find_chains
 from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -95,9 +96,15 @@ class _Wiring:
 
 class Net:
     """pycaffe's caffe.Net: `Net(model, phase)`, `Net(model, weights, phase)`,
-    `Net(model, phase, weights=...)`; `model` may also be a NetParameter."""
+    `Net(model, phase, weights=...)`; `model` may also be a NetParameter.
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None):
+    reuse_memory=True (netspec's own, for inference): when no layer runs backward, blobs that
+    no later layer reads share buffers (reuse.py), so an intermediate's `data` after forward
+    is not its value; the inputs, outputs and blobs asked of forward(blobs=...) are kept.
+    A forward starting past the first layer gives every blob its own memory again."""
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=None, source=None,
+                 reuse_memory=False):
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -134,6 +141,35 @@ class Net:
                 gc.enable()
         if weights:
             self.copy_from(weights)
+        self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
+        self._reuse = None
+        if reuse_memory and not any(record.need_backward for record in self.records):
+            try:
+                self._plan_reuse(())        # reshapes every layer again: errors name the file, as forward's do
+            except NetspecError as e:
+                raise self._located(e) from e
+
+    def _plan_reuse(self, keep):
+        from .reuse import ReusePlan
+        if self._reuse is not None:
+            self._reuse.release()
+        self._reuse = ReusePlan(self, keep)
+        self._reuse.apply()
+
+    def _keep_blobs(self, names):
+        """Blobs a caller will read after forward keep their memory (a new plan if any was shared)."""
+        plan = self._reuse
+        if plan is None:
+            return
+        keep = set(plan.keep)
+        if set(names) <= keep:
+            return
+        self._plan_reuse(keep | set(names))
+
+    @property
+    def reuses_memory(self):
+        """Whether blobs share buffers now (Net(reuse_memory=True) and no forward from a later layer)."""
+        return self._reuse is not None
 
     def close(self):
         """Release what layers hold outside Python's memory: prefetch threads, open LMDBs. Idempotent."""
@@ -455,10 +491,22 @@ class Net:
     def forward_prefilled(self, start=0, end=None):
         """Run layers start..end (indices); return the weighted loss."""
         end = len(self.records) - 1 if end is None else end
+        if start and self._reuse is not None:
+            # The bottoms of layer `start` may hold what later layers wrote last time: back to
+            # memory of their own (holding what they hold now, e.g. a value the caller set).
+            self._reuse.release()
+            self._reuse = None
         loss = 0.0
         try:
             before, after = self._hooks["before_forward"], self._hooks["after_forward"]
-            for i in range(start, end + 1):
+            # Chains (fusion.py) run as one pass unless hooks or debug output want each layer.
+            chains = self._chains if not (before or after or self.debug_info) else {}
+            i = start
+            while i <= end:
+                chain = chains.get(i)
+                if chain is not None and chain.last <= end and chain.run():
+                    i = chain.last + 1
+                    continue
                 for hook in before:
                     hook(i)
                 record = self.records[i]
@@ -470,6 +518,7 @@ class Net:
                     self._debug(record, "Forward")
                 for hook in after:
                     hook(i)
+                i += 1
         except NetspecError as e:
             raise self._located(e) from e
         return loss
@@ -541,8 +590,10 @@ class Net:
             target.data[...] = value
         i0 = self._layer_index(start, 0)
         i1 = self._layer_index(end, len(self.records) - 1)
-        self.forward_prefilled(i0, i1)
         wanted = list(blobs or [])
+        if wanted:
+            self._keep_blobs([name for name in wanted if name in self.blobs])
+        self.forward_prefilled(i0, i1)
         names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
         return {name: self.blobs[name].data for name in names}
 
@@ -599,6 +650,9 @@ class Net:
             blob.diff[...] = 0
 
     def reshape(self):
+        self._reshape_layers()
+
+    def _reshape_layers(self):
         for record in self.records:
             record.layer.reshape(record.bottoms, record.tops)
 

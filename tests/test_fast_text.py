@@ -17,8 +17,12 @@ from netspec.proto import caffe_pb2
 from netspec.schema import parse_prototxt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+# The repository's own files, and the model-zoo and fork corpus when it is beside the checkout.
 PROTOTXTS = sorted(p for p in glob.glob(os.path.join(REPO, "**", "*.prototxt"), recursive=True)
-                   if "/.venv/" not in p)
+                   if "/.venv/" not in p) + \
+    sorted(glob.glob(os.path.join(SHARED, "caffe-corpus", "**", "*.prototxt"), recursive=True)) + \
+    sorted(glob.glob(os.path.join(SHARED, "caffe-forks", "**", "*.prototxt"), recursive=True))
 CLASSES = (caffe_pb2.NetParameter, caffe_pb2.SolverParameter)
 
 
@@ -41,7 +45,7 @@ def agree(text, cls):
     return True
 
 
-def test_every_prototxt_in_the_repository_reads_the_same():
+def test_every_prototxt_in_the_repository_and_corpus_reads_the_same():
     taken = 0
     for path in PROTOTXTS:
         with open(path, encoding="utf-8", errors="replace") as f:

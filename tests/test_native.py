@@ -68,7 +68,8 @@ def _run_net(tmp_path, enabled, monkeypatch):
     net.blobs["label"].data[...] = data.integers(0, 4, 6)
     loss = float(net.forward()["loss"])
     net.backward()
-    used = [isinstance(net.layer_dict[n].engine, ColumnConv) for n in ("conv1", "conv2", "conv3")]
+    used = [isinstance(net.layer_dict[n].engine, ColumnConv) for n in ("conv1", "conv2")]
+    used += [net.layer_dict["conv3"].engine.window is not None]     # depthwise: DepthwiseConv's kernels
     used += [net.layer_dict[n].pool.window is not None for n in ("pool1", "pool2")]
     used += [net.layer_dict[n].fused for n in ("bn", "scale")]
     grads = {name: [p.diff.copy() for p in params] for name, params in net.params.items()}
@@ -115,6 +116,15 @@ GEOM = (2, 5, 5, 2, 2, 2, 2, 0, 0, 1, 1, 2, 2)     # 2 channels of 5x5, 2x2 wind
                                  2, 3, 2), ValueError),
     # a negative shape
     (lambda k: k.channel_affine(np.zeros(12), np.zeros(12), np.zeros(3), np.zeros(3), 2, -3, 2, False), ValueError),
+    # depthwise: a top smaller than its planes, a range past the planes, a float32 bias for float64 data
+    (lambda k: k.depthwise_forward(np.zeros(50), np.zeros(8), None, np.zeros(7), GEOM, 1, 1, 0, 2), ValueError),
+    (lambda k: k.depthwise_forward(np.zeros(50), np.zeros(8), None, np.zeros(8), GEOM, 1, 1, 0, 3), ValueError),
+    (lambda k: k.depthwise_forward(np.zeros(50), np.zeros(8), np.zeros(2, np.float32), np.zeros(8), GEOM, 1, 1,
+                                   0, 2), TypeError),
+    (lambda k: k.depthwise_backward_weights(np.zeros(8), np.zeros(50), None, np.zeros(7), GEOM, 1, 1, 0, 2),
+     ValueError),
+    (lambda k: k.depthwise_backward_data(np.zeros(8), np.zeros(8), None, np.zeros(50), GEOM, 0, 1, 0, 2),
+     ValueError),
     # a geometry with a zero stride
     (lambda k: k.ave_pool(np.zeros(50), np.zeros(8), GEOM[:5] + (0,) + GEOM[6:], 2), ValueError),
 ])

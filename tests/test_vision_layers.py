@@ -9,6 +9,7 @@ import pytest
 from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
+from netspec.layers import conv as conv_module
 from netspec.layers import conv_engines, im2col, native
 from netspec.proto import caffe_pb2
 
@@ -30,6 +31,8 @@ def layout(request, monkeypatch):
     monkeypatch.setattr(native, "ENABLED", name.startswith("native"))
     small_maps = name in ("batch_inner", "native", "native_parts")
     monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if small_maps else 0)
+    # 1x1 kernels: small maps take the columns of their layout, others run on the bottom itself.
+    monkeypatch.setattr(conv_module, "POINTWISE_MIN_POSITIONS", 10 ** 9 if small_maps else 0)
     monkeypatch.setattr(im2col, "COL2IM_PART", 50)
     if name.endswith("stacked_rebuilt"):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
@@ -154,6 +157,11 @@ CONV_CASES = [
     ("num_output: 4 kernel_size: 2 kernel_size: 3 dilation: 1 dilation: 2 stride: 2 stride: 1 group: 2 "
      "bias_term: false", (3, 4, 6, 8), (2, 1), (0, 0), (1, 2), 2),
     ("num_output: 3 kernel_size: 3 group: 3 pad: 1", (2, 3, 5, 5), (1, 1), (1, 1), (1, 1), 3),   # depthwise
+    ("num_output: 4 kernel_size: 3 group: 4 pad: 1 stride: 2", (2, 4, 7, 6), (2, 2), (1, 1), (1, 1), 4),
+    ("num_output: 6 kernel_h: 3 kernel_w: 2 group: 3 pad_h: 2 pad_w: 1 stride_h: 1 stride_w: 3", (2, 3, 5, 8),
+     (1, 3), (2, 1), (1, 1), 3),                                          # depthwise, 2 outputs per channel
+    ("num_output: 2 kernel_size: 3 group: 2 dilation: 2 pad: 1 bias_term: false", (3, 2, 7, 7), (1, 1), (1, 1),
+     (2, 2), 2),
     ("num_output: 4 kernel_size: 1", (2, 3, 5, 6), (1, 1), (0, 0), (1, 1), 1),                   # pointwise
     ("num_output: 4 kernel_size: 1 group: 2 bias_term: false", (2, 4, 3, 5), (1, 1), (0, 0), (1, 1), 2),
 ]
@@ -173,10 +181,85 @@ def test_convolution_matches_naive_loops(layout, params, shape, stride, pad, dil
 @pytest.mark.parametrize("params, shape, stride, pad, dilation, group", CONV_CASES)
 def test_convolution_gradients(layout, params, shape, stride, pad, dilation, group):
     layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
-    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
     pointwise = "kernel_size: 1 " in params + " "
+    depthwise = group == shape[1] and group > 1
+    assert isinstance(layer.engine, conv_engines.DepthwiseConv) == depthwise
+    if depthwise:
+        assert (layer.engine.window is not None) == layout.startswith("native")
+        return
+    small_maps = layout in ("batch_inner", "native", "native_parts")
+    assert isinstance(layer.engine, conv_engines.PointwiseConv) == (pointwise and not small_maps)
+    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
     compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
     assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
+
+
+@pytest.mark.parametrize("params, shape, stride, pad, dilation", [
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2", (2, 3, 9), (2,), (1,), (1,)),
+    ("num_output: 2 kernel_size: 2 group: 2 pad: 1", (2, 2, 3, 4, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+])
+def test_depthwise_convolution_in_1d_and_3d(params, shape, stride, pad, dilation):
+    """Not 2-D: the depthwise engine's numpy sums over shifted views, against loops and differences."""
+    x = R.standard_normal(shape)
+    with precision(np.float64):
+        layer, bottom, top = build(conv(params), [x])
+        assert isinstance(layer.engine, conv_engines.DepthwiseConv) and layer.engine.window is None
+        layer.forward(bottom, top)
+        w, b = layer.blobs[0].data, layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, shape[1]), rtol=1e-10,
+                               atol=1e-10)
+    check_layer(conv(params), [x], max_checks=80)
+
+
+@NATIVE
+def test_depthwise_kernel_ranges_split_the_work():
+    """Forward, data and weight gradients over ranges of planes/channels add up to the whole call."""
+    x = R.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    with precision(np.float32):
+        layer, bottom, top = build(conv("num_output: 8 kernel_size: 3 group: 4 pad: 1 stride: 2"), [x])
+    eng = layer.engine
+    w = layer.blobs[0].data.reshape(8, 9)
+    whole = np.empty(top[0].shape, np.float32)
+    native.kernels.depthwise_forward(x, w, layer.blobs[1].data, whole, eng.window, 2, 3, 0, 24)
+    split = np.empty_like(whole)
+    for start, stop in ((0, 5), (5, 17), (17, 24)):
+        native.kernels.depthwise_forward(x, w, layer.blobs[1].data, split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(split, whole)
+    dy = R.standard_normal(whole.shape).astype(np.float32)
+    dx_whole, dx_split = np.empty_like(x), np.empty_like(x)
+    native.kernels.depthwise_backward_data(dy, w, None, dx_whole, eng.window, 2, 3, 0, 12)
+    for start, stop in ((0, 7), (7, 12)):
+        native.kernels.depthwise_backward_data(dy, w, None, dx_split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(dx_split, dx_whole)
+    dw_whole, dw_split = np.zeros_like(w), np.zeros_like(w)
+    native.kernels.depthwise_backward_weights(dy, x, None, dw_whole, eng.window, 2, 3, 0, 8)
+    for start, stop in ((0, 3), (3, 8)):
+        native.kernels.depthwise_backward_weights(dy, x, None, dw_split, eng.window, 2, 3, start, stop)
+    np.testing.assert_array_equal(dw_split, dw_whole)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=NATIVE)])
+def test_depthwise_convolution_gives_the_same_bytes_on_any_thread_count(compiled, monkeypatch):
+    from netspec import threads
+    monkeypatch.setattr(native, "ENABLED", compiled)
+    monkeypatch.setattr(conv_engines.DepthwiseConv, "chunk_work", 1)     # many chunks
+    x = R.standard_normal((3, 4, 9, 8))
+    dy = R.standard_normal((3, 8, 5, 4))
+    before = threads.get_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            threads.set_threads(n)
+            layer, bottom, top = build(conv("num_output: 8 kernel_size: 3 group: 4 pad: 1 stride: 2"), [x])
+            layer.forward(bottom, top)
+            top[0].diff[...] = dy
+            layer.backward(top, [True], bottom)
+            results.append([top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()])
+    finally:
+        threads.set_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_convolution_output_shapes_and_weight_layout():

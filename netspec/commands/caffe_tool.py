@@ -139,7 +139,8 @@ def test(model, weights, iterations, phase, level, stage, gpu, threads):
     """Score a trained net (caffe test)."""
     _refuse_gpu(gpu)
     _use_threads(threads)
-    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    # Only the outputs are read: blobs no later layer reads share memory (none, if backward runs).
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage), reuse_memory=True)
     for w in _split_list([weights]):
         net.copy_from(w)
     glog.info(f"Running for {iterations} iterations.", "caffe.cpp:304")
@@ -174,7 +175,8 @@ def time_command(model, iterations, phase, weights, level, stage, gpu, threads):
     """Benchmark per-layer forward and backward (caffe time)."""
     _refuse_gpu(gpu)
     _use_threads(threads)
-    net = Net(model, _phase(phase), level=level, stages=_split_list(stage))
+    # As `netspec test` runs it: in TEST phase (no backward) intermediates share memory.
+    net = Net(model, _phase(phase), level=level, stages=_split_list(stage), reuse_memory=True)
     if weights:
         net.copy_from(weights)
     time_net(net, iterations, backward=_phase(phase) == 0)

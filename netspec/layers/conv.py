@@ -14,6 +14,11 @@ from .base import Layer, register, scratch, shape_str
 from .conv_engines import choose_engine
 from .im2col import ConvGeometry, add_weight_grad
 
+# Output positions per map from which a 1x1 convolution runs one GEMM per sample on the bottom
+# itself (PointwiseConv) rather than one over the batch's columns (interleaved A/B at batch 10:
+# 13x13 and 14x14 maps 0.64-0.97x the column path's time, 7x7 1.09-1.15x).
+POINTWISE_MIN_POSITIONS = 144
+
 
 class _ConvBase(Layer):
     """What Convolution and Deconvolution share: parameters, checks, weights, geometry."""
@@ -105,6 +110,7 @@ class _ConvBase(Layer):
                                  f"bottom[{i}] {shape_str(b.shape)}")
         self.num = math.prod(shape[:self.axis])
         spatial = shape[self.axis + 1:]
+        self.spatial_shape = tuple(spatial)
         geometry = (self.kernel, self.stride, self.pad, self.dilation)
         for a, size in enumerate(spatial):
             extent = self.dilation[a] * (self.kernel[a] - 1) + 1
@@ -122,11 +128,16 @@ class _ConvBase(Layer):
             self.geom = ConvGeometry(self.num, self.num_output, out, *geometry)
             self.in_spatial = tuple(spatial)
         else:
-            self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry)
+            self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry,
+                                     batch_inner=False if self.stacked_only() else None)
             out = self.geom.out
         top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
         for t in top:
             t.reshape(top_shape)
+
+    def stacked_only(self):
+        """Whether the engine for this layer reads the bottom as stacked NCHW (no batch-inner columns)."""
+        return False
 
     def grouped_weights(self):
         """The weights as (group, out / group, in / group * kernel)."""
@@ -152,8 +163,18 @@ class Convolution(_ConvBase):
         super().setup(bottom, top)
         # A 1x1 kernel with stride 1 and no pad: the stacked columns are the bottom itself.
         self.pointwise = (max(self.kernel) == 1 and max(self.stride) == 1 and max(self.pad) == 0)
+        # group == input channels (MobileNet's 3x3): the direct depthwise engine, no GEMM.
+        self.depthwise = self.group > 1 and self.group == self.channels
         self.fold_bias = self.bias_term and self.group == 1 and not self.pointwise
         self.engine = None          # chosen in reshape, for the shape (conv_engines.py)
+
+    def stacked_only(self):
+        # Neither builds columns: PointwiseConv's are the bottom itself, DepthwiseConv sums taps.
+        # Below POINTWISE_MIN_POSITIONS per map (ResNet's and MobileNet's 7x7) one GEMM over the
+        # batch side by side beats one per sample by more than its two copies cost.
+        # (A 1x1, stride 1, unpadded kernel's output map is the bottom's own.)
+        pointwise = self.pointwise and math.prod(self.spatial_shape) >= POINTWISE_MIN_POSITIONS
+        return pointwise or self.depthwise
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)

@@ -28,6 +28,11 @@ def usable(dtype):
     return ENABLED and np.dtype(dtype) in (np.float32, np.float64)
 
 
+def has_depthwise():
+    """Whether the build has the depthwise kernels (a build from older sources may not)."""
+    return hasattr(kernels, "depthwise_forward")
+
+
 def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     """The geometry tuple the kernels take: (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)."""
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))

@@ -62,12 +62,23 @@ class BatchNorm(Layer):
         self.view = (shape[0], self.channels, -1)
         self.fused = native.usable(bottom[0].data.dtype)
 
+    def _stored_mean_var(self):
+        """The stored statistics, scaled by 1 / the stored factor (Caffe's moving-average sums)."""
+        factor = self.blobs[2].data[0]
+        factor = 0 if factor == 0 else 1 / factor
+        return factor * self.blobs[0].data, factor * self.blobs[1].data
+
+    def stored_statistics(self, dtype):
+        """(mean, std) per channel in `dtype`, as forward computes them from the stored statistics
+        (fusion.py runs BatchNorm through them; backward reads self.std)."""
+        mean, var = self._stored_mean_var()
+        self.std = np.sqrt(var + self.eps).astype(dtype)[:, None]
+        return mean.astype(dtype), self.std.reshape(-1)
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
         if self.use_global_stats:
-            factor = self.blobs[2].data[0]
-            factor = 0 if factor == 0 else 1 / factor
-            mean, var = factor * self.blobs[0].data, factor * self.blobs[1].data
+            mean, var = self._stored_mean_var()
         else:
             mean = x.mean(axis=(0, 2))
             centred = x - mean[:, None]

@@ -8,12 +8,12 @@ follow the batch are taken from the tensors' sizes at run time.
 """
 import numpy as np
 
+from ..layers.base import FLT_MIN
 from ..proto import caffe_pb2
 from .registry import exports
 
 Norm = caffe_pb2.LossParameter
-FLT_MIN = float(np.finfo(np.float32).tiny)     # Caffe clamps probabilities here before the log
-LOG_THRESHOLD = 1e-20                          # ... and here in MultinomialLogisticLoss
+LOG_THRESHOLD = 1e-20     # MultinomialLogisticLoss clamps probabilities here before the log (FLT_MIN elsewhere)
 
 # Graph inputs these layers read as labels, for random test input: {type: {bottom index: kind}}.
 LABEL_BOTTOMS = {"SoftmaxWithLoss": {1: "class"}, "Accuracy": {1: "class"}, "HingeLoss": {1: "class"},

@@ -14,10 +14,10 @@ floor-mode count and window positions equal it. ceil_mode is never used.
 """
 import numpy as np
 
+from ..layers.base import FLT_MIN
 from ..proto import caffe_pb2
 from .registry import exports
 
-FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def _conv_attrs(layer):

@@ -1,0 +1,178 @@
+/* Direct depthwise convolution (group == input channels) for one element type: included by
+ * _native.c with T and NAME(x) defined, as _native_body.h is.
+ *
+ * Layout: x (N, C, H, W); weights (C * m, kh * kw) with m outputs per input channel (the
+ * multiplier); y (N, C * m, oh, ow). Output channel o reads input channel o / m. Every kernel
+ * takes a range [start, stop) of independent work items (planes or channels, see each one),
+ * so a caller can split a batch across threads; items of different calls never share memory.
+ *
+ * Each output is the sum over kernel taps in row-major order, padding read as zero, then plus the
+ * bias: the rounding of Caffe's im2col + GEMM up to the GEMM's own order of the K terms. */
+
+/* One output row: out[k] = sum over taps (i, j) in row-major order of w[i][j] * rows[i][k * sw + j * dw - pw],
+ * a column outside [0, width) reading as zero (as in Caffe's zero-padded columns). Inlined
+ * with constant kh, kw for 3x3, so the interior loop keeps the sum in registers and vectorises. */
+static inline __attribute__((always_inline)) void NAME(depthwise_row)(
+    T *restrict out, const T *const *rows, const T *restrict wo, long kh, long kw, long sw, long dw, long pw,
+    long width, long ow, long lo, long hi)
+{
+    for (long k = 0; k < ow; k++) {
+        if (k == lo && hi > lo) {
+            for (; k < hi; k++) {       /* every column inside the image */
+                const long x0 = k * sw - pw;
+                T acc = 0;
+                for (long i = 0; i < kh; i++)
+                    for (long j = 0; j < kw; j++)
+                        acc += wo[i * kw + j] * rows[i][x0 + j * dw];
+                out[k] = acc;
+            }
+            if (k >= ow)
+                break;
+        }
+        const long x0 = k * sw - pw;
+        T acc = 0;
+        for (long i = 0; i < kh; i++)
+            for (long j = 0; j < kw; j++) {
+                const long ix = x0 + j * dw;
+                acc += wo[i * kw + j] * (ix >= 0 && ix < width ? rows[i][ix] : (T)0);
+            }
+        out[k] = acc;
+    }
+}
+
+/* Output planes [start, stop) of the N * C * m planes: y = depthwise(x, w) (+ bias[o] if bias).
+ * `zero`: a row of g->w zeros, `rows`: kh pointers of scratch. */
+static void NAME(depthwise_forward)(const T *x, const T *w, const T *bias, T *y, const Geom *g, long m,
+                                    long start, long stop, const T **rows, const T *zero)
+{
+    const long HW = g->h * g->w, OW = g->ow, K = g->kh * g->kw, outputs = g->channels * m;
+    long lo, hi;   /* output columns whose windows lie inside the image */
+    valid_range(-g->pw, g->sw, g->w - (g->kw - 1) * g->dw, OW, &lo, &hi);
+    for (long p = start; p < stop; p++) {
+        const long n = p / outputs, o = p % outputs;
+        const T *plane = x + (n * g->channels + o / m) * HW, *wo = w + o * K;
+        T *out = y + p * g->oh * OW;
+        for (long oy = 0; oy < g->oh; oy++, out += OW) {
+            for (long i = 0; i < g->kh; i++) {   /* rows in the padding read the zero row */
+                const long iy = oy * g->sh - g->ph + i * g->dh;
+                rows[i] = iy >= 0 && iy < g->h ? plane + iy * g->w : zero;
+            }
+            if (g->kh == 3 && g->kw == 3 && g->dw == 1 && g->sw == 1)
+                NAME(depthwise_row)(out, rows, wo, 3, 3, 1, 1, g->pw, g->w, OW, lo, hi);
+            else if (g->kh == 3 && g->kw == 3 && g->dw == 1 && g->sw == 2)
+                NAME(depthwise_row)(out, rows, wo, 3, 3, 2, 1, g->pw, g->w, OW, lo, hi);
+            else
+                NAME(depthwise_row)(out, rows, wo, g->kh, g->kw, g->sw, g->dw, g->pw, g->w, OW, lo, hi);
+            if (bias) {
+                const T b = bias[o];
+                for (long k = 0; k < OW; k++) out[k] += b;
+            }
+        }
+    }
+}
+
+/* Input planes [start, stop) of the N * C planes: dx = the transpose of depthwise_forward applied
+ * to dy (dx is overwritten). */
+static void NAME(depthwise_backward_data)(const T *dy, const T *w, T *dx, const Geom *g, long m, long start,
+                                          long stop)
+{
+    const long HW = g->h * g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    for (long p = start; p < stop; p++) {
+        const long n = p / g->channels, c = p % g->channels;
+        T *plane = dx + p * HW;
+        memset(plane, 0, HW * sizeof(T));
+        for (long o = c * m; o < (c + 1) * m; o++) {
+            const T *grad = dy + (n * g->channels * m + o) * OHW, *wo = w + o * K;
+            for (long oy = 0; oy < g->oh; oy++, grad += OW)
+                for (long i = 0; i < g->kh; i++) {
+                    const long iy = oy * g->sh - g->ph + i * g->dh;
+                    if (iy < 0 || iy >= g->h)
+                        continue;
+                    T *row = plane + iy * g->w;
+                    for (long j = 0; j < g->kw; j++) {
+                        const long x0 = j * g->dw - g->pw;
+                        long lo, hi;
+                        valid_range(x0, g->sw, g->w, OW, &lo, &hi);
+                        const T wv = wo[i * g->kw + j];
+                        T *dst = row + x0;
+                        if (g->sw == 1)
+                            for (long k = lo; k < hi; k++) dst[k] += wv * grad[k];
+                        else
+                            for (long k = lo; k < hi; k++) dst[k * g->sw] += wv * grad[k];
+                    }
+                }
+        }
+    }
+}
+
+/* sum over k in [lo, hi) of a[k] * b[k * stride], in eight independent partial sums (they
+ * vectorise where one chain of adds would wait on each add). */
+static inline T NAME(strided_dot)(const T *a, const T *b, long stride, long lo, long hi)
+{
+    T s[8] = {0};
+    long k = lo;
+    if (stride == 1)
+        for (; k + 8 <= hi; k += 8)
+            for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
+    for (; k < hi; k++) s[0] += a[k] * b[k * stride];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* Output channels [start, stop) of the C * m: dw[o] += the weight gradient over all `num` samples,
+ * each (sample, output row) partial dot product summed in double. `acc`: K doubles of scratch. */
+static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, const Geom *g, long m, long num,
+                                             long start, long stop, double *acc)
+{
+    const long HW = g->h * g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    for (long o = start; o < stop; o++) {
+        for (long t = 0; t < K; t++) acc[t] = 0;
+        for (long n = 0; n < num; n++) {
+            const T *plane = x + (n * g->channels + o / m) * HW;
+            const T *grad = dy + (n * g->channels * m + o) * OHW;
+            for (long oy = 0; oy < g->oh; oy++, grad += OW)
+                for (long i = 0; i < g->kh; i++) {
+                    const long iy = oy * g->sh - g->ph + i * g->dh;
+                    if (iy < 0 || iy >= g->h)
+                        continue;
+                    const T *row = plane + iy * g->w;
+                    for (long j = 0; j < g->kw; j++) {
+                        const long x0 = j * g->dw - g->pw;
+                        long lo, hi;
+                        valid_range(x0, g->sw, g->w, OW, &lo, &hi);
+                        acc[i * g->kw + j] += NAME(strided_dot)(grad, row + x0, g->sw, lo, hi);
+                    }
+                }
+        }
+        for (long t = 0; t < K; t++) dw[o * K + t] += (T)acc[t];
+    }
+}
+
+/* In-place per-channel chains of inference (TEST, no backward): over x viewed as (outer, channels,
+ * inner), planes [start, stop) of the outer * channels: y = x, then if standardise y = (y - m[c]) / s[c]
+ * (BatchNorm's stored statistics), then if scale y = y * a[c] + b[c] (Scale with a bias), then if relu
+ * y = max(y, 0), in one pass with the roundings of the separate layers (y may be x). NaN stays NaN. */
+static void NAME(channel_chain)(const T *x, T *y, const T *m, const T *s, const T *a, const T *b,
+                                long channels, long inner, int standardise, int scale, int relu,
+                                long start, long stop)
+{
+    for (long p = start; p < stop; p++) {
+        const long c = p % channels;
+        const T *in = x + p * inner;
+        T *out = y + p * inner;
+        const T mc = standardise ? m[c] : 0, sc = standardise ? s[c] : 1;
+        const T ac = scale ? a[c] : 1, bc = scale ? b[c] : 0;
+        if (standardise && scale && relu)
+            for (long k = 0; k < inner; k++) {
+                const T v = (in[k] - mc) / sc * ac + bc;
+                out[k] = v < 0 ? 0 : v;
+            }
+        else
+            for (long k = 0; k < inner; k++) {
+                T v = in[k];
+                if (standardise) v = (v - mc) / sc;
+                if (scale) v = v * ac + bc;
+                if (relu) v = v < 0 ? 0 : v;
+                out[k] = v;
+            }
+    }
+}

@@ -1,0 +1,92 @@
+"""Inference chains: BatchNorm (stored statistics), Scale (with a bias) and ReLU on one blob, in one pass.
+
+ResNet's and MobileNet's every convolution is followed by BatchNorm, Scale and ReLU, each in place
+on the convolution's top and each a pass over it that only streams memory. When none of them runs
+backward (nothing is kept for it), one compiled pass computes what the three would, with their
+roundings: ((x - mean) / std) * gamma + beta, then max(., 0). The chain's layers are consecutive
+and all but the first in place, so no other blob sees an intermediate value, and the blob holds
+the same bytes as after the separate layers. The Net runs a chain only when the forward range
+holds all of it and no per-layer hooks or debug output want to see the layers one by one.
+"""
+from .layers import native
+from .threads import parallel_for, spans
+
+# Elements per chunk handed to the threads (by the shape alone, so any thread count gives the same bytes).
+CHUNK_ELEMENTS = 1 << 18
+
+
+def _is_bn(layer):
+    return layer.type == "BatchNorm" and layer.use_global_stats and hasattr(layer, "stored_statistics")
+
+
+def _is_scale(layer, bottoms):
+    return layer.type == "Scale" and len(bottoms) == 1 and layer.bias_index is not None
+
+
+def _is_relu(layer):
+    return layer.type == "ReLU" and layer.slope == 0
+
+
+def find_chains(records):
+    """{first record index: Chain} for every run of BatchNorm?, Scale?, ReLU? (two or more) on one blob."""
+    chains, i = {}, 0
+    while i < len(records):
+        members = []
+        j = i
+        for kind, test in (("bn", lambda r: _is_bn(r.layer)), ("scale", lambda r: _is_scale(r.layer, r.bottoms)),
+                           ("relu", lambda r: _is_relu(r.layer))):
+            if j >= len(records):
+                break
+            r = records[j]
+            if not test(r) or len(r.bottoms) != 1 or len(r.tops) != 1 or r.need_backward or r.loss_weights:
+                continue
+            if members and not (r.bottoms[0] is r.tops[0] is members[-1][1].tops[0]):
+                break      # past the first, each works in place on the chain's blob
+            members.append((kind, r))
+            j += 1
+        if len(members) >= 2:
+            chains[i] = Chain(i, dict(members))
+            i = j
+        else:
+            i += 1
+    return chains
+
+
+class Chain:
+    """Consecutive records [first, last] forming one BatchNorm/Scale/ReLU chain."""
+
+    def __init__(self, first, members):
+        self.first, self.members = first, members
+        self.records = list(members.values())
+        self.last = first + len(self.records) - 1
+
+    def run(self):
+        """Reshape and run the chain as one pass; False (nothing run) when the compiled kernel cannot."""
+        for r in self.records:
+            r.layer.reshape(r.bottoms, r.tops)
+        head = self.records[0]
+        x = head.bottoms[0].data
+        if native.kernels is None or not native.usable(x.dtype) or not hasattr(native.kernels, "channel_chain"):
+            return False
+        y = head.tops[0].data
+        bn, scale = self.members.get("bn"), self.members.get("scale")
+        if bn is not None:
+            outer, channels = bn.layer.view[:2]
+            mean, std = bn.layer.stored_statistics(x.dtype)
+        else:
+            outer, channels = scale.layer.view[:2]
+            mean = std = None
+        inner = x.size // (outer * channels) if outer * channels else 0
+        a = b = None
+        if scale is not None:
+            if tuple(scale.layer.view) != (outer, channels, inner):
+                return False        # Scale over other axes than BatchNorm's channels
+            a = scale.layer.operand(scale.bottoms).reshape(-1)
+            b = scale.layer.blobs[scale.layer.bias_index].data.reshape(-1)
+        if not x.size or a is not None and a.dtype != x.dtype:
+            return False
+        args = (x, y, mean, std, a, b, outer, channels, inner, bn is not None, scale is not None,
+                "relu" in self.members)
+        parts = spans(outer * channels, min(64, max(1, x.size // CHUNK_ELEMENTS)))
+        parallel_for(len(parts), lambda k: native.kernels.channel_chain(*args, parts[k]))
+        return True
