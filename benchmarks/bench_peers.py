@@ -287,9 +287,12 @@ class NetspecInfer:
         glog.configure(open(os.devnull, "w"))
         _netspec_threads(threads)
         self.threads = threads
-        self.net = Net(os.path.join(desc["dir"], "net.prototxt"), caffe_pb2.TEST)
+        # Inference as `netspec test` runs it: blobs no later layer reads share memory, except
+        # those compared against the peers.
+        self.net = Net(os.path.join(desc["dir"], "net.prototxt"), caffe_pb2.TEST, reuse_memory=True)
         self.net.copy_from(os.path.join(desc["dir"], "net.caffemodel"))
         self.ins, self.want = _load(desc)
+        self.net.keep_blobs(self.want)
 
     def run(self):
         for n, a in self.ins.items():

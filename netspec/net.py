@@ -83,6 +83,10 @@ class LayerRecord:
         self.layer.backward(self.tops, self.bottom_need_backward, self.bottoms)
 
 
+def _zero(a):
+    a.fill(0)
+
+
 class _Wiring:
     """What Net::Init tracks while it appends layers: blobs no layer has consumed yet (the
     outputs), which layer made each blob (for errors), which blobs carry a gradient, and the
@@ -156,8 +160,9 @@ class Net:
         self._reuse = ReusePlan(self, keep)
         self._reuse.apply()
 
-    def _keep_blobs(self, names):
-        """Blobs a caller will read after forward keep their memory (a new plan if any was shared)."""
+    def keep_blobs(self, names):
+        """With reuse_memory: blobs (by name) a caller will read after forward keep their own memory
+        (a new plan if any was shared). Without it, nothing to do."""
         plan = self._reuse
         if plan is None:
             return
@@ -592,7 +597,7 @@ class Net:
         i1 = self._layer_index(end, len(self.records) - 1)
         wanted = list(blobs or [])
         if wanted:
-            self._keep_blobs([name for name in wanted if name in self.blobs])
+            self.keep_blobs([name for name in wanted if name in self.blobs])
         self.forward_prefilled(i0, i1)
         names = ([self.top_names[end][0]] if end is not None else self.outputs) + wanted
         return {name: self.blobs[name].data for name in names}
@@ -647,7 +652,7 @@ class Net:
 
     def clear_param_diffs(self):
         for blob, _, _ in self._learnable:
-            blob.diff[...] = 0
+            threads.parallel_flat(_zero, blob.diff)
 
     def reshape(self):
         self._reshape_layers()

@@ -78,6 +78,16 @@ def test_blobs_asked_of_forward_hold_their_values():
         np.testing.assert_array_equal(got[name], want[name])
 
 
+def test_kept_blobs_hold_their_values():
+    plain, shared = build(False), build(True)
+    shared.keep_blobs(["c3", "pool"])
+    plain.forward(data=data())
+    shared.forward(data=data())
+    for name in ("c3", "pool"):
+        np.testing.assert_array_equal(shared.blobs[name].data, plain.blobs[name].data)
+    assert shared.reuses_memory
+
+
 def test_a_forward_from_a_later_layer_gives_blobs_their_own_memory():
     plain, shared = build(False), build(True)
     plain.forward(data=data())

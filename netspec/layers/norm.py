@@ -8,8 +8,12 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
+from ..threads import parallel_for, spans
 from . import native
 from .base import Layer, nbytes, prod, register, training
+
+# LRN's samples are cut into at most this many chunks for the threads (threads.py).
+SAMPLE_CHUNKS = 8
 
 
 def _keep(cache, array):
@@ -111,7 +115,7 @@ class BatchNorm(Layer):
             y = self._x_norm
             count = y.shape[0] * y.shape[2]
             means = (native.channel_sums(dy, y) / count).astype(dy.dtype)
-            native.kernels.batch_norm_grad(dy, y, means[0], means[1], self.std, dx, *y.shape)
+            native.batch_norm_grad(dy, y, means[0], means[1], self.std, dx)
         else:
             y = self._x_norm
             grad = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
@@ -269,22 +273,42 @@ class LRN(Layer):
             return _window_sum(_window_sum(a, 2, self.size), 3, self.size)
         return _window_sum(a, 1, self.size)
 
+    def _samples(self, x):
+        """Each sample normalises alone: chunks of samples for the threads (by shape alone)."""
+        return spans(x.shape[0], min(SAMPLE_CHUNKS, x.size // (1 << 15)))
+
     def forward(self, bottom, top):
-        x = bottom[0].data
-        self.scale = self.window(x * x)
-        self.scale *= self.coeff
-        self.scale += self.k
-        np.multiply(x, self.scale ** -self.beta, out=top[0].data)
+        x, y = bottom[0].data, top[0].data
+        self.scale = scale = np.empty_like(x)     # not scratch: a caller may hold on to it
+        chunks = self._samples(x)
+
+        def chunk(k):
+            a, b = chunks[k]
+            xs = x[a:b]
+            s = self.window(xs * xs)
+            s *= self.coeff
+            s += self.k
+            scale[a:b] = s
+            np.multiply(xs, s ** -self.beta, out=y[a:b])
+
+        parallel_for(len(chunks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dy, y, x = top[0].diff, top[0].data, bottom[0].data
-        # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
-        back = self.window(dy * y / self.scale)
-        back *= x * (-2 * self.coeff * self.beta)
-        back += dy * self.scale ** -self.beta
-        bottom[0].diff[...] = back
+        dy, y, x, dx = top[0].diff, top[0].data, bottom[0].data, bottom[0].diff
+        chunks = self._samples(x)
+
+        def chunk(k):
+            a, b = chunks[k]
+            scale = self.scale[a:b]
+            # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
+            back = self.window(dy[a:b] * y[a:b] / scale)
+            back *= x[a:b] * (-2 * self.coeff * self.beta)
+            back += dy[a:b] * scale ** -self.beta
+            dx[a:b] = back
+
+        parallel_for(len(chunks), chunk)
 
 
 @register("MVN")
