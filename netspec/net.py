@@ -83,6 +83,10 @@ class LayerRecord:
         self.layer.backward(self.tops, self.bottom_need_backward, self.bottoms)
 
 
+def _zero(a):
+    a.fill(0)
+
+
 class _Wiring:
     """What Net::Init tracks while it appends layers: blobs no layer has consumed yet (the
     outputs), which layer made each blob (for errors), which blobs carry a gradient, and the
@@ -648,7 +652,7 @@ class Net:
 
     def clear_param_diffs(self):
         for blob, _, _ in self._learnable:
-            blob.diff[...] = 0
+            threads.parallel_flat(_zero, blob.diff)
 
     def reshape(self):
         self._reshape_layers()

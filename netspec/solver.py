@@ -5,6 +5,7 @@ module owns the rest: building the train and test nets, regularisation,
 gradient clipping, lr policies, the display and test log lines Caffe writes,
 and snapshots with everything needed to resume exactly.
 """
+import functools
 import os
 import time
 
@@ -19,6 +20,7 @@ from .lr_policy import advance_multistep, check_policy, learning_rate
 from .net import Net
 from .proto import caffe_pb2
 from .schema import read_net, read_solver
+from .threads import parallel_flat
 from .snapshot import (check_resume_record, lock_prefix, read_solverstate, release_prefix, resolve_learned_net,
                        snapshot_paths, write_solverstate)
 from .updates import make_rule
@@ -401,20 +403,25 @@ class Solver:
         scale = 1.0 / p.iter_size
         l1 = p.regularization_type == "L1"
         for (blob, lr_mult, decay_mult), history in zip(self.net.learnable_params, self._histories):
-            diff = blob.diff
-            if p.iter_size > 1:
-                diff *= scale
             decay = p.weight_decay * decay_mult
-            if decay:
-                term = self._scratch(diff)            # decay * data (or its sign), without a new array
-                if l1:
-                    np.sign(blob.data, out=term)
-                    term *= decay
-                else:
-                    np.multiply(blob.data, decay, out=term)
-                diff += term
-            self.rule.update(diff, history, rate * lr_mult, self.iter)
-            blob.data -= diff
+            term = self._scratch(blob.diff) if decay else blob.diff     # decay * data, without a new array
+            # Every step below is elementwise: the threads take runs of the parameter's elements.
+            parallel_flat(functools.partial(self._update_run, rate * lr_mult, decay, scale, l1),
+                          blob.diff, blob.data, term, *history)
+
+    def _update_run(self, rate, decay, scale, l1, diff, data, term, *history):
+        """apply_update's steps for one run of a parameter's elements (`term`: work space)."""
+        if self.param.iter_size > 1:
+            diff *= scale
+        if decay:
+            if l1:
+                np.sign(data, out=term)
+                term *= decay
+            else:
+                np.multiply(data, decay, out=term)
+            diff += term
+        self.rule.update(diff, list(history), rate, self.iter)
+        data -= diff
 
     def _scratch(self, like):
         """A work array shaped like `like`, carved from one buffer the size of the largest param."""

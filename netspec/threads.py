@@ -20,6 +20,7 @@ prefetch thread), runs its chunks in the calling thread, in order.
 import itertools
 import os
 import threading
+import time
 
 from .errors import NetspecError
 
@@ -175,6 +176,8 @@ def parallel_for(n, fn):
         return
     threads = get_threads() if _count is None else _count
     if n == 1 or threads == 1 or getattr(_local, "in_worker", False):
+        if trace is not None and not getattr(_local, "in_worker", False):
+            return _traced(n, fn)
         for i in range(n):
             fn(i)
         return
@@ -192,6 +195,21 @@ def parallel_for(n, fn):
         pool.run(n, fn)
     finally:
         pool.busy.release()
+
+
+# Set to a list to record, at one thread, each parallel_for call's chunk times (seconds) into it:
+# benchmarks/bench_threads.py --predict schedules them on more threads from that.
+trace = None
+
+
+def _traced(n, fn):
+    clock = time.perf_counter
+    times = []
+    for i in range(n):
+        t = clock()
+        fn(i)
+        times.append(clock() - t)
+    trace.append((getattr(fn, "__qualname__", "?"), times))
 
 
 def spans(total, parts):
@@ -216,3 +234,20 @@ def _forget_pool_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+# Elements per chunk of an elementwise pass: below about this, a chunk costs more to hand out than to run.
+FLAT_CHUNK = 1 << 16
+FLAT_CHUNKS = 8
+
+
+def parallel_flat(fn, *arrays):
+    """fn(*pieces) over matching runs of the C-contiguous `arrays` (all of one size, seen flat),
+    in parallel: for elementwise work, where each output element depends on its inputs alone."""
+    size = arrays[0].size
+    blocks = spans(size, min(FLAT_CHUNKS, size // FLAT_CHUNK))
+    if len(blocks) == 1 or not all(a.flags.c_contiguous and a.size == size for a in arrays):
+        fn(*arrays)
+        return
+    flats = [a.reshape(-1) for a in arrays]
+    parallel_for(len(blocks), lambda k: fn(*(f[blocks[k][0]:blocks[k][1]] for f in flats)))

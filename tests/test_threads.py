@@ -132,3 +132,84 @@ def test_cli_threads_flag_and_environment():
     bad_env = _run(["time", f"--model={MODEL}", "--iterations=1"], env_threads="lots")
     assert bad_env.returncode == 1 and "NETSPEC_THREADS='lots'" in bad_env.stderr
     assert "Traceback" not in bad.stderr + bad_env.stderr
+
+
+# ---- the same bytes at any thread count --------------------------------------------------------
+
+# Every layer that shares its work among threads, in shapes that cut into several chunks: a
+# stacked convolution with padding (big maps), batch-normalised and scaled; pooling; a grouped
+# convolution on small maps (the side-by-side engine, its rows in blocks); a 1x1 convolution; LRN
+# both ways; Concat, Eltwise, Split (fan-out), InnerProduct big enough to cut, then a loss.
+THREADED_NET = """
+name: "threaded"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: BATCH dim: 3 dim: 24 dim: 24 } shape { dim: BATCH } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 48 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 }
+                            bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 64 group: 2 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.05 } } }
+layer { name: "norm2" type: "LRN" bottom: "conv2" top: "norm2" lrn_param { local_size: 5 alpha: 0.01 beta: 0.75 } }
+layer { name: "norm2w" type: "LRN" bottom: "conv2" top: "norm2w"
+        lrn_param { local_size: 3 alpha: 0.01 beta: 0.75 norm_region: WITHIN_CHANNEL } }
+layer { name: "conv3" type: "Convolution" bottom: "conv1" top: "conv3"
+        convolution_param { num_output: 64 kernel_size: 1 weight_filler { type: "gaussian" std: 0.05 } } }
+layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3" pooling_param { pool: AVE kernel_size: 4 stride: 2 pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "norm2" bottom: "pool3" top: "cat" }
+layer { name: "sum" type: "Eltwise" bottom: "norm2w" bottom: "norm2" top: "sum" eltwise_param { coeff: 1 coeff: -0.5 } }
+layer { name: "cat2" type: "Concat" bottom: "cat" bottom: "sum" top: "cat2" }
+layer { name: "relu2" type: "ReLU" bottom: "cat2" top: "cat2" }
+layer { name: "ip" type: "InnerProduct" bottom: "cat2" top: "ip"
+        inner_product_param { num_output: 200 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _run_threaded_net(n, phase, batch):
+    import textwrap
+    import numpy as np
+    import netspec
+    from netspec.proto import caffe_pb2
+    from netspec.schema import parse_prototxt
+    netspec.set_threads(n)
+    netspec.set_random_seed(3)
+    text = textwrap.dedent(THREADED_NET).replace("BATCH", str(batch))
+    net = netspec.Net(parse_prototxt(text, caffe_pb2.NetParameter()), phase)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 200, batch)
+    out = {}
+    for it in range(2):     # twice: the second pass reuses every cached buffer
+        net.clear_param_diffs()
+        net.forward()
+        net.backward()
+    for name, blob in net.blobs.items():
+        out[name] = (blob.data.tobytes(), blob.diff.tobytes())
+    for name, blobs in net.params.items():
+        for j, b in enumerate(blobs):
+            out[f"{name}/{j}"] = (b.data.tobytes(), b.diff.tobytes())
+    engines = {type(rec.layer.engine).__name__ for rec in net.records if getattr(rec.layer, "engine", None)}
+    return out, engines
+
+
+@pytest.mark.parametrize("phase, batch", [("TRAIN", 8), ("TEST", 8), ("TRAIN", 1)])
+def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_threads(phase, batch, restore_threads):
+    """Batch 8 cuts by samples; batch 1 cuts the stacked convolutions' GEMMs by rows and channels."""
+    import netspec
+    from netspec.layers import conv_engines, native
+    one, engines = _run_threaded_net(1, getattr(netspec, phase), batch)
+    # The engines this net is meant to reach (when the compiled kernels are built).
+    if native.ENABLED:
+        # Batch 1: the small maps go stacked too (side by side needs several samples).
+        assert ({"StackedConv", "PointwiseConv"} | ({"ColumnConv"} if batch > 1 else set())) <= engines
+    assert conv_engines.CHUNKS > 1
+    for n in (2, 3):
+        other, _ = _run_threaded_net(n, getattr(netspec, phase), batch)
+        assert other.keys() == one.keys()
+        different = [name for name in one if one[name] != other[name]]
+        assert not different, f"{n} threads differ from 1 in {different}"

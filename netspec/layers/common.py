@@ -3,7 +3,12 @@ import numpy as np
 
 from .. import fillers
 from ..proto import caffe_pb2
+from ..threads import parallel_flat, parallel_for, spans
 from .base import Layer, register
+
+
+# GEMMs are cut into at most this many blocks for the threads (threads.py), by shape alone.
+CHUNKS = 8
 
 
 def split_at_axis(shape, axis):
@@ -56,27 +61,54 @@ class InnerProduct(Layer):
         self.M = int(np.prod(shape[:axis], dtype=np.int64))
         top[0].reshape(shape[:axis] + (self.num_output,))
 
+    def _blocks(self, n):
+        """[(start, stop)] over n output units (or input columns): the GEMMs cut into blocks of at
+        least 64, by the shape alone, for the threads; one block when the product is small."""
+        if self.M * self.K * self.num_output < (1 << 21):
+            return [(0, n)]
+        return spans(n, min(CHUNKS, n // 64))
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         w = self.blobs[0].data
-        np.matmul(x, w if self.transpose else w.T, out=y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        bias = self.blobs[1].data if self.bias_term else None
+        blocks = self._blocks(self.num_output)
+
+        def chunk(k):
+            a, b = blocks[k]
+            out = y[:, a:b]
+            np.matmul(x, w[:, a:b] if self.transpose else w[a:b].T, out=out)
+            if bias is not None:
+                out += bias[a:b]
+
+        parallel_for(len(blocks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
-        w = self.blobs[0].data
-        if self.transpose:
-            self.blobs[0].diff += x.T @ dy
-        else:
-            self.blobs[0].diff += dy.T @ x
+        w, w_diff = self.blobs[0].data, self.blobs[0].diff
+        blocks = self._blocks(self.num_output)
+
+        def weight_chunk(k):
+            a, b = blocks[k]
+            if self.transpose:
+                w_diff[:, a:b] += x.T @ dy[:, a:b]
+            else:
+                w_diff[a:b] += dy[:, a:b].T @ x
+
+        parallel_for(len(blocks), weight_chunk)
         if self.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            np.matmul(dy, w.T if self.transpose else w, out=dx)
+            columns = self._blocks(self.K)
+
+            def data_chunk(k):
+                a, b = columns[k]
+                np.matmul(dy, w[a:b].T if self.transpose else w[:, a:b], out=dx[:, a:b])
+
+            parallel_for(len(columns), data_chunk)
 
 
 @register("Softmax")
@@ -126,28 +158,37 @@ class Eltwise(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        op, out = self.layer_param.eltwise_param.operation, top[0].data
-        if op == self.Op.SUM:
-            if self.coeff[0] == 1 and self.coeff[1] == 1:     # x * 1 is x: one pass fewer
-                np.add(bottom[0].data, bottom[1].data, out=out)
-                rest = 2
-            else:
-                np.multiply(bottom[0].data, self.coeff[0], out=out)
-                rest = 1
-            for c, b in zip(self.coeff[rest:], bottom[rest:]):
-                out += c * b.data if c != 1 else b.data
-        elif op == self.Op.PROD:
-            np.multiply(bottom[0].data, bottom[1].data, out=out)
-            for b in bottom[2:]:
-                out *= b.data
+        op = self.layer_param.eltwise_param.operation
+        if op in (self.Op.SUM, self.Op.PROD):
+            parallel_flat(self._sum_or_product, top[0].data, *(b.data for b in bottom))
         else:
             # The first bottom holding the maximum wins ties, as in Caffe (strictly greater replaces).
             stacked = np.stack([b.data for b in bottom])
             self.argmax = stacked.argmax(axis=0)
-            np.max(stacked, axis=0, out=out)
+            np.max(stacked, axis=0, out=top[0].data)
+
+    def _sum_or_product(self, out, *inputs):
+        if self.layer_param.eltwise_param.operation == self.Op.SUM:
+            if self.coeff[0] == 1 and self.coeff[1] == 1:     # x * 1 is x: one pass fewer
+                np.add(inputs[0], inputs[1], out=out)
+                rest = 2
+            else:
+                np.multiply(inputs[0], self.coeff[0], out=out)
+                rest = 1
+            for c, x in zip(self.coeff[rest:], inputs[rest:]):
+                out += c * x if c != 1 else x
+        else:
+            np.multiply(inputs[0], inputs[1], out=out)
+            for x in inputs[2:]:
+                out *= x
 
     def backward(self, top, propagate_down, bottom):
         p = self.layer_param.eltwise_param
+        if p.operation == self.Op.SUM:
+            for i, b in enumerate(bottom):
+                if propagate_down[i]:
+                    parallel_flat(lambda dy, dx, c=self.coeff[i]: np.multiply(dy, c, out=dx), top[0].diff, b.diff)
+            return
         dy = top[0].diff
         for i, b in enumerate(bottom):
             if not propagate_down[i]:

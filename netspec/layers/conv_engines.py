@@ -11,6 +11,11 @@ delegate to it. All do one grouped GEMM over the batch on im2col columns:
     StackedConv     stacked (N, C*K, P), a part of the samples at a time; im2col/col2im by
                     the compiled kernels for 2-D when they are built (`window`), else numpy's
 
+The compiled engines (and PointwiseConv) share each layer call among netspec's threads
+(threads.py): StackedConv by chunks of samples, each summing its own weight-gradient part,
+added up in chunk order; ColumnConv by blocks of output rows (forward and weight gradient,
+so no partial sums) and chunks of samples (columns and data gradient).
+
 What forward leaves for backward is one thing in every engine: `kept_columns[i]`, the
 columns of bottom i, kept when backward will run (`runs_backward`) and they fit
 COLUMN_BUDGET; None means backward builds them again.
@@ -23,6 +28,15 @@ from . import native
 from ..threads import parallel_for, spans
 from .base import scratch
 from .im2col import COLUMN_BUDGET, add_weight_grad
+from ..threads import parallel_for, spans
+
+# Work is cut into about this many chunks (of samples, or of output rows), whatever the thread
+# count, so that results do not depend on it and a descheduled thread holds up little.
+CHUNKS = 8
+# Fewest output rows in one chunk of a GEMM cut by rows: thinner products lose BLAS speed.
+MIN_CHUNK_ROWS = 16
+# Below this many samples, stacked convolutions cut each sample's work by rows and channels.
+SMALL_BATCH = 4
 
 
 def choose_engine(layer, dtype):
@@ -182,51 +196,201 @@ class StackedConv(ConvEngine):
         else:
             self.im2col(image[part], cols)
 
+    def by_rows(self):
+        """Fewer samples than SMALL_BATCH (and compiled, or 1x1): the threads split each sample's
+        GEMMs by output rows, and its im2col/col2im by channels, instead of taking samples."""
+        return 0 < self.geom.num < SMALL_BATCH and (self.window is not None or self.layer.pointwise)
+
+    def channel_chunks(self, part):
+        """[(sample, first channel, end channel)] over the samples of `part`: im2col/col2im work items."""
+        g = self.geom
+        blocks = spans(g.channels, CHUNKS if g.rows * g.out_count >= (1 << 15) else 1)
+        return [(n, c0, c1) for n in range(part.start, part.stop) for c0, c1 in blocks]
+
+    def sub_window(self, channels):
+        return (channels,) + self.window[1:]
+
     def forward_one(self, i, b, w, bias, y):
         g, group = self.geom, self.layer.group
         keep = self.keeps_columns()
+        col = self.col_buffer(f"col{i}", g.num, y.dtype) if keep else None
+        if self.by_rows():
+            self.forward_by_rows(b, w, bias, y, col)
+            return col
         image = self.bottom_image(b) if self.window is None else None
-        parts = g.sample_parts()
-        col = self.col_buffer(f"col{i}", g.num if keep else parts[0].stop, y.dtype, shared=not keep)
-        for part in parts:
-            cols = col[part] if keep else col[:part.stop - part.start]
+        parts = g.sample_parts(CHUNKS)
+        biggest = parts[0].stop - parts[0].start
+
+        def chunk(k):
+            part = parts[k]
+            if keep:
+                cols = col[part]
+            else:   # each thread's own work buffer
+                cols = self.col_buffer(None, biggest, y.dtype, shared=True)[:part.stop - part.start]
             self.stacked_im2col(b, image, cols, part)
-            np.matmul(w, g.grouped(cols, group), out=g.grouped(y[part], group))
-        if bias is not None:
-            y += bias[:, None]
-        return col if keep else None
+            out = y[part]
+            np.matmul(w, g.grouped(cols, group), out=g.grouped(out, group))
+            if bias is not None:
+                out += bias[:, None]
+
+        parallel_for(len(parts), chunk)
+        return col
+
+    def part_columns(self, b, part, col, dtype, build):
+        """By rows: the columns of the samples in `part`, in `col` (kept ones) or this thread's
+        buffer, built (`build`) by channel blocks in parallel; for 1x1, the bottom itself."""
+        g = self.geom
+        if self.layer.pointwise:
+            return b.data.reshape(g.num, g.channels, g.out_count)[part]
+        cols = col[part] if col is not None else self.col_buffer(None, part.stop - part.start, dtype, shared=True)
+        if not build:
+            return cols
+        x = b.data.reshape(g.num, -1)
+        items = self.channel_chunks(part)
+        K, P, HW = g.kernel_count, g.out_count, math.prod(g.spatial)
+
+        def chunk(k):
+            n, c0, c1 = items[k]
+            rows = (c1 - c0) * K
+            native.kernels.im2col(x[n, c0 * HW:], cols[n - part.start].reshape(-1)[c0 * K * P:],
+                                  self.sub_window(c1 - c0), 0, 1, P, rows * P)
+
+        parallel_for(len(items), chunk)
+        return cols
+
+    def forward_by_rows(self, b, w, bias, y, col):
+        g, group = self.geom, self.layer.group
+        blocks = row_blocks(self.layer)
+        rows_per_group = self.layer.num_output // group
+        for part in g.sample_parts():
+            cols_g = g.grouped(self.part_columns(b, part, col, y.dtype, build=True), group)
+            y_g = y[part].reshape(part.stop - part.start, group, rows_per_group, g.out_count)
+
+            def chunk(k):
+                gs, rs = blocks[k]
+                out = y_g[:, gs, rs]
+                np.matmul(w[gs, rs], cols_g[:, gs], out=out)
+                if bias is not None:
+                    out += bias.reshape(group, rows_per_group)[gs, rs, None]
+
+            parallel_for(len(blocks), chunk)
+
+    def backward_by_rows(self, b, dy, acc, dx, col):
+        """Each part's weight gradient by row blocks (added to acc part after part, in order), and
+        its data gradient by channel blocks: dcol rows, then col2im (or, for 1x1, dx itself)."""
+        g, group = self.geom, self.layer.group
+        blocks = row_blocks(self.layer)
+        K, P, HW = g.kernel_count, g.out_count, math.prod(g.spatial)
+        wt = self.layer.grouped_weights().transpose(0, 2, 1) if dx is not None else None
+        for part in g.sample_parts():
+            cols = self.part_columns(b, part, col, dy.dtype, build=col is None)
+            cols_g = g.grouped(cols, 1 if self.fold_bias else group)
+            dt = g.grouped(dy[part], group)
+
+            def weight_chunk(k):
+                gs, rs = blocks[k]
+                add_weight_grad(dt[:, gs, rs], cols_g if self.fold_bias else cols_g[:, gs], acc[gs, rs])
+
+            parallel_for(len(blocks), weight_chunk)
+            if dx is None:
+                continue
+            if group > 1:       # dcol by channel blocks needs one group: each sample whole
+                self.data_grad_samples(wt, dt, dx, part)
+                continue
+            items = self.channel_chunks(part)
+            flat_dx = dx.reshape(g.num, -1)
+
+            def data_chunk(k):
+                n, c0, c1 = items[k]
+                d = dt[n - part.start, 0]
+                if self.layer.pointwise:
+                    np.matmul(wt[0, c0:c1], d, out=flat_dx[n, c0 * P:c1 * P].reshape(c1 - c0, P))
+                    return
+                rows = (c1 - c0) * K
+                dcol = scratch(None, "conv_dcol", (rows, P), dy.dtype)
+                np.matmul(wt[0, c0 * K:c1 * K], d, out=dcol)
+                native.kernels.col2im(dcol, flat_dx[n, c0 * HW:], self.sub_window(c1 - c0), 0, 1, P, rows * P)
+
+            parallel_for(len(items), data_chunk)
+
+    def data_grad_samples(self, wt, dt, dx, part):
+        g = self.geom
+        for n in range(part.start, part.stop):
+            d = scratch(None, "conv_dcol", (1, g.rows, g.out_count), dt.dtype)
+            np.matmul(wt, dt[n - part.start:n - part.start + 1], out=g.grouped(d, self.layer.group))
+            if self.layer.pointwise:
+                np.copyto(dx[n].reshape(d.shape[1:]), d[0])
+            else:
+                native.kernels.col2im(d, dx, self.window, n, n + 1, g.out_count, g.rows * g.out_count)
 
     def backward_one(self, b, dy, acc, dx, col):
+        if self.by_rows():
+            return self.backward_by_rows(b, dy, acc, dx, col)
         g, group = self.geom, self.layer.group
         dtype = dy.dtype
         compiled = self.window is not None      # col2im straight into dx
-        dimage = g.grad_image(None, "conv_dimage", dx) if dx is not None and not compiled else None
+        direct_dx = self.layer.pointwise        # 1x1: the GEMM writes dx, nothing to fold back
+        dimage = g.grad_image(None, "conv_dimage", dx) if dx is not None and not (compiled or direct_dx) else None
         rebuild = col is None       # columns not kept: build each part's again
         image = self.bottom_image(b) if rebuild and not compiled else None
-        parts = g.sample_parts()
+        parts = g.sample_parts(CHUNKS)
+        biggest = parts[0].stop - parts[0].start
         if dimage is not None:
             dimage.fill(0)
-        if dx is not None:
-            wt = self.layer.grouped_weights().transpose(0, 2, 1)     # (G, Kg, M/G)
-            dcol = scratch(None, "conv_dcol", (parts[0].stop, g.rows, g.out_count), dtype)
-        for part in parts:
+        wt = self.layer.grouped_weights().transpose(0, 2, 1) if dx is not None else None    # (G, Kg, M/G)
+        # One weight-gradient part per chunk, summed in chunk order: the same bytes for any thread count.
+        partials = scratch(self.layer, "weight_grad_parts", (len(parts),) + acc.shape, dtype)
+
+        def chunk(k):
+            part = parts[k]
             if rebuild:
-                cols = self.col_buffer(None, parts[0].stop, dtype, shared=True)[:part.stop - part.start]
+                cols = self.col_buffer(None, biggest, dtype, shared=True)[:part.stop - part.start]
                 self.stacked_im2col(b, image, cols, part)
             else:
                 cols = col[part]
             dt = g.grouped(dy[part], group)
-            add_weight_grad(dt, g.grouped(cols, 1 if self.fold_bias else group), acc)
-            if dx is not None:
-                d = dcol[:part.stop - part.start]
+            partials[k].fill(0)
+            add_weight_grad(dt, g.grouped(cols, 1 if self.fold_bias else group), partials[k])
+            if dx is not None and direct_dx:
+                np.matmul(wt, dt, out=g.grouped(dx[part].reshape(-1, g.channels, g.out_count), group))
+            elif dx is not None:
+                d = scratch(None, "conv_dcol", (biggest, g.rows, g.out_count), dtype)[:part.stop - part.start]
                 np.matmul(wt, dt, out=g.grouped(d, group))
                 if compiled:
                     native.kernels.col2im(d, dx, self.window, part.start, part.stop, g.out_count,
                                           g.rows * g.out_count)
                 else:
                     g.add_windows(d, dimage[part])
+
+        parallel_for(len(parts), chunk)
+        add_in_order(acc, partials)
         if dimage is not None:
             g.store_image(dimage, dx)
+
+
+def row_blocks(layer):
+    """[(groups slice, rows slice)]: the output rows cut for the GEMMs, by groups when there
+    are many, else each group's rows in blocks of at least MIN_CHUNK_ROWS."""
+    group, rows = layer.group, layer.num_output // layer.group
+    if group >= CHUNKS:
+        return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
+    per_group = max(1, min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS))
+    return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
+
+
+def add_in_order(acc, partials):
+    """acc += partials[0] + partials[1] + ..., in that order, over element blocks in parallel."""
+    flat = acc.reshape(-1)
+    assert np.shares_memory(flat, acc), "acc must be contiguous"
+    parts = partials.reshape(len(partials), -1)
+    blocks = spans(flat.size, min(CHUNKS, max(1, flat.size >> 15)))
+
+    def chunk(k):
+        lo, hi = blocks[k]
+        for p in parts:
+            flat[lo:hi] += p[lo:hi]
+
+    parallel_for(len(blocks), chunk)
 
 
 class PointwiseConv(StackedConv):
@@ -240,19 +404,26 @@ class PointwiseConv(StackedConv):
         return self.bottom_image(b).reshape(g.num, g.channels, g.out_count)
 
     def forward_one(self, i, b, w, bias, y):
-        group = self.layer.group
-        np.matmul(w, self.geom.grouped(self.columns(b), group), out=self.geom.grouped(y, group))
-        if bias is not None:
-            y += bias[:, None]
+        if self.by_rows():
+            self.forward_by_rows(b, w, bias, y, None)
+            return None
+        g, group = self.geom, self.layer.group
+        x = self.columns(b)
+        parts = g.sample_parts(CHUNKS)
+
+        def chunk(k):
+            out = y[parts[k]]
+            np.matmul(w, g.grouped(x[parts[k]], group), out=g.grouped(out, group))
+            if bias is not None:
+                out += bias[:, None]
+
+        parallel_for(len(parts), chunk)
         return None
 
     def backward_one(self, b, dy, acc, dx, col):
-        g, group = self.geom, self.layer.group
-        dt = g.grouped(dy, group)
-        add_weight_grad(dt, g.grouped(self.columns(b), group), acc)
-        if dx is not None:      # the data gradient's columns are dx itself: written by the GEMM
-            wt = self.layer.grouped_weights().transpose(0, 2, 1)
-            np.matmul(wt, dt, out=g.grouped(dx.reshape(g.num, g.channels, g.out_count), group))
+        # StackedConv's threaded backward on the bottom as columns; the data gradient's columns
+        # are dx itself, written by the GEMM (see `direct_dx`).
+        super().backward_one(b, dy, acc, dx, self.columns(b))
 
 
 class ColumnConv(ConvEngine):
@@ -273,11 +444,20 @@ class ColumnConv(ConvEngine):
 
     def _columns(self, owner, name, x, n0, n1):
         """The columns of samples [n0, n1) of x, with the ones row when the bias is folded;
-        kept on `owner` as `name`, or (owner None) in the shared work pool."""
+        kept on `owner` as `name`, or (owner None) in the shared work pool. Built by chunks
+        of samples in parallel, each writing its own column range."""
         g = self.geom
         shape = (g.rows + (1 if self.fold_bias else 0), (n1 - n0) * g.out_count)
         col = scratch(owner, name, shape, x.dtype)
-        native.kernels.im2col(x, col, self.window, n0, n1, shape[1], g.out_count)
+        flat, P = col.reshape(-1), g.out_count
+        chunks = spans(n1 - n0, CHUNKS)
+
+        def chunk(k):
+            a, b = chunks[k]
+            # A flat view from sample a's first column: rows stay shape[1] apart.
+            native.kernels.im2col(x, flat[a * P:], self.window, n0 + a, n0 + b, shape[1], P)
+
+        parallel_for(len(chunks), chunk)
         if self.fold_bias:
             col[-1] = 1
         return col
@@ -290,31 +470,60 @@ class ColumnConv(ConvEngine):
         g, num_output = self.geom, self.layer.num_output
         x = b.data.reshape((g.num, g.channels) + g.spatial)
         keep = self.layer.runs_backward and len(self.parts) == 1
+        blocks = row_blocks(self.layer)
+        rows_per_group = num_output // self.layer.group
         for n0, n1 in self.parts:
             col = self._columns(self.layer, f"col{i}", x, n0, n1) if keep else \
                 self._columns(None, "conv_cols", x, n0, n1)
             out = scratch(None, "conv_out", (num_output, col.shape[1]), x.dtype)
-            np.matmul(w, self._grouped(col), out=self._grouped(out))
-            np.copyto(y[n0:n1], out.reshape(num_output, n1 - n0, g.out_count).transpose(1, 0, 2))
-        if bias is not None:
-            y += bias[:, None]
+            col_g, out_g = self._grouped(col), self._grouped(out)
+            y_g = y[n0:n1].reshape(n1 - n0, self.layer.group, rows_per_group, g.out_count)
+
+            def chunk(k):
+                gs, rs = blocks[k]
+                o = out_g[gs, rs]
+                np.matmul(w[gs, rs], col_g[gs], out=o)
+                # (groups, rows, samples * P) -> y's (samples, groups, rows, P)
+                target = y_g[:, gs, rs]
+                np.copyto(target, o.reshape(o.shape[:2] + (n1 - n0, g.out_count)).transpose(2, 0, 1, 3))
+                if bias is not None:
+                    target += bias.reshape(self.layer.group, rows_per_group)[gs, rs, None]
+
+            parallel_for(len(blocks), chunk)
         return col if keep else None
 
     def backward_one(self, b, dy, acc, dx, col):
         g, num_output = self.geom, self.layer.num_output
         x = b.data.reshape((g.num, g.channels) + g.spatial)
         wt = self.layer.grouped_weights().transpose(0, 2, 1)
+        blocks = row_blocks(self.layer)
+        group, rows_per_group, P = self.layer.group, num_output // self.layer.group, g.out_count
         for n0, n1 in self.parts:
             if col is None or len(self.parts) > 1:
                 col = self._columns(None, "conv_cols", x, n0, n1)
             dt = scratch(None, "conv_dtop", (num_output, col.shape[1]), dy.dtype)
-            np.copyto(dt.reshape(num_output, n1 - n0, g.out_count), dy[n0:n1].transpose(1, 0, 2))
-            dt_g = self._grouped(dt)
-            add_weight_grad(dt_g, self._grouped(col), acc)
-            if dx is not None:
-                dcol = scratch(None, "conv_dcol", (g.rows, col.shape[1]), dy.dtype)
-                np.matmul(wt, dt_g, out=self._grouped(dcol))
-                native.kernels.col2im(dcol, dx, self.window, n0, n1, col.shape[1], g.out_count)
+            dt_g, col_g = self._grouped(dt), self._grouped(col)
+            dy_g = dy[n0:n1].reshape(n1 - n0, group, rows_per_group, P)
+
+            def weight_chunk(k):
+                # dtop's rows for this block, then their weight gradient: each block its own rows of acc.
+                gs, rs = blocks[k]
+                d = dt_g[gs, rs]
+                np.copyto(d.reshape(d.shape[:2] + (n1 - n0, P)), dy_g[:, gs, rs].transpose(1, 2, 0, 3))
+                add_weight_grad(d, col_g if self.fold_bias else col_g[gs], acc[gs, rs])
+
+            parallel_for(len(blocks), weight_chunk)
+            if dx is None:
+                continue
+            samples = spans(n1 - n0, CHUNKS)
+
+            def data_chunk(k):
+                a, b_ = samples[k]
+                dcol = scratch(None, "conv_dcol", (g.rows, (b_ - a) * P), dy.dtype)
+                np.matmul(wt, dt_g[:, :, a * P:b_ * P], out=self._grouped(dcol))
+                native.kernels.col2im(dcol, dx, self.window, n0 + a, n0 + b_, dcol.shape[1], P)
+
+            parallel_for(len(samples), data_chunk)
 
 
 class DepthwiseConv(ConvEngine):

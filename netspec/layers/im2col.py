@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..threads import spans
 from .base import scratch
 
 # Below this output width, batch-inner columns are used (see the module docstring).
@@ -225,11 +226,13 @@ class ConvGeometry:
         step = max(1, COL2IM_PART // (self.kernel_count * self.num * self.out_count))
         return [slice(c, min(self.channels, c + step)) for c in range(0, self.channels, step)]
 
-    def sample_parts(self):
-        """Stacked: sample slices whose columns hold about COL2IM_PART elements (kept in cache);
+    def sample_parts(self, at_least=1):
+        """Stacked: even sample slices whose columns hold at most about COL2IM_PART elements (kept
+        in cache), and at least `at_least` of them (as the batch allows), the first the largest;
         one empty slice for an empty batch, so callers always have a first part to size by."""
-        step = max(1, COL2IM_PART // (self.rows * self.out_count))
-        return [slice(n, min(self.num, n + step)) for n in range(0, self.num, step)] or [slice(0, 0)]
+        step = max(1, COL2IM_PART // max(1, self.rows * self.out_count))
+        count = max(-(-self.num // step), min(self.num, at_least))
+        return [slice(a, b) for a, b in spans(self.num, count)]
 
     def keeps_columns(self, rows):
         """Whether the whole batch's columns (rows x positions x samples) fit COLUMN_BUDGET;

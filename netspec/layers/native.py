@@ -12,6 +12,11 @@ import os
 
 import numpy as np
 
+from ..threads import FLAT_CHUNK, parallel_for, spans
+
+# The per-channel kernels run over at most this many chunks at once (threads.py).
+CHUNKS = 8
+
 
 try:
     from .. import _native as kernels
@@ -38,15 +43,60 @@ def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))
 
 
+def _outer_chunks(outer, channels, inner):
+    """How the per-channel kernels cut (outer, C, inner) data for the threads (by shape alone):
+    [(outer slice, channel slice)], by outer index (samples) when there are several, else by channel."""
+    size = outer * channels * inner
+    count = min(CHUNKS, size // FLAT_CHUNK)
+    if outer > 1:
+        return [(slice(a, b), slice(None)) for a, b in spans(outer, count)]
+    return [(slice(None), slice(a, b)) for a, b in spans(channels, count)]
+
+
 def channel_affine(x, y, a, b, standardise):
     """y = (x - a[c]) / b[c] if standardise else x * a[c] + b[c], over x and y of shape (outer, C, inner)."""
-    outer, channels, inner = x.shape
-    kernels.channel_affine(x, y, a, b, outer, channels, inner, standardise)
+    a, b = a.reshape(-1), b.reshape(-1)
+    chunks = _outer_chunks(*x.shape)
+
+    def chunk(k):
+        o, c = chunks[k]
+        xs = x[o, c]
+        kernels.channel_affine(xs, y[o, c], a[c], b[c], *xs.shape, standardise)
+
+    parallel_for(len(chunks), chunk)
 
 
 def channel_sums(dy, x):
-    """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays."""
+    """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays.
+
+    With several samples each chunk of them sums into its own row, and the rows are added in
+    chunk order: the same bytes whatever the thread count."""
     outer, channels, inner = dy.shape
-    sums = np.empty((2, channels))
-    kernels.channel_sums(dy, x, sums[0], sums[1], outer, channels, inner)
+    chunks = _outer_chunks(outer, channels, inner)
+    parts = np.empty((len(chunks), 2, channels))
+
+    def chunk(k):
+        o, c = chunks[k]
+        d = dy[o, c]
+        kernels.channel_sums(d, x[o, c], parts[k, 0, c], parts[k, 1, c], *d.shape)
+
+    parallel_for(len(chunks), chunk)
+    if outer <= 1:      # chunks by channel: each row holds its channels' sums alone
+        return np.concatenate([parts[k][:, c] for k, (_, c) in enumerate(chunks)], axis=1)
+    sums = parts[0]
+    for p in parts[1:]:
+        sums += p
     return sums
+
+
+def batch_norm_grad(dy, y, mean_dy, mean_dyy, std, dx):
+    """dx = (dy - mean_dy[c] - y * mean_dyy[c]) / std[c] over (outer, C, inner) arrays; dx may be dy."""
+    mean_dy, mean_dyy, std = mean_dy.reshape(-1), mean_dyy.reshape(-1), std.reshape(-1)
+    chunks = _outer_chunks(*dy.shape)
+
+    def chunk(k):
+        o, c = chunks[k]
+        d = dy[o, c]
+        kernels.batch_norm_grad(d, y[o, c], mean_dy[c], mean_dyy[c], std[c], dx[o, c], *d.shape)
+
+    parallel_for(len(chunks), chunk)

@@ -10,6 +10,7 @@ import numpy as np
 from .. import fillers
 from ..proto import caffe_pb2
 from ..rng import get_rng
+from ..threads import parallel_flat
 from .base import Layer, nbytes, register, scratch, training
 
 
@@ -65,13 +66,20 @@ class ReLU(Neuron):
         return super().work_bytes(bottom, top) + mask
 
     def compute(self, x, out):
+        parallel_flat(self._compute, x, out)
+
+    def _compute(self, x, out):
         if self.slope == 0:
             np.maximum(x, 0, out=out)
         else:
             out[...] = np.where(x > 0, x, x * self.slope)
 
     def gradient(self, x, y, dy, dx):
-        positive = np.greater(x if self.keeps_input else y, 0, out=scratch(self, "positive", x.shape, np.bool_))
+        positive = scratch(self, "positive", x.shape, np.bool_)
+        parallel_flat(self._gradient, x if self.keeps_input else y, dy, dx, positive)
+
+    def _gradient(self, sign_of, dy, dx, positive):
+        np.greater(sign_of, 0, out=positive)
         if self.slope == 0:
             # Caffe's dy * (x > 0): one multiply by the mask, no temporaries (0 * inf is NaN in both).
             np.multiply(dy, positive, out=dx)

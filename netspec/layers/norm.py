@@ -8,9 +8,12 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
+from ..threads import parallel_for, spans
 from . import native
-from ..threads import parallel_for
 from .base import Layer, nbytes, prod, register, training
+
+# LRN's samples are cut into at most this many chunks for the threads (threads.py).
+SAMPLE_CHUNKS = 8
 
 
 def _keep(cache, array):
@@ -112,7 +115,7 @@ class BatchNorm(Layer):
             y = self._x_norm
             count = y.shape[0] * y.shape[2]
             means = (native.channel_sums(dy, y) / count).astype(dy.dtype)
-            native.kernels.batch_norm_grad(dy, y, means[0], means[1], self.std, dx, *y.shape)
+            native.batch_norm_grad(dy, y, means[0], means[1], self.std, dx)
         else:
             y = self._x_norm
             grad = dy - dy.mean(axis=(0, 2))[:, None] - y * np.mean(dy * y, axis=(0, 2))[:, None]
@@ -272,37 +275,45 @@ class LRN(Layer):
             return _window_sum(_window_sum(a, 2, self.size), 3, self.size)
         return _window_sum(a, 1, self.size)
 
-    def scale_of(self, x):
-        scale = self.window(x * x)
-        scale *= self.coeff
-        scale += self.k
-        return scale
+    def _samples(self, x):
+        """Each sample normalises alone: chunks of samples for the threads (by shape alone)."""
+        return spans(x.shape[0], min(SAMPLE_CHUNKS, x.size // (1 << 15)))
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
-        if self.runs_backward:
-            self.scale = self.scale_of(x)       # backward reads it
-            np.multiply(x, self.scale ** -self.beta, out=y)
-            return
-        # Nothing kept: one sample at a time (the windows never cross samples, so the same bytes),
-        # with temporaries of one sample instead of four of the batch, on netspec's threads.
-        self.scale = None
+        # Backward reads the scale; without one nothing is kept, and the temporaries are a chunk's.
+        keep = self.runs_backward
+        self.scale = scale = np.empty_like(x) if keep else None     # not scratch: a caller may hold on to it
+        chunks = self._samples(x)
 
-        def sample(n):
-            part = slice(n, n + 1)
-            np.multiply(x[part], self.scale_of(x[part]) ** -self.beta, out=y[part])
+        def chunk(k):
+            a, b = chunks[k]
+            xs = x[a:b]
+            s = self.window(xs * xs)
+            s *= self.coeff
+            s += self.k
+            if keep:
+                scale[a:b] = s
+            np.multiply(xs, s ** -self.beta, out=y[a:b])
 
-        parallel_for(x.shape[0], sample)
+        parallel_for(len(chunks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dy, y, x = top[0].diff, top[0].data, bottom[0].data
-        # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
-        back = self.window(dy * y / self.scale)
-        back *= x * (-2 * self.coeff * self.beta)
-        back += dy * self.scale ** -self.beta
-        bottom[0].diff[...] = back
+        dy, y, x, dx = top[0].diff, top[0].data, bottom[0].data, bottom[0].diff
+        chunks = self._samples(x)
+
+        def chunk(k):
+            a, b = chunks[k]
+            scale = self.scale[a:b]
+            # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
+            back = self.window(dy[a:b] * y[a:b] / scale)
+            back *= x[a:b] * (-2 * self.coeff * self.beta)
+            back += dy[a:b] * scale ** -self.beta
+            dx[a:b] = back
+
+        parallel_for(len(chunks), chunk)
 
 
 @register("MVN")

@@ -6,7 +6,11 @@ select by index or reduce (Filter, ArgMax, Embed, ...) are in indexing.py.
 """
 import numpy as np
 
+from ..threads import parallel_flat, parallel_for, spans
 from .base import Layer, prod, register
+
+# Samples are cut into at most this many chunks for Concat's copies (threads.py).
+SAMPLE_CHUNKS = 8
 
 
 @register("Split")
@@ -26,10 +30,13 @@ class Split(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        diff = bottom[0].diff
-        diff[...] = top[0].diff
-        for t in top[1:]:
-            diff += t.diff
+        parallel_flat(self._sum, bottom[0].diff, *(t.diff for t in top))
+
+    @staticmethod
+    def _sum(diff, *top_diffs):
+        np.copyto(diff, top_diffs[0])
+        for d in top_diffs[1:]:
+            diff += d
 
 
 class _View(Layer):
@@ -130,19 +137,40 @@ class Concat(Layer):
             top[0].share_data(bottom[0])
             top[0].share_diff(bottom[0])
 
+    def _sample_chunks(self, top):
+        """Concatenation past axis 0 copies each sample's parts alone: chunks of samples, in parallel."""
+        shape = top[0].shape
+        if self.axis == 0 or not shape:
+            return [(None, None)]
+        return spans(shape[0], min(SAMPLE_CHUNKS, top[0].count // (1 << 16)))
+
     def forward(self, bottom, top):
-        if len(bottom) > 1:
-            np.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
+        if len(bottom) == 1:
+            return
+        chunks = self._sample_chunks(top)
+
+        def chunk(k):
+            a, b_ = chunks[k]
+            np.concatenate([b.data[a:b_] for b in bottom], axis=self.axis, out=top[0].data[a:b_])
+
+        parallel_for(len(chunks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         if len(bottom) == 1:
             return
-        start = 0
-        for b, down in zip(bottom, propagate_down):
-            stop = start + b.shape[self.axis]
-            if down:
-                b.diff[...] = top[0].diff[_slicer(self.axis, start, stop)]
-            start = stop
+        chunks = self._sample_chunks(top)
+
+        def chunk(k):
+            a, b_ = chunks[k]
+            diff = top[0].diff[a:b_]
+            start = 0
+            for b, down in zip(bottom, propagate_down):
+                stop = start + b.shape[self.axis]
+                if down:
+                    b.diff[a:b_] = diff[_slicer(self.axis, start, stop)]
+                start = stop
+
+        parallel_for(len(chunks), chunk)
 
 
 @register("Slice")

@@ -8,8 +8,12 @@ strictly larger row gives Caffe's tie rule (the first maximum in row-major windo
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..threads import FLAT_CHUNK, parallel_for, spans
 from . import native
 from .base import FLT_MIN, scratch
+
+# The compiled kernels run over at most this many chunks of planes at once (threads.py).
+PLANE_CHUNKS = 8
 
 
 def _as_flags(idx):
@@ -205,9 +209,23 @@ class WindowPool:
             top3 += view
         top3 /= self.pool_size
 
+    def _plane_chunks(self, kernel, *arrays):
+        """kernel(*pieces, window, planes) over chunks of planes in parallel; each array is viewed
+        (planes, plane size) and cut at the same planes."""
+        if not self.planes:
+            return
+        flats = [a.reshape(self.planes, -1) for a in arrays]
+        chunks = spans(self.planes, min(PLANE_CHUNKS, self.planes * self.height * self.width // FLAT_CHUNK))
+
+        def chunk(k):
+            a, b = chunks[k]
+            kernel(*(f[a:b] for f in flats), self.window, b - a)
+
+        parallel_for(len(chunks), chunk)
+
     def _forward_compiled(self, x, top3, mask_out, backward=True):
         if self.method == "ave":
-            native.kernels.ave_pool(x, top3, self.window, self.planes)
+            self._plane_chunks(native.kernels.ave_pool, x, top3)
             return
         if backward or mask_out is not None:
             argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
@@ -217,7 +235,7 @@ class WindowPool:
             # comes anyway finds them again from the input.
             argmax = scratch(None, "pool_argmax", self._out_shape(), np.int32)
             self.state.argmax, self.state.image = None, x
-        native.kernels.max_pool(x, top3, argmax, self.window, self.planes)
+        self._plane_chunks(native.kernels.max_pool, x, top3, argmax)
         if mask_out is not None:
             np.copyto(mask_out.reshape(argmax.shape), argmax)
 
@@ -308,11 +326,11 @@ class WindowPool:
         dtop3 = dtop.reshape(self._out_shape())
         if self.window is not None:
             if self.method == "ave":
-                return native.kernels.ave_unpool(dtop3, dx, self.window, self.planes)
+                return self._plane_chunks(native.kernels.ave_unpool, dtop3, dx)
             if self.state.argmax is None:      # forward kept no winners (no backward was expected)
                 self._forward_compiled(self.state.image, scratch(self, "top_again", self._out_shape(), self.dtype),
                                        None)
-            return native.kernels.max_unpool(dtop3, self.state.argmax, dx, self.window, self.planes)
+            return self._plane_chunks(native.kernels.max_unpool, dtop3, self.state.argmax, dx)
         if self.is_global:
             return self._backward_global(dtop3, dx)
         if self.direct:
