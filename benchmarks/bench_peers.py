@@ -830,7 +830,7 @@ def machine_lines(found, blas):
     lines.append("peers: " + (", ".join(have) or "none"))
     lines.append("missing (their columns are empty): " + (", ".join(missing) or "none"))
     try:
-        lines.append("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        lines.append("load average (1, 5, 15 min) as the run ended: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     except OSError:
         pass
     return lines

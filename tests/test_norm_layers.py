@@ -330,3 +330,18 @@ def test_param_gradients_accumulate(text, bottoms):
     layer.backward(top, [True] * len(bottom), bottom)
     for p, g in zip(layer.blobs, once):
         assert np.any(g != 0) and np.allclose(p.diff, 2 * g)
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_without_backward_gives_the_same_bytes_a_sample_at_a_time(region):
+    x = np.random.default_rng(8).standard_normal((3, 7, 5, 4))
+    text = f'type: "LRN" lrn_param {{ local_size: 5 alpha: 0.75 beta: 0.625 k: 2 norm_region: {region} }}'
+    tops = []
+    for runs_backward in (True, False):
+        with precision(np.float32):
+            layer, bottom, top = build(text, [x])
+        layer.runs_backward = runs_backward
+        layer.forward(bottom, top)
+        tops.append(top[0].data.copy())
+    np.testing.assert_array_equal(tops[0], tops[1])
+    assert layer.scale is None

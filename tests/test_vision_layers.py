@@ -623,3 +623,24 @@ def test_mask_top_only_for_max_and_bottom_changes_checked(pool_path):
     bottom[1].reshape(1, 2, 6, 5)
     with pytest.raises(NetspecError, match=r"bottom\[0\] \(1, 2, 5, 5\) vs bottom\[1\] \(1, 2, 6, 5\)"):
         layer.reshape(bottom, top)
+
+
+def test_max_pooling_without_backward_keeps_no_winners_and_backward_still_works(pool_path):
+    """A TEST layer (runs_backward False) keeps no argmax of its own; a backward that comes anyway
+    routes the gradient as the layer that kept them does."""
+    x = distinct((2, 3, 7, 6))
+    dy = R.standard_normal((2, 3, 3, 3))
+    results = []
+    for runs_backward in (True, False):
+        with precision(np.float64):
+            layer, bottom, top = build(pool("pool: MAX kernel_size: 3 stride: 2"), [x])
+        layer.runs_backward = runs_backward
+        layer.forward(bottom, top)
+        kept = "argmax" in layer.pool.__dict__.get("_scratch", {})
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy(), kept))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    if pool_path == "native":
+        assert results[0][2] and not results[1][2]

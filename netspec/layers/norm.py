@@ -268,7 +268,9 @@ class LRN(Layer):
     num_tops = 1
 
     def work_bytes(self, bottom, top):
-        return 2 * nbytes(bottom[0])          # the scale kept for backward, and the squares it is made of
+        # The scale kept for backward, and the squares it is made of (a sample's worth without backward:
+        # counted as the batch's, as before, which only over-estimates).
+        return 2 * nbytes(bottom[0])
 
     def setup(self, bottom, top):
         p = self.layer_param.lrn_param
@@ -294,7 +296,9 @@ class LRN(Layer):
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
-        self.scale = scale = np.empty_like(x)     # not scratch: a caller may hold on to it
+        # Backward reads the scale; without one nothing is kept, and the temporaries are a chunk's.
+        keep = self.runs_backward
+        self.scale = scale = np.empty_like(x) if keep else None     # not scratch: a caller may hold on to it
         chunks = self._samples(x)
 
         def chunk(k):
@@ -303,7 +307,8 @@ class LRN(Layer):
             s = self.window(xs * xs)
             s *= self.coeff
             s += self.k
-            scale[a:b] = s
+            if keep:
+                scale[a:b] = s
             np.multiply(xs, s ** -self.beta, out=y[a:b])
 
         parallel_for(len(chunks), chunk)

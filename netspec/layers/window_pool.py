@@ -181,7 +181,7 @@ class WindowPool:
         (the layer's runs_backward), for MAX to find its argmax now rather than then."""
         top3 = top.reshape(self._out_shape())
         if self.window is not None:
-            return self._forward_compiled(x, top3, mask_out)
+            return self._forward_compiled(x, top3, mask_out, backward)
         if self.is_global:
             return self._forward_global(x, top3, mask_out)
         flat = self._buffer(x)
@@ -223,11 +223,18 @@ class WindowPool:
 
         parallel_for(len(chunks), chunk)
 
-    def _forward_compiled(self, x, top3, mask_out):
+    def _forward_compiled(self, x, top3, mask_out, backward=True):
         if self.method == "ave":
             self._plane_chunks(native.kernels.ave_pool, x, top3)
             return
-        argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
+        if backward or mask_out is not None:
+            argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
+        else:
+            # No backward expected: the winners are dead after this call, so they go in the work
+            # memory all layers share (GoogLeNet's 14 max pools held 50 MB of them); a backward that
+            # comes anyway finds them again from the input.
+            argmax = scratch(None, "pool_argmax", self._out_shape(), np.int32)
+            self.state.argmax, self.state.image = None, x
         self._plane_chunks(native.kernels.max_pool, x, top3, argmax)
         if mask_out is not None:
             np.copyto(mask_out.reshape(argmax.shape), argmax)
@@ -320,6 +327,9 @@ class WindowPool:
         if self.window is not None:
             if self.method == "ave":
                 return self._plane_chunks(native.kernels.ave_unpool, dtop3, dx)
+            if self.state.argmax is None:      # forward kept no winners (no backward was expected)
+                self._forward_compiled(self.state.image, scratch(self, "top_again", self._out_shape(), self.dtype),
+                                       None)
             return self._plane_chunks(native.kernels.max_unpool, dtop3, self.state.argmax, dx)
         if self.is_global:
             return self._backward_global(dtop3, dx)
