@@ -8,7 +8,7 @@ import numpy as np
 
 from ..fillers import fill
 from ..proto import caffe_pb2
-from ..threads import FLAT_CHUNK, parallel_for, spans
+from ..threads import FLAT_CHUNK, parallel_flat, parallel_for, spans
 from . import native
 from .base import Layer, nbytes, prod, register, training
 
@@ -20,7 +20,7 @@ def _keep(cache, array):
     """Copy `array` into a reusable buffer (allocates only when the shape changes)."""
     if cache is None or cache.shape != array.shape or cache.dtype != array.dtype:
         cache = np.empty_like(array)
-    np.copyto(cache, array)
+    parallel_flat(np.copyto, cache, array)
     return cache
 
 
@@ -239,7 +239,10 @@ class Scale(_Broadcast):
         elif propagate_down[1]:
             bottom[1].diff[...] = sum_dyx.reshape(bottom[1].shape)
         if propagate_down[0]:
-            np.multiply(dy, self.operand(bottom), out=bottom[0].diff.reshape(self.view))
+            dx, a = bottom[0].diff.reshape(self.view), self.operand(bottom)
+            samples = spans(dx.shape[0], min(SAMPLE_CHUNKS, dx.size // FLAT_CHUNK))     # elementwise: by samples
+            parallel_for(len(samples), lambda k: np.multiply(dy[slice(*samples[k])], a,
+                                                             out=dx[slice(*samples[k])]))
 
 
 def _window_sum(a, axis, size):
