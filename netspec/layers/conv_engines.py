@@ -24,11 +24,10 @@ import math
 
 import numpy as np
 
-from . import native
 from ..threads import parallel_for, spans
+from . import native
 from .base import scratch
 from .im2col import COLUMN_BUDGET, add_weight_grad
-from ..threads import parallel_for, spans
 
 # Work is cut into about this many chunks (of samples, or of output rows), whatever the thread
 # count, so that results do not depend on it and a descheduled thread holds up little.
