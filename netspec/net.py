@@ -20,6 +20,7 @@ from .fusion import find_chains
 from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
+from .reuse import ReusePlan
 from .schema import read_binary_message, read_net, write_binary_message
 from .upgrade import upgrade_net
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
@@ -154,7 +155,6 @@ class Net:
                 raise self._located(e) from e
 
     def _plan_reuse(self, keep):
-        from .reuse import ReusePlan
         if self._reuse is not None:
             self._reuse.release()
         self._reuse = ReusePlan(self, keep)
