@@ -155,10 +155,11 @@ class Net:
                 raise self._located(e) from e
 
     def _plan_reuse(self, keep):
-        if self._reuse is not None:
-            self._reuse.release()
-        self._reuse = ReusePlan(self, keep)
-        self._reuse.apply()
+        if self._reuse is None:
+            self._reuse = ReusePlan(self, keep)
+            self._reuse.apply()
+        else:
+            self._reuse = self._reuse.replan(keep)
 
     def keep_blobs(self, names):
         """With reuse_memory: blobs (by name) a caller will read after forward keep their own memory

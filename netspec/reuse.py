@@ -43,12 +43,13 @@ def _storage_groups(blobs):
 class ReusePlan:
     """Which blobs share which buffers; `apply()` points their memory there, `release()` undoes it."""
 
-    def __init__(self, net, keep=()):
+    def __init__(self, net, keep=(), owner=None):
         self.net, self.keep = net, frozenset(keep)
         records = net.records
         blobs = list(net.blobs.values())
         by_id = {id(b): b for b in blobs}
-        owner = _storage_groups(blobs)
+        # Storage groups can only be found on unshared memory (shared buffers overlap); `replan` passes them on.
+        self.owner = owner = _storage_groups(blobs) if owner is None else owner
         fixed = set()                   # owners whose buffers are never shared
         for name in list(net.inputs) + list(net.outputs) + list(keep):
             if name in net.blobs:
@@ -110,6 +111,18 @@ class ReusePlan:
             blob._data = buffers[self.slots[o]][:blob._data.size]
         self.applied = True
         self.net._reshape_layers()      # re-views every blob, and views of views, onto the new memory
+
+    def replan(self, keep):
+        """The plan for `keep`, applied in this one's place. Blobs the new plan does not share get
+        memory of their own, holding their value; the rest move straight from this plan's buffers
+        to the new ones (their values were dead), so the net never holds every blob at once."""
+        plan = ReusePlan(self.net, keep, self.owner)
+        for o, blob in self.owners.items():
+            if o not in plan.owners:
+                blob._data = blob._data.copy()
+        self.applied = False
+        plan.apply()
+        return plan
 
     def release(self):
         """Every planned blob back on memory of its own, holding the value it holds now."""

@@ -88,6 +88,26 @@ def test_kept_blobs_hold_their_values():
     assert shared.reuses_memory
 
 
+def test_keeping_more_blobs_later_replans_without_giving_every_blob_its_own_memory():
+    plain, shared = build(False), build(True)
+    plain.forward(data=data())
+    shared.forward(data=data())
+    pool_now = shared.blobs["pool"].data.copy()
+    first = shared._reuse
+    shared.keep_blobs(["pool"])                 # a replan while the first plan's buffers are in use
+    second = shared._reuse
+    assert second is not first and "pool" in second.keep
+    np.testing.assert_array_equal(shared.blobs["pool"].data, pool_now)    # the kept blob keeps its value
+    # The other intermediates move straight onto the new shared buffers.
+    assert second.shared_bytes()[0] < second.shared_bytes()[1]
+    assert any(np.shares_memory(shared.blobs[a].data, shared.blobs[b].data)
+               for a in ("c1", "c2", "c3") for b in ("sum", "pool2", "cat", "ip", "out"))
+    others = [b for n, b in shared.blobs.items() if n != "pool"]
+    assert not any(np.shares_memory(shared.blobs["pool"].data, b.data) for b in others)
+    np.testing.assert_array_equal(shared.forward(data=data())["prob"], plain.forward(data=data())["prob"])
+    np.testing.assert_array_equal(shared.blobs["pool"].data, plain.blobs["pool"].data)
+
+
 def test_a_forward_from_a_later_layer_gives_blobs_their_own_memory():
     plain, shared = build(False), build(True)
     plain.forward(data=data())
