@@ -54,12 +54,7 @@ def child(model, iterations, batch):
         if it == 1:
             spent.clear()       # the first step warms caches and scratch buffers
         start = time.process_time()
-        net.clear_param_diffs()
-        net.forward_prefilled()
-        for name, seed in seeds.items():
-            net.blobs[name].diff[...] = seed
-        net.backward_from_to()
-        solver.apply_update()
+        bench_models.train_step(solver, seeds)
         solver.iter += 1
         if it:
             steps.append(time.process_time() - start)

@@ -197,6 +197,17 @@ def build(model, batch, data_root=REPO):
     return solver, seeds
 
 
+def train_step(solver, seeds):
+    """One training iteration as a whole: clear diffs, forward, the output diff seeds, backward, update."""
+    net = solver.net
+    net.clear_param_diffs()
+    net.forward_prefilled()
+    for name, seed in seeds.items():
+        net.blobs[name].diff[...] = seed
+    net.backward_from_to()
+    solver.apply_update()
+
+
 def bench_net(model, batch, iterations=3, warmup=1, floor=True, floor_passes=3, data_root=REPO):
     """Time `iterations` training iterations of `model` (after `warmup`) and its GEMM floor; a dict."""
     import numpy as np

@@ -46,18 +46,9 @@ def build(name, batch, mode):
     from netspec import glog
     glog.configure(open(os.devnull, "w"))
     if name == "lenet" or mode == "train":
-        from bench_models import build as build_train
+        from bench_models import build as build_train, train_step
         solver, seeds = build_train(NETS[name], 64 if name == "lenet" else batch, DATA_ROOT[0])
-        net = solver.net
-
-        def step():
-            net.clear_param_diffs()
-            net.forward_prefilled()
-            for blob, seed in seeds.items():
-                net.blobs[blob].diff[...] = seed
-            net.backward_from_to()
-            solver.apply_update()
-        return net, step
+        return solver.net, lambda: train_step(solver, seeds)
     from time_models import build as build_test
     net = build_test(NETS[name], batch)
     return net, net.forward_prefilled
