@@ -18,13 +18,14 @@ R = np.random.default_rng(17)
 
 def reference_max_pool(x, kernel, stride, pad, out):
     """(maxima, argmax as h * W + w) of x (planes, H, W) by window offset, in row-major order:
-    an offset wins only where it is strictly larger, so ties stay with the first maximum."""
+    each window starts from its first element inside the image, and an offset wins only where
+    it is strictly larger, so ties stay with the first maximum (and a NaN first element stays,
+    a later NaN never wins)."""
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, pad, out
     planes, height, width = x.shape
     rows, cols = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
-    best = np.full((planes, oh, ow), -np.inf, x.dtype)
-    # A window whose every element is -inf keeps its first element inside the image.
     first = np.maximum(rows, 0)[:, None] * width + np.maximum(cols, 0)[None, :]
+    best = x.reshape(planes, -1)[:, first]
     argmax = np.broadcast_to(first, best.shape).astype(np.int32)
     for i, j in itertools.product(range(kh), range(kw)):
         r, c = rows + i, cols + j
@@ -56,9 +57,10 @@ CASES = [  # (H, W, kernel, stride, pad, ceil)
 @pytest.mark.parametrize("height, width, k, s, p, ceil", CASES)
 def test_max_pool_with_and_without_argmax_matches_the_reference(dtype, height, width, k, s, p, ceil):
     planes = 5
-    # Few distinct values: windows full of ties; -inf entries too (they never win).
+    # Few distinct values: windows full of ties; -inf and NaN entries too.
     x = R.integers(0, 4, (planes, height, width)).astype(dtype)
     x[R.random(x.shape) < 0.05] = -np.inf
+    x[R.random(x.shape) < 0.05] = np.nan
     x[0] = -np.inf                                  # every window of a plane -inf: its first element
     out = (pooled_size(height, k, s, p, ceil), pooled_size(width, k, s, p, ceil))
     geom = native.window_geometry(planes, (height, width), (k, k), (s, s), (p, p), (1, 1), out)
