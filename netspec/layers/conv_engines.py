@@ -59,13 +59,20 @@ class ConvEngine:
     """The loop over bottoms, and the bias: folded into the GEMM as a weight column (the columns
     then carry a ones row), or added to the top and summed from the top's diff."""
 
+    # Whether forward_one runs the epilogue on each block it writes (else forward runs it once, after).
+    blockwise_epilogue = False
+
     def __init__(self, layer):
         self.layer, self.geom = layer, layer.geom
         self.fold_bias = layer.fold_bias
         self.kept_columns = {}
+        self.epilogue = None
 
     def forward(self, bottom, top):
         layer, g = self.layer, self.geom
+        epilogue = layer.epilogue
+        if epilogue is not None and len(top) == 1 and epilogue.prepare(g.num, layer.num_output):
+            self.epilogue = epilogue
         w = layer.grouped_weights()
         bias = layer.blobs[1].data if layer.bias_term else None
         if self.fold_bias:
@@ -73,9 +80,32 @@ class ConvEngine:
             w_ext[0, :, :-1] = w[0]
             w_ext[0, :, -1] = bias
             w, bias = w_ext, None
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            y = t.data.reshape(g.num, layer.num_output, g.out_count)
-            self.kept_columns[i] = self.forward_one(i, b, w, bias, y)
+        try:
+            for i, (b, t) in enumerate(zip(bottom, top)):
+                y = t.data.reshape(g.num, layer.num_output, g.out_count)
+                self.kept_columns[i] = self.forward_one(i, b, w, bias, y)
+            if self.epilogue is not None:
+                if not self.blockwise_epilogue:
+                    self.finish_planes(0, g.num * layer.num_output)
+                self.epilogue.applied = True
+        finally:
+            self.epilogue = None
+
+    def finish_planes(self, start, stop):
+        """The epilogue (fusion.Chain) over top planes [start, stop) = sample * num_output + channel."""
+        if self.epilogue is not None:
+            self.epilogue.planes_pass(start, stop)
+
+    def finish_rows(self, samples, block):
+        """The epilogue over output channels `block` (row_blocks' (groups, rows) slices) of each sample."""
+        if self.epilogue is None:
+            return
+        gs, rs = block
+        rows_per_group = self.layer.num_output // self.layer.group
+        c0 = gs.start * rows_per_group + (rs.start or 0)
+        c1 = gs.stop * rows_per_group if rs.stop is None else gs.start * rows_per_group + rs.stop
+        for n in samples:
+            self.epilogue.planes_pass(n * self.layer.num_output + c0, n * self.layer.num_output + c1)
 
     def backward(self, top, propagate_down, bottom):
         layer, g = self.layer, self.geom
@@ -182,6 +212,8 @@ class StackedConv(ConvEngine):
     `window` (2-D, kernels built): im2col straight from the bottom and col2im straight into
     its diff by the compiled kernels, with no padded image buffer."""
 
+    blockwise_epilogue = True
+
     def __init__(self, layer, compiled):
         super().__init__(layer)
         g = self.geom
@@ -235,6 +267,7 @@ class StackedConv(ConvEngine):
             np.matmul(w, g.grouped(cols, group), out=g.grouped(out, group))
             if bias is not None:
                 out += bias[:, None]
+            self.finish_planes(part.start * y.shape[1], part.stop * y.shape[1])
 
         parallel_for(len(parts), chunk)
         return col
@@ -275,6 +308,7 @@ class StackedConv(ConvEngine):
                 np.matmul(w[gs, rs], cols_g[:, gs], out=out)
                 if bias is not None:
                     out += bias.reshape(group, rows_per_group)[gs, rs, None]
+                self.finish_rows(range(part.start, part.stop), blocks[k])
 
             parallel_for(len(blocks), chunk)
 
@@ -419,6 +453,7 @@ class PointwiseConv(StackedConv):
             np.matmul(w, g.grouped(x[parts[k]], group), out=g.grouped(out, group))
             if bias is not None:
                 out += bias[:, None]
+            self.finish_planes(parts[k].start * y.shape[1], parts[k].stop * y.shape[1])
 
         parallel_for(len(parts), chunk)
         return None
@@ -434,6 +469,8 @@ class ColumnConv(ConvEngine):
     col2im writes it, so the only layout move left is the GEMM output's (M, N, P) -> (N, M, P).
     Past `part_budget` elements of columns the batch goes in parts of samples, and backward
     builds each part's columns again."""
+
+    blockwise_epilogue = True
 
     part_budget = COLUMN_BUDGET
 
@@ -491,6 +528,7 @@ class ColumnConv(ConvEngine):
                 np.copyto(target, o.reshape(o.shape[:2] + (n1 - n0, g.out_count)).transpose(2, 0, 1, 3))
                 if bias is not None:
                     target += bias.reshape(self.layer.group, rows_per_group)[gs, rs, None]
+                self.finish_rows(range(n0, n1), blocks[k])
 
             parallel_for(len(blocks), chunk)
         return col if keep else None
