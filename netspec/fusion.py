@@ -126,6 +126,10 @@ class Chain:
         """Reshape and run the chain as one pass; False (nothing run) when the compiled kernel cannot."""
         if not self.prepare():
             return False
+        self.run_prepared()
+        return True
+
+    def run_prepared(self):
+        """The whole pass, shared among the threads (after prepare)."""
         parts = spans(self.planes, min(64, max(1, self.args[0].size // CHUNK_ELEMENTS)))
         parallel_for(len(parts), lambda k: self.planes_pass(*parts[k]))
-        return True

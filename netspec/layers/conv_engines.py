@@ -86,7 +86,7 @@ class ConvEngine:
                 self.kept_columns[i] = self.forward_one(i, b, w, bias, y)
             if self.epilogue is not None:
                 if not self.blockwise_epilogue:
-                    self.finish_planes(0, g.num * layer.num_output)
+                    self.epilogue.run_prepared()
                 self.epilogue.applied = True
         finally:
             self.epilogue = None
