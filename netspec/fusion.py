@@ -68,7 +68,8 @@ def find_conv_epilogues(records):
     output as it writes it, while the block is still in cache (Convolution.epilogue)."""
     found = {}
     for i, r in enumerate(records[:-1]):
-        if r.layer.type != "Convolution" or len(r.tops) != 1 or r.need_backward:
+        # Convolution and its forks' subclasses (ConvolutionDepthwise) take an epilogue.
+        if not hasattr(r.layer, "epilogue") or len(r.tops) != 1 or r.need_backward:
             continue
         members = _members_at(records, i + 1)
         if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0]:

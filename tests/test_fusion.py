@@ -163,3 +163,15 @@ def test_no_epilogue_where_backward_runs_a_range_cuts_it_or_the_chain_is_out_of_
     assert not fused._epilogues[1].applied
     np.testing.assert_array_equal(fused.blobs["c"].data, plain.blobs["c"].data)
     assert (fused.blobs["c"].data < 0).any()
+
+
+@NATIVE
+def test_a_fork_depthwise_convolution_takes_an_epilogue_too():
+    text = conv_net(3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1", [BN, SCALE, RELU])
+    text = text.replace('name: "conv" type: "Convolution"', 'name: "conv" type: "ConvolutionDepthwise"')
+    fused, plain = build(text), build(text)
+    plain.after_forward(lambda i: None)
+    fused.forward()
+    plain.forward()
+    assert fused._epilogues[1].applied
+    np.testing.assert_array_equal(fused.blobs["d"].data, plain.blobs["d"].data)
