@@ -407,11 +407,13 @@ class StackedConv(ConvEngine):
 
 def row_blocks(layer):
     """[(groups slice, rows slice)]: the output rows cut for the GEMMs, by groups when there
-    are many, else each group's rows in blocks of at least MIN_CHUNK_ROWS."""
+    are many, else each group's rows in a power-of-two count of blocks of at least MIN_CHUNK_ROWS."""
     group, rows = layer.group, layer.num_output // layer.group
     if group >= CHUNKS:
         return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
-    per_group = max(1, min(2, rows // HALF_CHUNK_ROWS), min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS))
+    most = min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS)
+    # A power of two, so that two (or four) threads get equal shares.
+    per_group = max(1, min(2, rows // HALF_CHUNK_ROWS), 1 << (most.bit_length() - 1) if most else 0)
     return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
 
 
