@@ -43,6 +43,16 @@ class _ConvBase(Layer):
     num_tops = (1, None)
     transposed = False          # Deconvolution: the image side of im2col is the top
 
+    def shared_work_bytes(self, bottom, top):
+        """The im2col columns and their gradient (float32), at most: from the pool the layers share
+        (memory.py counts the largest once)."""
+        if not self.blobs or not bottom:
+            return 0
+        kernel = math.prod(self.blobs[0].shape[1:])            # input channels per group x kernel area
+        spatial = max(math.prod(t.shape[2:]) for t in top) if top else 0
+        batch = bottom[0].shape[0] if bottom[0].shape else 1
+        return 2 * kernel * self.group * spatial * batch * 4
+
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
         if len(top) != len(bottom):
