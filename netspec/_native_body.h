@@ -195,6 +195,17 @@ static int NAME(max_pool_padded)(const T *x, T *y, int32_t *argmax, long planes,
 /* Max pooling over `planes` planes: Caffe's windows (clipped to the image, padding never
  * wins) and tie rule (the first maximum in row-major order). argmax gets h * W + w, or is
  * NULL when only the maxima are wanted. */
+/* Outputs [lo, hi) of a row whose windows hold no image element: Caffe's -FLT_MAX (for double
+ * too) and argmax -1, which backward skips. */
+static void NAME(empty_windows)(T *y, int32_t *argmax, long lo, long hi)
+{
+    for (long ox = lo; ox < hi; ox++) {
+        y[ox] = (T)-FLT_MAX;
+        if (argmax)
+            argmax[ox] = -1;
+    }
+}
+
 static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const Geom *g)
 {
     if ((g->ph || g->pw) && NAME(max_pool_padded)(x, y, argmax, planes, g) == 0)
@@ -207,6 +218,10 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
         for (long oy = 0; oy < g->oh; oy++, y += g->ow, argmax = argmax ? argmax + g->ow : NULL) {
             long h0, h1;
             window(oy, g->sh, g->ph, g->kh, g->h, &h0, &h1);
+            if (h1 <= h0) {     /* a ceil-mode window past the image (no padding): Caffe's empty max */
+                NAME(empty_windows)(y, argmax, 0, g->ow);
+                continue;
+            }
             /* The columns cut by the padding or the overhang, one window at a time. */
             for (long ox = 0; ox < g->ow; ox++) {
                 if (ox == lo && hi > lo)
@@ -215,6 +230,10 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
                     break;
                 long w0, w1;
                 window(ox, g->sw, g->pw, g->kw, g->w, &w0, &w1);
+                if (w1 <= w0) {
+                    NAME(empty_windows)(y, argmax, ox, ox + 1);
+                    continue;
+                }
                 long best = h0 * g->w + w0;
                 T value = plane[best];
                 for (long h = h0; h < h1; h++)
@@ -234,8 +253,9 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
     }
 }
 
-/* dx = the top gradient routed to each window's argmax (dx is overwritten). An argmax
- * outside its plane is skipped, not written; the count of those is returned. */
+/* dx = the top gradient routed to each window's argmax (dx is overwritten). -1, an empty
+ * window's (empty_windows), routes nothing; any other argmax outside its plane is skipped, not
+ * written, and the count of those is returned. */
 static long NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long planes, const Geom *g)
 {
     const long HW = g->h * g->w, P = g->oh * g->ow;
@@ -244,7 +264,7 @@ static long NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long pla
     for (long p = 0; p < planes; p++, dx += HW)
         for (long o = 0; o < P; o++, argmax++, dy++) {
             if (*argmax < 0 || *argmax >= HW) {
-                outside++;
+                outside += *argmax != -1;
                 continue;
             }
             dx[*argmax] += *dy;

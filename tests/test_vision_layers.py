@@ -644,3 +644,45 @@ def test_max_pooling_without_backward_keeps_no_winners_and_backward_still_works(
     np.testing.assert_array_equal(results[0][1], results[1][1])
     if pool_path == "native":
         assert results[0][2] and not results[1][2]
+
+
+def _pool(text, x, compiled, monkeypatch, backward_dtop=None):
+    from netspec.net import Net
+    from google.protobuf import text_format as tf
+    with monkeypatch.context() as m:
+        if not compiled:
+            m.setattr(native, "usable", lambda dtype: False)
+        net = Net(tf.Parse(f'''force_backward: true
+            layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 1 dim: {x.shape[0]} dim: {x.shape[1]} }} }} }}
+            layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" top: "mask" pooling_param {{ {text} }} }}''',
+            caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+        net.blobs["data"].data[0, 0] = x
+        net.forward()
+        net.blobs["p"].diff[...] = 1
+        net.backward()
+        return net.blobs["p"].data[0, 0].copy(), net.blobs["mask"].data[0, 0].copy(), net.blobs["data"].diff[0, 0].copy()
+
+
+@pytest.mark.parametrize("compiled", [True, False] if native.kernels is not None else [False])
+def test_max_pool_window_past_the_image_is_caffes_empty_window(compiled, monkeypatch):
+    # kernel 1, stride 3 on 5 x 5, ceil mode, no pad: the third window starts at 6, past the image.
+    x = np.arange(25, dtype=np.float32).reshape(5, 5)
+    top, mask, dx = _pool("pool: MAX kernel_size: 1 stride: 3", x, compiled, monkeypatch)
+    low = np.float32(-np.finfo(np.float32).max)
+    np.testing.assert_array_equal(top, [[0, 3, low], [15, 18, low], [low, low, low]])
+    np.testing.assert_array_equal(mask, [[0, 3, -1], [15, 18, -1], [-1, -1, -1]])
+    expected = np.zeros((5, 5), np.float32)
+    expected[[0, 0, 3, 3], [0, 3, 0, 3]] = 1
+    np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("compiled", [True, False] if native.kernels is not None else [False])
+def test_pooled_size_drops_the_overhang_in_both_dimensions_when_either_is_padded(compiled, monkeypatch):
+    # Caffe: `if (pad_h_ || pad_w_)` drops a last window starting past the image + pad, in both
+    # dimensions: here width 5, kernel_w 1, stride 3, pad_w 0 gives 2 columns, not 3.
+    x = np.arange(25, dtype=np.float32).reshape(5, 5)
+    top, mask, _ = _pool("pool: MAX kernel_h: 2 kernel_w: 1 stride: 3 pad_h: 1 pad_w: 0", x, compiled, monkeypatch)
+    assert top.shape == (2, 2)
+    # rows: windows [-1, 1) and [2, 4); columns 0 and 3
+    np.testing.assert_array_equal(top, [[0, 3], [15, 18]])
+    np.testing.assert_array_equal(mask, [[0, 3], [15, 18]])

@@ -11,12 +11,14 @@ _POOL = caffe_pb2.PoolingParameter
 _METHODS = {_POOL.MAX: "max", _POOL.AVE: "ave", _POOL.STOCHASTIC: "stochastic"}
 
 
-def pooled_size(size, kernel, stride, pad, ceil_mode):
-    """Caffe's pooled length: ceil (or floor) of (size + 2p - k) / s, plus 1; a last window
-    starting in the bottom/right padding is dropped."""
+def pooled_size(size, kernel, stride, pad, ceil_mode, padded=None):
+    """Caffe's pooled length: ceil (or floor) of (size + 2p - k) / s, plus 1; when the layer
+    has any padding (`padded`, in either dimension; default: this one's), a last window starting
+    in the bottom/right padding or past it is dropped. Without padding a ceil-mode window may
+    start past the image: MAX gives it -FLT_MAX (argmax -1), AVE 0."""
     span = size + 2 * pad - kernel
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if (pad if padded is None else padded) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -34,7 +36,7 @@ def _check_pool_geometry(layer, method, kernel, stride, pad, where=""):
 
 
 def _make_pool(layer, method, shape, kernel, stride, pad, ceil_mode, dtype, where=""):
-    out = tuple(pooled_size(s, k, t, p, ceil_mode) for s, k, t, p in zip(shape[2:], kernel, stride, pad))
+    out = tuple(pooled_size(s, k, t, p, ceil_mode, any(pad)) for s, k, t, p in zip(shape[2:], kernel, stride, pad))
     if min(out) <= 0:
         raise layer.error(f"{where}pooling output is empty: bottom shape {shape_str(shape)}, kernel "
                           f"{tuple(kernel)}, stride {tuple(stride)}, pad {tuple(pad)}")

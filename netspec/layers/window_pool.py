@@ -131,6 +131,10 @@ class WindowPool:
         self.window = None
         if method in ("max", "ave") and not self.is_global and native.usable(self.dtype):
             self.window = native.window_geometry(self.channels, (H, W), kernel, stride, pad, (1, 1), out)
+        # Without padding a ceil-mode window may start past the image: Caffe's MAX gives it
+        # -FLT_MAX and argmax -1 (the compiled kernel too); the numpy passes see padding there.
+        empty = (np.arange(self.oh) * self.sh - self.ph >= H)[:, None] | (np.arange(self.ow) * self.sw - self.pw >= W)
+        self.empty = empty if method == "max" and empty.any() else None
         self.state = ForwardState()
         self.pool_size = None
         if method == "ave":
@@ -196,6 +200,10 @@ class WindowPool:
             else:
                 # No backward expected: the maxima alone; backward, if it comes, finds the argmax then.
                 self._max_only(flat, top3)
+            if self.empty is not None:
+                top3[:, self.empty] = -np.finfo(np.float32).max
+                if mask_out is not None:
+                    mask_out.reshape(self._out_shape())[:, self.empty] = -1
             return
         count = self.planes * self.rows * self.owx
         hval = scratch(None, "pool_rows", (count,), self.dtype)
