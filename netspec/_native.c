@@ -9,11 +9,13 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Bumped when a kernel's arguments change, so a stale build is not used. */
-#define NATIVE_ABI 3
+#define NATIVE_ABI 4
 
 /* One window geometry: an image of `channels` x h x w seen by a kh x kw kernel. */
 typedef struct {
@@ -159,7 +161,8 @@ static PyObject *columns(PyObject *args, int to_image)
 static PyObject *py_im2col(PyObject *self, PyObject *args) { return columns(args, 0); }
 static PyObject *py_col2im(PyObject *self, PyObject *args) { return columns(args, 1); }
 
-/* Pooling: forward(x, y[, argmax], geom, planes) and backward(dy[, argmax], dx, geom, planes). */
+/* Pooling: forward(x, y[, argmax], geom, planes) and backward(dy[, argmax], dx, geom, planes).
+ * Max forward takes None for argmax when only the maxima are wanted. */
 static PyObject *pool(PyObject *args, int is_max, int backward)
 {
     PyObject *a_obj, *b_obj, *idx_obj = NULL;
@@ -187,7 +190,8 @@ static PyObject *pool(PyObject *args, int is_max, int backward)
         PyBuffer_Release(&a);
         return NULL;
     }
-    if (is_max && get_buffer(idx_obj, &idx, !backward, KIND_I32, pooled, "argmax") < 0) {
+    const int with_idx = is_max && !(idx_obj == Py_None && !backward);
+    if (with_idx && get_buffer(idx_obj, &idx, !backward, KIND_I32, pooled, "argmax") < 0) {
         PyBuffer_Release(&a);
         PyBuffer_Release(&b);
         return NULL;
@@ -195,12 +199,12 @@ static PyObject *pool(PyObject *args, int is_max, int backward)
     long outside = 0;   /* argmax entries outside their plane (max backward): skipped, then an error */
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64) {
-        if (is_max && !backward) max_pool_f64(a.buf, b.buf, idx.buf, planes, &g);
+        if (is_max && !backward) max_pool_f64(a.buf, b.buf, with_idx ? idx.buf : NULL, planes, &g);
         else if (is_max) outside = max_unpool_f64(a.buf, idx.buf, b.buf, planes, &g);
         else if (!backward) ave_pool_f64(a.buf, b.buf, planes, &g);
         else ave_unpool_f64(a.buf, b.buf, planes, &g);
     } else {
-        if (is_max && !backward) max_pool_f32(a.buf, b.buf, idx.buf, planes, &g);
+        if (is_max && !backward) max_pool_f32(a.buf, b.buf, with_idx ? idx.buf : NULL, planes, &g);
         else if (is_max) outside = max_unpool_f32(a.buf, idx.buf, b.buf, planes, &g);
         else if (!backward) ave_pool_f32(a.buf, b.buf, planes, &g);
         else ave_unpool_f32(a.buf, b.buf, planes, &g);
@@ -208,7 +212,7 @@ static PyObject *pool(PyObject *args, int is_max, int backward)
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
-    if (is_max)
+    if (with_idx)
         PyBuffer_Release(&idx);
     if (outside)
         return PyErr_Format(PyExc_ValueError, "%ld argmax entries out of range", outside);

@@ -82,50 +82,139 @@ static void NAME(col2im)(const T *col, T *x, const Geom *g, long n0, long n1, lo
             }
 }
 
-/* One output row of max pooling over windows wholly inside the plane: outputs [lo, hi),
- * window (0, 0) of output lo at `first`. Inlined with constant kh, kw for the common sizes,
- * so the window loops unroll into branch-free selects. */
+/* One output row of max pooling over windows wholly inside `src` (rows `src_w` apart):
+ * outputs [lo, hi), window (0, 0) of output lo at src[0]; argmax gets at_first + (ox - lo) * sw
+ * + i * at_w + j for window element (i, j) (the plane's positions, whatever buffer src is),
+ * or is NULL: the maxima alone (no backward will need them). Inlined with constant kh, kw,
+ * sw and argmax-or-not for the common cases, so the window loops unroll into branch-free
+ * selects and gcc vectorises over the outputs (each lane still folds its own window in
+ * row-major order: the results do not change). */
 static inline __attribute__((always_inline)) void NAME(max_row)(
-    const T *plane, T *y, int32_t *argmax, long first, long lo, long hi, long kh, long kw, long sw, long w)
+    const T *restrict src, long src_w, T *restrict y, int32_t *restrict argmax, long at_first, long at_w,
+    long lo, long hi, long kh, long kw, long sw)
 {
     for (long ox = lo; ox < hi; ox++) {
-        /* int32 positions, as argmax holds them: 64-bit ones halve the vector width. */
-        const int32_t corner = (int32_t)(first + (ox - lo) * sw);
+        /* Loads through a pointer (64-bit offsets: contiguous vector loads, not gathers);
+         * positions in int32, as argmax holds them: 64-bit ones halve the vector width. */
+        const T *win = src + (ox - lo) * sw;
+        const int32_t corner = (int32_t)(at_first + (ox - lo) * sw);
         int32_t best = corner;
-        T value = plane[corner];
-        for (int32_t i = 0; i < kh; i++)
-            for (int32_t j = 0; j < kw; j++) {
-                const int32_t at = corner + i * (int32_t)w + j;
-                const T v = plane[at];
+        T value = win[0];
+        for (long i = 0; i < kh; i++)
+            for (long j = 0; j < kw; j++) {
+                const T v = win[i * src_w + j];
                 const int wins = v > value;   /* strictly: the first maximum stays */
                 value = wins ? v : value;
-                best = wins ? at : best;
+                best = wins ? corner + (int32_t)(i * at_w + j) : best;
             }
         y[ox] = value;
-        argmax[ox] = best;
+        if (argmax)
+            argmax[ox] = best;
     }
 }
 
+/* max_row for the windows GoogLeNet, ResNet and SqueezeNet use (3x3 and 2x2, stride 1 or 2,
+ * and the rows cut by the ceil-mode overhang) with every size a constant, else the general
+ * loop. `rows`: the window's rows inside src. */
+static void NAME(max_row_any)(const T *src, long src_w, T *y, int32_t *argmax, long at_first, long at_w, long lo,
+                              long hi, long rows, const Geom *g)
+{
+    const long kw = g->kw, sw = g->sw;
+#define MAX_ROW_CASE(KH, KW, S)                                                             \
+    if (rows == KH && kw == KW && sw == S) {                                                \
+        if (argmax)                                                                         \
+            NAME(max_row)(src, src_w, y, argmax, at_first, at_w, lo, hi, KH, KW, S);        \
+        else                                                                                \
+            NAME(max_row)(src, src_w, y, NULL, at_first, at_w, lo, hi, KH, KW, S);          \
+        return;                                                                             \
+    }
+    MAX_ROW_CASE(3, 3, 1)
+    MAX_ROW_CASE(3, 3, 2)
+    MAX_ROW_CASE(2, 3, 2)
+    MAX_ROW_CASE(2, 2, 2)
+    MAX_ROW_CASE(1, 2, 2)
+#undef MAX_ROW_CASE
+    NAME(max_row)(src, src_w, y, argmax, at_first, at_w, lo, hi, rows, kw, sw);
+}
+
+/* max_pool with padding: each plane is copied into a buffer whose padding (and overhang)
+ * holds -inf, so that the border windows too run through the vectorised max_row (one at a
+ * time they took most of the time on small maps, GoogLeNet's 14x14 and 7x7). Each row is
+ * computed a whole number of vectors wide into yrow/arow (no scalar tail), then copied out.
+ * -inf never wins (the comparison is strict), so the padding changes nothing, except for a
+ * window that starts in it: its fold starts from -inf instead of its first image element,
+ * which differs only when that element is NaN or nothing beats -inf; such windows then take
+ * their first element, as the direct loop gives them. Returns -1, nothing done, without memory. */
+static int NAME(max_pool_padded)(const T *x, T *y, int32_t *argmax, long planes, const Geom *g)
+{
+    const long H = g->h, W = g->w, ow = g->ow, sw = g->sw;
+    const long wide = (ow + 7) / 8 * 8;
+    const long bh = (g->oh - 1) * g->sh + g->kh, bw = (wide - 1) * sw + g->kw;
+    const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
+    T *buf = malloc((bh * bw + wide) * sizeof(T)), *yrow = buf + bh * bw;
+    int32_t *arow = malloc(wide * sizeof(int32_t));
+    if (!buf || !arow) {
+        free(buf);
+        free(arow);
+        return -1;
+    }
+    for (long k = 0; k < bh * bw; k++)
+        buf[k] = -(T)INFINITY;
+    const long left = (g->pw + sw - 1) / sw < ow ? (g->pw + sw - 1) / sw : ow;   /* columns starting in the padding */
+    for (long p = 0; p < planes; p++) {
+        const T *plane = x + p * H * W;
+        /* Plain loops, not memcpy: the rows are short, and the calls cost more than the copies. */
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < cols; c++)
+                buf[(r + g->ph) * bw + g->pw + c] = plane[r * W + c];
+        for (long oy = 0; oy < g->oh; oy++, y += ow, argmax = argmax ? argmax + ow : NULL) {
+            const long top = oy * g->sh - g->ph;
+            NAME(max_row_any)(buf + oy * g->sh * bw, bw, yrow, argmax ? arow : NULL, top * W - g->pw, W, 0, wide,
+                              g->kh, g);
+            for (long ox = 0; ox < ow; ox++)
+                y[ox] = yrow[ox];
+            if (argmax)
+                for (long ox = 0; ox < ow; ox++)
+                    argmax[ox] = arow[ox];
+            for (long ox = 0; ox < (top < 0 ? ow : left); ox++) {
+                const long w0 = ox * sw - g->pw, at = (top < 0 ? 0 : top) * W + (w0 < 0 ? 0 : w0);
+                const T first = plane[at];
+                if (y[ox] == -(T)INFINITY || first != first) {
+                    y[ox] = first;
+                    if (argmax)
+                        argmax[ox] = (int32_t)at;
+                }
+            }
+        }
+    }
+    free(buf);
+    free(arow);
+    return 0;
+}
+
 /* Max pooling over `planes` planes: Caffe's windows (clipped to the image, padding never
- * wins) and tie rule (the first maximum in row-major order). argmax gets h * W + w. */
+ * wins) and tie rule (the first maximum in row-major order). argmax gets h * W + w, or is
+ * NULL when only the maxima are wanted. */
 static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const Geom *g)
 {
-    const long HW = g->h * g->w, kh = g->kh, kw = g->kw;
-    long lo, hi;   /* output columns whose windows lie inside the image */
+    if ((g->ph || g->pw) && NAME(max_pool_padded)(x, y, argmax, planes, g) == 0)
+        return;
+    const long HW = g->h * g->w;
+    long lo, hi;   /* output columns whose windows' columns lie inside the image */
     valid_range(-g->pw, g->sw, g->w - g->kw + 1, g->ow, &lo, &hi);
     for (long p = 0; p < planes; p++) {
         const T *plane = x + p * HW;
-        for (long oy = 0; oy < g->oh; oy++, y += g->ow, argmax += g->ow) {
+        for (long oy = 0; oy < g->oh; oy++, y += g->ow, argmax = argmax ? argmax + g->ow : NULL) {
             long h0, h1;
-            window(oy, g->sh, g->ph, kh, g->h, &h0, &h1);
-            const int inside = h1 - h0 == kh && hi > lo;    /* rows wholly inside the image */
+            window(oy, g->sh, g->ph, g->kh, g->h, &h0, &h1);
+            /* The columns cut by the padding or the overhang, one window at a time. */
             for (long ox = 0; ox < g->ow; ox++) {
-                if (inside && ox == lo) {
-                    ox = hi - 1;
-                    continue;
-                }
+                if (ox == lo && hi > lo)
+                    ox = hi;
+                if (ox == g->ow)
+                    break;
                 long w0, w1;
-                window(ox, g->sw, g->pw, kw, g->w, &w0, &w1);
+                window(ox, g->sw, g->pw, g->kw, g->w, &w0, &w1);
                 long best = h0 * g->w + w0;
                 T value = plane[best];
                 for (long h = h0; h < h1; h++)
@@ -135,17 +224,12 @@ static void NAME(max_pool)(const T *x, T *y, int32_t *argmax, long planes, const
                             best = h * g->w + w;
                         }
                 y[ox] = value;
-                argmax[ox] = (int32_t)best;
+                if (argmax)
+                    argmax[ox] = (int32_t)best;
             }
-            if (!inside)
-                continue;
-            const long first = h0 * g->w + lo * g->sw - g->pw;
-            if (kh == 2 && kw == 2)
-                NAME(max_row)(plane, y, argmax, first, lo, hi, 2, 2, g->sw, g->w);
-            else if (kh == 3 && kw == 3)
-                NAME(max_row)(plane, y, argmax, first, lo, hi, 3, 3, g->sw, g->w);
-            else
-                NAME(max_row)(plane, y, argmax, first, lo, hi, kh, kw, g->sw, g->w);
+            if (hi > lo)
+                NAME(max_row_any)(plane + h0 * g->w + lo * g->sw - g->pw, g->w, y, argmax, h0 * g->w + lo * g->sw - g->pw,
+                                  g->w, lo, hi, h1 - h0, g);
         }
     }
 }

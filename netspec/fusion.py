@@ -7,6 +7,10 @@ roundings: ((x - mean) / std) * gamma + beta, then max(., 0). The chain's layers
 and all but the first in place, so no other blob sees an intermediate value, and the blob holds
 the same bytes as after the separate layers. The Net runs a chain only when the forward range
 holds all of it and no per-layer hooks or debug output want to see the layers one by one.
+
+Right after a convolution, on its top, the chain (a lone ReLU too) goes further: the convolution
+runs it on each block of output planes as soon as its GEMM has written them, while they are still
+in cache (find_conv_epilogues, Convolution.epilogue), instead of one more pass over the whole top.
 """
 from .layers import native
 from .threads import parallel_for, spans
@@ -27,29 +31,50 @@ def _is_relu(layer):
     return layer.type == "ReLU" and layer.slope == 0
 
 
+def _members_at(records, i):
+    """[(kind, record)]: the BatchNorm?, Scale?, ReLU? run starting at record i, each past the
+    first in place on the run's blob, none running backward."""
+    members, j = [], i
+    for kind, test in (("bn", lambda r: _is_bn(r.layer)), ("scale", lambda r: _is_scale(r.layer, r.bottoms)),
+                       ("relu", lambda r: _is_relu(r.layer))):
+        if j >= len(records):
+            break
+        r = records[j]
+        if not test(r) or len(r.bottoms) != 1 or len(r.tops) != 1 or r.need_backward or r.loss_weights:
+            continue
+        if members and not (r.bottoms[0] is r.tops[0] is members[-1][1].tops[0]):
+            break      # past the first, each works in place on the chain's blob
+        members.append((kind, r))
+        j += 1
+    return members
+
+
 def find_chains(records):
     """{first record index: Chain} for every run of BatchNorm?, Scale?, ReLU? (two or more) on one blob."""
     chains, i = {}, 0
     while i < len(records):
-        members = []
-        j = i
-        for kind, test in (("bn", lambda r: _is_bn(r.layer)), ("scale", lambda r: _is_scale(r.layer, r.bottoms)),
-                           ("relu", lambda r: _is_relu(r.layer))):
-            if j >= len(records):
-                break
-            r = records[j]
-            if not test(r) or len(r.bottoms) != 1 or len(r.tops) != 1 or r.need_backward or r.loss_weights:
-                continue
-            if members and not (r.bottoms[0] is r.tops[0] is members[-1][1].tops[0]):
-                break      # past the first, each works in place on the chain's blob
-            members.append((kind, r))
-            j += 1
+        members = _members_at(records, i)
         if len(members) >= 2:
             chains[i] = Chain(i, dict(members))
-            i = j
+            i += len(members)
         else:
             i += 1
     return chains
+
+
+def find_conv_epilogues(records):
+    """{Convolution record index: Chain} where the run right after a convolution (one member is
+    enough) works in place on its only top: the convolution applies it to each block of its
+    output as it writes it, while the block is still in cache (Convolution.epilogue)."""
+    found = {}
+    for i, r in enumerate(records[:-1]):
+        # Convolution and its forks' subclasses (ConvolutionDepthwise) take an epilogue.
+        if not hasattr(r.layer, "epilogue") or len(r.tops) != 1 or r.need_backward:
+            continue
+        members = _members_at(records, i + 1)
+        if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0]:
+            found[i] = Chain(i + 1, dict(members))
+    return found
 
 
 class Chain:
@@ -59,9 +84,12 @@ class Chain:
         self.first, self.members = first, members
         self.records = list(members.values())
         self.last = first + len(self.records) - 1
+        self.applied = False        # as a convolution's epilogue: whether its last forward ran it
 
-    def run(self):
-        """Reshape and run the chain as one pass; False (nothing run) when the compiled kernel cannot."""
+    def prepare(self, outer=None, channels=None):
+        """Reshape the chain's layers and set up the compiled pass: False when it cannot run
+        (no kernel, another dtype, Scale over other axes). `outer, channels`: the blob's
+        (N, C), needed only when neither BatchNorm nor Scale gives them (a lone ReLU)."""
         for r in self.records:
             r.layer.reshape(r.bottoms, r.tops)
         head = self.records[0]
@@ -70,23 +98,39 @@ class Chain:
             return False
         y = head.tops[0].data
         bn, scale = self.members.get("bn"), self.members.get("scale")
+        mean = std = a = b = None
         if bn is not None:
             outer, channels = bn.layer.view[:2]
             mean, std = bn.layer.stored_statistics(x.dtype)
-        else:
+        elif scale is not None:
             outer, channels = scale.layer.view[:2]
-            mean = std = None
-        inner = x.size // (outer * channels) if outer * channels else 0
-        a = b = None
+        if outer is None or not x.size or x.size % (outer * channels):
+            return False
+        inner = x.size // (outer * channels)
         if scale is not None:
             if tuple(scale.layer.view) != (outer, channels, inner):
                 return False        # Scale over other axes than BatchNorm's channels
             a = scale.layer.operand(scale.bottoms).reshape(-1)
             b = scale.layer.blobs[scale.layer.bias_index].data.reshape(-1)
-        if not x.size or a is not None and a.dtype != x.dtype:
-            return False
-        args = (x, y, mean, std, a, b, outer, channels, inner, bn is not None, scale is not None,
-                "relu" in self.members)
-        parts = spans(outer * channels, min(64, max(1, x.size // CHUNK_ELEMENTS)))
-        parallel_for(len(parts), lambda k: native.kernels.channel_chain(*args, parts[k]))
+            if a.dtype != x.dtype:
+                return False
+        self.planes = outer * channels
+        self.args = (x, y, mean, std, a, b, outer, channels, inner, bn is not None, scale is not None,
+                     "relu" in self.members)
         return True
+
+    def planes_pass(self, start, stop):
+        """The chain over planes [start, stop) (plane = sample * channels + channel), in this thread."""
+        native.kernels.channel_chain(*self.args, (start, stop))
+
+    def run(self):
+        """Reshape and run the chain as one pass; False (nothing run) when the compiled kernel cannot."""
+        if not self.prepare():
+            return False
+        self.run_prepared()
+        return True
+
+    def run_prepared(self):
+        """The whole pass, shared among the threads (after prepare)."""
+        parts = spans(self.planes, min(64, max(1, self.args[0].size // CHUNK_ELEMENTS)))
+        parallel_for(len(parts), lambda k: self.planes_pass(*parts[k]))

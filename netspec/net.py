@@ -16,7 +16,7 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
-from .fusion import find_chains
+from .fusion import find_chains, find_conv_epilogues
 from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -79,6 +79,16 @@ class LayerRecord:
         """Reshape to the bottoms' current shapes, then forward (Caffe's Layer::Forward)."""
         self.layer.reshape(self.bottoms, self.tops)
         self.layer.forward(self.bottoms, self.tops)
+
+    def forward_with(self, epilogue):
+        """forward, the convolution running `epilogue` (a fusion.Chain) on its top as it writes it;
+        epilogue.applied says whether it did (else the chain's layers are still to run)."""
+        epilogue.applied = False
+        self.layer.epilogue = epilogue
+        try:
+            self.forward()
+        finally:
+            self.layer.epilogue = None
 
     def backward(self):
         """Gradients into the params and into each bottom that needs one (callers check need_backward)."""
@@ -148,6 +158,7 @@ class Net:
         if weights:
             self.copy_from(weights)
         self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
+        self._epilogues = find_conv_epilogues(self.records)     # such runs right after a convolution
         self._reuse = None
         if reuse_memory and not any(record.need_backward for record in self.records):
             try:
@@ -507,7 +518,8 @@ class Net:
         try:
             before, after = self._hooks["before_forward"], self._hooks["after_forward"]
             # Chains (fusion.py) run as one pass unless hooks or debug output want each layer.
-            chains = self._chains if not (before or after or self.debug_info) else {}
+            fuse = not (before or after or self.debug_info)
+            chains, epilogues = (self._chains, self._epilogues) if fuse else ({}, {})
             i = start
             while i <= end:
                 chain = chains.get(i)
@@ -517,7 +529,13 @@ class Net:
                 for hook in before:
                     hook(i)
                 record = self.records[i]
-                record.forward()
+                last = i        # the last record this step runs: past a convolution's epilogue, if it ran
+                epilogue = epilogues.get(i)
+                if epilogue is not None and epilogue.last <= end:
+                    record.forward_with(epilogue)
+                    last = epilogue.last if epilogue.applied else i
+                else:
+                    record.forward()
                 for blob, w in record.loss_weights:
                     blob.diff[...] = w
                     loss += w * float(blob.data.sum(dtype=np.float64))
@@ -525,7 +543,7 @@ class Net:
                     self._debug(record, "Forward")
                 for hook in after:
                     hook(i)
-                i += 1
+                i = last + 1
         except NetspecError as e:
             raise self._located(e) from e
         return loss

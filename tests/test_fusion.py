@@ -69,7 +69,11 @@ def test_fused_chains_give_the_bytes_of_the_separate_layers(dtype):
         chain.run = lambda original=original: runs.append(1) or original()
     fused.forward()
     plain.forward()
-    assert len(runs) == 4
+    # c1's and c3's chains run inside their convolutions (on the convolution's own top, in
+    # place), bn2-r2 (out of place) and bn4-s4 as passes of their own.
+    assert len(runs) == 2
+    assert {fused.records[i].name: chain.applied for i, chain in fused._epilogues.items()} == \
+        {"c1": True, "c3": True}
     for name in ("c1", "c2", "b2", "c3"):
         np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
     assert (fused.blobs["c1"].data == 0).any() and (fused.blobs["c1"].data > 0).any()
@@ -87,3 +91,87 @@ def test_no_chain_where_backward_runs_or_a_range_cuts_it():
         net.forward(start="s1")
     np.testing.assert_array_equal(fused.blobs["c3"].data, plain.blobs["c3"].data)
     assert start == 3
+
+
+def conv_net(batch, channels, size, conv_param, after):
+    """Input -> one Convolution -> `after` (layer texts in place on its top) -> a second conv reading it."""
+    layers = "".join(f'layer {{ name: "e{k}" bottom: "c" top: "c" {text} }}\n' for k, text in enumerate(after))
+    return f"""
+name: "epilogue"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "c" convolution_param {{ {conv_param}
+  weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" std: 0.5 }} }} }}
+{layers}layer {{ name: "next" type: "Convolution" bottom: "c" top: "d" convolution_param {{ num_output: 2 kernel_size: 1
+  weight_filler {{ type: "gaussian" std: 0.5 }} }} }}
+"""
+
+
+BN, RELU = 'type: "BatchNorm"', 'type: "ReLU"'
+# (batch, channels, size, convolution_param): each engine of conv_engines.py, and both ways
+# StackedConv cuts its work (by samples; by output rows below SMALL_BATCH samples).
+ENGINES = {
+    "stacked by samples": (10, 3, 20, "num_output: 80 kernel_size: 3 pad: 1"),
+    "stacked by rows": (1, 3, 12, "num_output: 80 kernel_size: 3 pad: 1"),
+    "stacked by rows, groups": (2, 4, 20, "num_output: 96 kernel_size: 3 group: 2"),
+    "columns side by side": (6, 3, 5, "num_output: 70 kernel_size: 3 pad: 1 stride: 2"),
+    "pointwise": (5, 6, 13, "num_output: 70 kernel_size: 1"),
+    "pointwise by rows": (1, 6, 13, "num_output: 70 kernel_size: 1"),
+    "depthwise": (3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1 group: 8"),
+}
+AFTER = {"relu": [RELU], "bn+scale+relu": [BN, SCALE, RELU], "bn": [BN], "scale+relu": [SCALE, RELU]}
+
+
+@NATIVE
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("after", sorted(AFTER))
+def test_convolution_epilogue_gives_the_bytes_of_the_separate_layers(engine, after):
+    text = conv_net(*ENGINES[engine], AFTER[after])
+    fused, plain = build(text), build(text)
+    assert list(fused._epilogues) == [1]
+    plain.after_forward(lambda i: None)     # a hook: every layer runs on its own
+    fused.forward()
+    plain.forward()
+    assert fused._epilogues[1].applied
+    for name in ("c", "d"):
+        np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
+    if "relu" in after:
+        assert (fused.blobs["c"].data == 0).any() and (fused.blobs["c"].data > 0).any()
+
+
+@NATIVE
+def test_convolution_epilogue_engines_are_the_ones_named():
+    kinds = {}
+    for engine, shape in ENGINES.items():
+        net = build(conv_net(*shape, [RELU]))
+        conv = net.layers[1]
+        kinds[engine] = (type(conv.engine).__name__, conv.engine.by_rows() if hasattr(conv.engine, "by_rows") else None)
+    assert kinds == {"stacked by samples": ("StackedConv", False), "stacked by rows": ("StackedConv", True),
+                     "stacked by rows, groups": ("StackedConv", True), "columns side by side": ("ColumnConv", None),
+                     "pointwise": ("PointwiseConv", False), "pointwise by rows": ("PointwiseConv", True),
+                     "depthwise": ("DepthwiseConv", None)}
+
+
+def test_no_epilogue_where_backward_runs_a_range_cuts_it_or_the_chain_is_out_of_place():
+    text = conv_net(*ENGINES["stacked by samples"], [RELU])
+    assert build("force_backward: true\n" + text)._epilogues == {}
+    assert build(text.replace('bottom: "c" top: "c" type: "ReLU"', 'bottom: "c" top: "r" type: "ReLU"')
+                 .replace('bottom: "c" top: "d"', 'bottom: "r" top: "d"'))._epilogues == {}
+    fused, plain = build(text), build(text)
+    plain.after_forward(lambda i: None)
+    for net in (fused, plain):
+        net.forward(end="conv")        # the range ends before the ReLU: the convolution alone
+    assert not fused._epilogues[1].applied
+    np.testing.assert_array_equal(fused.blobs["c"].data, plain.blobs["c"].data)
+    assert (fused.blobs["c"].data < 0).any()
+
+
+@NATIVE
+def test_a_fork_depthwise_convolution_takes_an_epilogue_too():
+    text = conv_net(3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1", [BN, SCALE, RELU])
+    text = text.replace('name: "conv" type: "Convolution"', 'name: "conv" type: "ConvolutionDepthwise"')
+    fused, plain = build(text), build(text)
+    plain.after_forward(lambda i: None)
+    fused.forward()
+    plain.forward()
+    assert fused._epilogues[1].applied
+    np.testing.assert_array_equal(fused.blobs["d"].data, plain.blobs["d"].data)

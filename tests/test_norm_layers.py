@@ -280,6 +280,31 @@ def test_lrn_defaults_and_float32():
     assert np.allclose(top[0].data, lrn_reference(x.astype(np.float64), 5, 1.0, 0.75, 1.0, False), rtol=1e-5)
 
 
+def test_lrn_cuts_one_sample_by_rows_across_channels_with_the_same_bytes(monkeypatch):
+    from netspec.layers import norm
+    x = np.random.default_rng(3).standard_normal((1, 16, 128, 128)).astype(np.float32)
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for chunks in (norm.SAMPLE_CHUNKS, 1):
+        monkeypatch.setattr(norm, "SAMPLE_CHUNKS", chunks)
+        layer, bottom, top = build('type: "LRN" lrn_param { local_size: 5 alpha: 0.5 beta: 0.75 k: 2 }', [x])
+        layer.runs_backward = True
+        results.append((len(layer._blocks(x)), forward_backward(layer, bottom, top, dy)))
+    (blocks, (y, dx)), (one, (y1, dx1)) = results
+    assert (blocks, one) == (8, 1)
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(dx, dx1)
+    corner = lrn_reference(x[:, :, :3, :3].astype(np.float64), 5, 0.5, 0.75, 2.0, False)
+    assert np.allclose(y[:, :, :3, :3], corner, rtol=1e-5)
+
+
+def forward_backward(layer, bottom, top, dy):
+    layer.forward(bottom, top)
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy()
+
+
 def test_lrn_errors():
     with pytest.raises(NetspecError, match="local_size must be odd"):
         build('type: "LRN" lrn_param { local_size: 4 }', [np.zeros((1, 3, 2, 2))])

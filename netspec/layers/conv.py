@@ -158,6 +158,9 @@ class Convolution(_ConvBase):
     and the weights a bias column, so the bias costs no pass of its own, and its gradient
     comes out of the weight-gradient GEMM.
     """
+    # A fusion.Chain that the Net hands over for one forward, to run on the top as it is written;
+    # the engine sets its `applied` when it did.
+    epilogue = None
 
     def setup(self, bottom, top):
         super().setup(bottom, top)

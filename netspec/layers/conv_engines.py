@@ -32,8 +32,12 @@ from .im2col import COLUMN_BUDGET, add_weight_grad
 # Work is cut into about this many chunks (of samples, or of output rows), whatever the thread
 # count, so that results do not depend on it and a descheduled thread holds up little.
 CHUNKS = 8
-# Fewest output rows in one chunk of a GEMM cut by rows: thinner products lose BLAS speed.
-MIN_CHUNK_ROWS = 16
+# Fewest output rows in one chunk of a GEMM cut by rows: thinner products lose BLAS speed
+# (one sample's GEMMs of SqueezeNet, GoogLeNet and ResNet-50 at 1 thread: uncut 171 ms, cut
+# into blocks of >= 16 rows 215 ms, >= 64 rows 181 ms). A product of at least 2 * HALF_CHUNK_ROWS
+# rows is still cut in two, so that two cores share it.
+MIN_CHUNK_ROWS = 64
+HALF_CHUNK_ROWS = 32
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4
 
@@ -55,13 +59,20 @@ class ConvEngine:
     """The loop over bottoms, and the bias: folded into the GEMM as a weight column (the columns
     then carry a ones row), or added to the top and summed from the top's diff."""
 
+    # Whether forward_one runs the epilogue on each block it writes (else forward runs it once, after).
+    blockwise_epilogue = False
+
     def __init__(self, layer):
         self.layer, self.geom = layer, layer.geom
         self.fold_bias = layer.fold_bias
         self.kept_columns = {}
+        self.epilogue = None
 
     def forward(self, bottom, top):
         layer, g = self.layer, self.geom
+        epilogue = layer.epilogue
+        if epilogue is not None and len(top) == 1 and epilogue.prepare(g.num, layer.num_output):
+            self.epilogue = epilogue
         w = layer.grouped_weights()
         bias = layer.blobs[1].data if layer.bias_term else None
         if self.fold_bias:
@@ -72,9 +83,32 @@ class ConvEngine:
             w_ext[0, :, :-1] = w[0]
             w_ext[0, :, -1] = bias
             w, bias = w_ext, None
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            y = t.data.reshape(g.num, layer.num_output, g.out_count)
-            self.kept_columns[i] = self.forward_one(i, b, w, bias, y)
+        try:
+            for i, (b, t) in enumerate(zip(bottom, top)):
+                y = t.data.reshape(g.num, layer.num_output, g.out_count)
+                self.kept_columns[i] = self.forward_one(i, b, w, bias, y)
+            if self.epilogue is not None:
+                if not self.blockwise_epilogue:
+                    self.epilogue.run_prepared()
+                self.epilogue.applied = True
+        finally:
+            self.epilogue = None
+
+    def finish_planes(self, start, stop):
+        """The epilogue (fusion.Chain) over top planes [start, stop) = sample * num_output + channel."""
+        if self.epilogue is not None:
+            self.epilogue.planes_pass(start, stop)
+
+    def finish_rows(self, samples, block):
+        """The epilogue over output channels `block` (row_blocks' (groups, rows) slices) of each sample."""
+        if self.epilogue is None:
+            return
+        gs, rs = block
+        rows_per_group = self.layer.num_output // self.layer.group
+        c0 = gs.start * rows_per_group + (rs.start or 0)
+        c1 = gs.stop * rows_per_group if rs.stop is None else gs.start * rows_per_group + rs.stop
+        for n in samples:
+            self.epilogue.planes_pass(n * self.layer.num_output + c0, n * self.layer.num_output + c1)
 
     def backward(self, top, propagate_down, bottom):
         layer, g = self.layer, self.geom
@@ -181,6 +215,8 @@ class StackedConv(ConvEngine):
     `window` (2-D, kernels built): im2col straight from the bottom and col2im straight into
     its diff by the compiled kernels, with no padded image buffer."""
 
+    blockwise_epilogue = True
+
     def __init__(self, layer, compiled):
         super().__init__(layer)
         g = self.geom
@@ -234,6 +270,7 @@ class StackedConv(ConvEngine):
             np.matmul(w, g.grouped(cols, group), out=g.grouped(out, group))
             if bias is not None:
                 out += bias[:, None]
+            self.finish_planes(part.start * y.shape[1], part.stop * y.shape[1])
 
         parallel_for(len(parts), chunk)
         return col
@@ -274,6 +311,7 @@ class StackedConv(ConvEngine):
                 np.matmul(w[gs, rs], cols_g[:, gs], out=out)
                 if bias is not None:
                     out += bias.reshape(group, rows_per_group)[gs, rs, None]
+                self.finish_rows(range(part.start, part.stop), blocks[k])
 
             parallel_for(len(blocks), chunk)
 
@@ -372,11 +410,13 @@ class StackedConv(ConvEngine):
 
 def row_blocks(layer):
     """[(groups slice, rows slice)]: the output rows cut for the GEMMs, by groups when there
-    are many, else each group's rows in blocks of at least MIN_CHUNK_ROWS."""
+    are many, else each group's rows in a power-of-two count of blocks of at least MIN_CHUNK_ROWS."""
     group, rows = layer.group, layer.num_output // layer.group
     if group >= CHUNKS:
         return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
-    per_group = max(1, min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS))
+    most = min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS)
+    # A power of two, so that two (or four) threads get equal shares.
+    per_group = max(1, min(2, rows // HALF_CHUNK_ROWS), 1 << (most.bit_length() - 1) if most else 0)
     return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
 
 
@@ -418,6 +458,7 @@ class PointwiseConv(StackedConv):
             np.matmul(w, g.grouped(x[parts[k]], group), out=g.grouped(out, group))
             if bias is not None:
                 out += bias[:, None]
+            self.finish_planes(parts[k].start * y.shape[1], parts[k].stop * y.shape[1])
 
         parallel_for(len(parts), chunk)
         return None
@@ -433,6 +474,8 @@ class ColumnConv(ConvEngine):
     col2im writes it, so the only layout move left is the GEMM output's (M, N, P) -> (N, M, P).
     Past `part_budget` elements of columns the batch goes in parts of samples, and backward
     builds each part's columns again."""
+
+    blockwise_epilogue = True
 
     part_budget = COLUMN_BUDGET
 
@@ -490,6 +533,7 @@ class ColumnConv(ConvEngine):
                 np.copyto(target, o.reshape(o.shape[:2] + (n1 - n0, g.out_count)).transpose(2, 0, 1, 3))
                 if bias is not None:
                     target += bias.reshape(self.layer.group, rows_per_group)[gs, rs, None]
+                self.finish_rows(range(n0, n1), blocks[k])
 
             parallel_for(len(blocks), chunk)
         return col if keep else None

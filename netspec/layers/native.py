@@ -20,7 +20,7 @@ CHUNKS = 8
 
 try:
     from .. import _native as kernels
-    if getattr(kernels, "ABI", None) != 3:     # a stale build from older sources
+    if getattr(kernels, "ABI", None) != 4:     # a stale build from older sources
         kernels = None
 except ImportError:
     kernels = None

@@ -12,7 +12,7 @@ from ..threads import FLAT_CHUNK, parallel_flat, parallel_for, spans
 from . import native
 from .base import Layer, nbytes, prod, register, training
 
-# LRN's samples are cut into at most this many chunks for the threads (threads.py).
+# LRN's work is cut into at most this many chunks for the threads (threads.py): samples, then rows.
 SAMPLE_CHUNKS = 8
 
 
@@ -307,47 +307,57 @@ class LRN(Layer):
             return _window_sum(_window_sum(a, 2, self.size), 3, self.size)
         return _window_sum(a, 1, self.size)
 
-    def _samples(self, x):
-        """Each sample normalises alone: chunks of samples for the threads (by shape alone)."""
-        return spans(x.shape[0], min(SAMPLE_CHUNKS, x.size // (1 << 15)))
+    def _blocks(self, x):
+        """[(samples, rows)] slices for the threads (by shape alone). Each sample normalises alone,
+        and across channels each position too, so below SAMPLE_CHUNKS samples (GoogLeNet at batch
+        1) the rows are cut as well; the cumulative sums run along the channels, the same bytes."""
+        n, h = x.shape[0], x.shape[2]
+        samples = spans(n, min(SAMPLE_CHUNKS, x.size // (1 << 15)))
+        rows = [(0, h)]
+        if not self.within and len(samples) < SAMPLE_CHUNKS:
+            rows = spans(h, min(SAMPLE_CHUNKS // len(samples), x.size // len(samples) // (1 << 15)))
+        return [(slice(a, b), slice(r0, r1)) for a, b in samples for r0, r1 in rows]
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
         # Backward reads the scale; without one nothing is kept, and the temporaries are a chunk's.
         keep = self.runs_backward
         self.scale = scale = np.empty_like(x) if keep else None     # not scratch: a caller may hold on to it
-        chunks = self._samples(x)
+        blocks = self._blocks(x)
 
         def chunk(k):
-            # One sample at a time: each normalises alone, so the bytes are the same, and the
-            # temporaries (the squares, their window sums, the power) are a sample's, not a chunk's.
-            for i in range(*chunks[k]):
-                xs = x[i:i + 1]
+            # One sample of the block at a time: each normalises alone, so the bytes are the same,
+            # and the temporaries (the squares, their window sums, the power) are a sample's.
+            samples, rows = blocks[k]
+            for i in range(samples.start, samples.stop):
+                at = (slice(i, i + 1), slice(None), rows)
+                xs = x[at]
                 s = self.window(xs * xs)
                 s *= self.coeff
                 s += self.k
                 if keep:
-                    scale[i:i + 1] = s
-                np.multiply(xs, s ** -self.beta, out=y[i:i + 1])
+                    scale[at] = s
+                np.multiply(xs, s ** -self.beta, out=y[at])
 
-        parallel_for(len(chunks), chunk)
+        parallel_for(len(blocks), chunk)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         dy, y, x, dx = top[0].diff, top[0].data, bottom[0].data, bottom[0].diff
-        chunks = self._samples(x)
+        blocks = self._blocks(x)
 
         def chunk(k):
-            a, b = chunks[k]
-            scale = self.scale[a:b]
+            samples, rows = blocks[k]
+            at = (samples, slice(None), rows)
+            scale = self.scale[at]
             # d y_j / d x_i = [i == j] scale_j^-beta - 2 alpha' beta x_i y_j / scale_j over windows holding i.
-            back = self.window(dy[a:b] * y[a:b] / scale)
-            back *= x[a:b] * (-2 * self.coeff * self.beta)
-            back += dy[a:b] * scale ** -self.beta
-            dx[a:b] = back
+            back = self.window(dy[at] * y[at] / scale)
+            back *= x[at] * (-2 * self.coeff * self.beta)
+            back += dy[at] * scale ** -self.beta
+            dx[at] = back
 
-        parallel_for(len(chunks), chunk)
+        parallel_for(len(blocks), chunk)
 
 
 @register("MVN")

@@ -227,14 +227,14 @@ class WindowPool:
         if self.method == "ave":
             self._plane_chunks(native.kernels.ave_pool, x, top3)
             return
-        if backward or mask_out is not None:
-            argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
-        else:
-            # No backward expected: the winners are dead after this call, so they go in the work
-            # memory all layers share (GoogLeNet's 14 max pools held 50 MB of them); a backward that
-            # comes anyway finds them again from the input.
-            argmax = scratch(None, "pool_argmax", self._out_shape(), np.int32)
+        if not backward and mask_out is None:
+            # No backward expected: the maxima alone, no winners written (the kernel's cheaper
+            # loop); a backward that comes anyway finds them again from the input.
             self.state.argmax, self.state.image = None, x
+            self._plane_chunks(lambda x, y, window, planes: native.kernels.max_pool(x, y, None, window, planes),
+                               x, top3)
+            return
+        argmax = self.state.argmax = scratch(self, "argmax", self._out_shape(), np.int32)
         self._plane_chunks(native.kernels.max_pool, x, top3, argmax)
         if mask_out is not None:
             np.copyto(mask_out.reshape(argmax.shape), argmax)
