@@ -205,6 +205,14 @@ def _stored_layers(f, buf, start, end):
             for lp, blobs in zip(net.layer, walked)]
 
 
+def _mapped(f):
+    """A read-only map of the file: only the pages the walk reads are ever loaded."""
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:      # no address space left for it (ulimit -v), say
+        raise Irregular(f"cannot map the file: {e}") from None
+
+
 def open_weights(path):
     """StoredWeights of a binary .caffemodel, or None when it needs protobuf's whole-file parse
     (then that parse gives the errors, as before). NetspecError for a sealed file that fails
@@ -215,7 +223,7 @@ def open_weights(path):
         if not 0 < size <= MAX_BINARY_BYTES:
             raise Irregular("empty or too large")
         start = verify_file(f, path)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with _mapped(f) as buf:
             layers = _stored_layers(f, buf, start, size)
     except Irregular:
         f.close()

@@ -268,3 +268,19 @@ def test_loading_allocates_far_less_than_the_weights(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 0.2 * weights, f"{peak} bytes traced loading {weights} bytes of weights"
+
+
+def test_a_file_that_cannot_be_mapped_is_read_whole(tmp_path, monkeypatch):
+    # Under a tight `ulimit -v` the map can fail: the whole-file parse still loads the weights.
+    path = str(tmp_path / "w.caffemodel")
+    source = randomised(small_net())
+    source.save(path)
+
+    def no_map(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(weight_file.mmap, "mmap", no_map)
+    assert weight_file.open_weights(path) is None
+    net = small_net()
+    net.copy_from(path)
+    assert_same_params(params(net), params(source))
