@@ -91,6 +91,15 @@ def _wrapped(number, body):
     return varint(number << 3 | WIRE_BYTES) + varint(len(body)) + body
 
 
+def _read_exactly(f, view, offset):
+    """Fill `view` from file `f` at `offset` (one read may return less than asked)."""
+    while len(view):
+        n = os.preadv(f.fileno(), [view], offset)
+        if not n:
+            raise NetspecError(f"{f.name}: the file shrank while its weights were being read")
+        view, offset = view[n:], offset + n
+
+
 class StoredBlob:
     """One BlobProto of the file: its header (the BlobProto without data) parsed, its floats
     left in the file as (offset, byte count) chunks until copy_into reads them."""
@@ -112,8 +121,7 @@ class StoredBlob:
         raw = memoryview(target.reshape(-1)).cast("B")
         done = 0
         for offset, n in self._chunks:
-            if os.preadv(self._file.fileno(), [raw[done:done + n]], offset) != n:
-                raise OSError(f"{self._file.name}: the file shrank while its weights were read")
+            _read_exactly(self._file, raw[done:done + n], offset)
             done += n
         if not direct:
             out[...] = target

@@ -284,3 +284,12 @@ def test_a_file_that_cannot_be_mapped_is_read_whole(tmp_path, monkeypatch):
     net = small_net()
     net.copy_from(path)
     assert_same_params(params(net), params(source))
+
+
+def test_a_file_cut_while_being_read_is_an_error_not_short_weights(tmp_path):
+    path = str(tmp_path / "w.caffemodel")
+    randomised(small_net()).save(path)
+    with weight_file.open_weights(path) as stored:
+        os.truncate(path, os.path.getsize(path) // 2)
+        message = error_of(lambda: copy_layer_blobs(small_net(), stored, path))
+    assert message is not None and "shrank while its weights were being read" in message
