@@ -252,25 +252,95 @@ static long NAME(max_unpool)(const T *dy, const int32_t *argmax, T *dx, long pla
     return outside;
 }
 
+/* One output row of average pooling: outputs [0, n), window (0, 0) of output 0 at src[0]
+ * (rows src_w apart), each window's sum in row-major order over y's divisor. Inlined with
+ * constant sizes for the common windows, so that gcc vectorises over the outputs. */
+static inline __attribute__((always_inline)) void NAME(sum_row)(
+    const T *restrict src, long src_w, T *restrict y, const T *restrict divisor, long n, long kh, long kw, long sw)
+{
+    for (long ox = 0; ox < n; ox++) {
+        const T *win = src + ox * sw;
+        T sum = 0;
+        for (long i = 0; i < kh; i++)
+            for (long j = 0; j < kw; j++)
+                sum += win[i * src_w + j];
+        y[ox] = sum / divisor[ox];
+    }
+}
+
+/* The square windows (kernel, stride) sum_row is compiled for with constant sizes; other
+ * windows are summed one at a time from the image (a vectorised loop over the outputs gains
+ * nothing without the unrolled window, and loses on large kernels with few outputs). */
+#define SUM_ROW_CASES CASE(3, 2) CASE(3, 1) CASE(2, 2) CASE(5, 3)
+
+static int NAME(sum_row_fits)(const Geom *g)
+{
+#define CASE(K, S) || (g->kh == K && g->kw == K && g->sw == S)
+    return 0 SUM_ROW_CASES;
+#undef CASE
+}
+
+static void NAME(sum_row_any)(const T *src, long src_w, T *y, const T *divisor, long n, const Geom *g)
+{
+#define CASE(K, S)                                                                          \
+    if (g->kh == K && g->kw == K && g->sw == S) {                                           \
+        NAME(sum_row)(src, src_w, y, divisor, n, K, K, S);                                  \
+        return;                                                                             \
+    }
+    SUM_ROW_CASES
+#undef CASE
+}
+
 /* Caffe's average pooling: the window sum over the part inside the image, divided by the
- * window's size clipped to the padded image. */
+ * window's size clipped to the padded image (the table `divisor`, one row of `wide` per output
+ * row, made once per call). Each plane is copied into a buffer with zeros around it, so every
+ * window is whole and each row is computed a whole number of vectors wide by sum_row, then
+ * copied out. The zeros change no sum: the sum starts from +0 and so is never -0, for which
+ * s + 0 would differ, and the image elements are still added in row-major order. */
 static void NAME(ave_pool)(const T *x, T *y, long planes, const Geom *g)
 {
-    const long HW = g->h * g->w;
-    for (long p = 0; p < planes; p++) {
-        const T *plane = x + p * HW;
-        for (long oy = 0; oy < g->oh; oy++) {
-            long h0, h1, rows = window(oy, g->sh, g->ph, g->kh, g->h, &h0, &h1);
-            for (long ox = 0; ox < g->ow; ox++) {
-                long w0, w1, cols = window(ox, g->sw, g->pw, g->kw, g->w, &w0, &w1);
-                T sum = 0;
-                for (long h = h0; h < h1; h++)
-                    for (long w = w0; w < w1; w++)
-                        sum += plane[h * g->w + w];
-                *y++ = sum / (T)(rows * cols);
+    const long H = g->h, W = g->w, ow = g->ow, sw = g->sw;
+    const long wide = (ow + 7) / 8 * 8;
+    const long bh = (g->oh - 1) * g->sh + g->kh, bw = (wide - 1) * sw + g->kw;
+    const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
+    T *buf = NAME(sum_row_fits)(g) ? calloc(bh * bw + wide + g->oh * wide, sizeof(T)) : NULL;  /* +0.0: zero bits */
+    if (!buf) {     /* other windows, or no memory: window by window from the image */
+        for (long p = 0; p < planes; p++) {
+            const T *plane = x + p * H * W;
+            for (long oy = 0; oy < g->oh; oy++) {
+                long h0, h1, hn = window(oy, g->sh, g->ph, g->kh, H, &h0, &h1);
+                for (long ox = 0; ox < ow; ox++) {
+                    long w0, w1, wn = window(ox, sw, g->pw, g->kw, W, &w0, &w1);
+                    T sum = 0;
+                    for (long h = h0; h < h1; h++)
+                        for (long w = w0; w < w1; w++)
+                            sum += plane[h * W + w];
+                    *y++ = sum / (T)(hn * wn);
+                }
             }
         }
+        return;
     }
+    T *yrow = buf + bh * bw, *divisor = yrow + wide;
+    for (long oy = 0; oy < g->oh; oy++) {
+        long h0, h1, hn = window(oy, g->sh, g->ph, g->kh, H, &h0, &h1);
+        for (long ox = 0; ox < wide; ox++) {
+            long w0, w1, wn = window(ox, sw, g->pw, g->kw, W, &w0, &w1);
+            divisor[oy * wide + ox] = ox < ow ? (T)(hn * wn) : 1;
+        }
+    }
+    for (long p = 0; p < planes; p++) {
+        const T *plane = x + p * H * W;
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < cols; c++)
+                buf[(r + g->ph) * bw + g->pw + c] = plane[r * W + c];
+        for (long oy = 0; oy < g->oh; oy++, y += ow) {
+            NAME(sum_row_any)(buf + oy * g->sh * bw, bw, yrow, divisor + oy * wide, wide, g);
+            for (long ox = 0; ox < ow; ox++)
+                y[ox] = yrow[ox];
+        }
+    }
+    free(buf);
 }
 
 /* The gradient of ave_pool: each top gradient spread evenly over its window (dx is overwritten). */

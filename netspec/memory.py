@@ -10,7 +10,6 @@ scales, softmax probabilities), and refuses the net as soon as the total passes 
 still allows (`ulimit -v`), whichever is smaller. The message names the
 largest layers and says what makes them large.
 """
-import math
 import resource
 
 from .errors import NetspecError
@@ -61,16 +60,10 @@ def own_work_bytes(layer, bottoms, tops):
 
 
 def work_bytes(layer, bottoms, tops):
-    """The shared work buffer a layer's forward/backward takes: the im2col columns of convolutions,
-    one pool for all layers, so the net holds the largest. (Estimated here rather than by a
-    Layer.work_bytes of the convolution layers, whose modules are being reworked for speed.)"""
-    if layer.type not in ("Convolution", "Deconvolution") or not layer.blobs or not bottoms:
-        return 0
-    kernel = math.prod(layer.blobs[0].shape[1:])            # input channels per group x kernel area
-    spatial = max(math.prod(t.shape[2:]) for t in tops) if tops else 0
-    batch = bottoms[0].shape[0] if bottoms[0].shape else 1
-    group = max(1, layer.layer_param.convolution_param.group)
-    return 2 * kernel * group * spatial * batch * 4           # columns and their gradient, float32
+    """The shared work buffer a layer's forward/backward takes from the pool all layers share, so
+    that the net holds only the largest (Layer.shared_work_bytes: the convolutions' im2col columns)."""
+    hook = getattr(layer, "shared_work_bytes", None)
+    return int(hook(bottoms, tops)) if hook is not None and bottoms else 0
 
 
 def _mostly(blobs, params, work):

@@ -191,3 +191,22 @@ def test_the_work_hook_is_the_layers_own():
         def work_bytes(self, bottom, top):
             return 1234
     assert own_work_bytes(Keeps(caffe_pb2.LayerParameter(name="y")), [], []) == 1234
+
+
+def test_convolution_work_is_its_columns_and_their_gradient():
+    from google.protobuf import text_format
+    from netspec.net import Net
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 10 dim: 12 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 6 kernel_size: 3 group: 2 } }
+    layer { name: "deconv" type: "Deconvolution" bottom: "c" top: "d" convolution_param { num_output: 2 kernel_size: 2 stride: 2 } }
+    layer { name: "relu" type: "ReLU" bottom: "d" top: "d" }
+    """
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+    work = {r.name: memory.work_bytes(r.layer, r.bottoms, r.tops) for r in net.records}
+    # float32 columns and their gradient: rows (channels per group x taps) x groups, by the
+    # top's positions, by the samples. conv: 2 x 9 rows x 2 groups, an 8 x 10 top; deconv (weights
+    # 6 x 2 x 2 x 2): 2 x 4 rows, a 16 x 20 top.
+    assert work["conv"] == 2 * (2 * 9 * 2) * (8 * 10) * 2 * 4
+    assert work["deconv"] == 2 * (2 * 4) * (16 * 20) * 2 * 4
+    assert work["in"] == work["relu"] == 0

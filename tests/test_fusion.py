@@ -107,7 +107,7 @@ layer {{ name: "conv" type: "Convolution" bottom: "data" top: "c" convolution_pa
 
 
 BN, RELU = 'type: "BatchNorm"', 'type: "ReLU"'
-# (batch, channels, size, convolution_param): each engine of conv_engines.py, and both ways
+# (batch, channels, size, convolution_param): each convolution engine (conv.choose_engine), and both ways
 # StackedConv cuts its work (by samples; by output rows below SMALL_BATCH samples).
 ENGINES = {
     "stacked by samples": (10, 3, 20, "num_output: 80 kernel_size: 3 pad: 1"),

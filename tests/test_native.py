@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from netspec.layers import native
-from netspec.layers.conv_engines import ColumnConv
+from netspec.layers.conv_columns import ColumnConv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_native = pytest.mark.skipif(native.kernels is None, reason="compiled kernels not built")

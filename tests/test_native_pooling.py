@@ -1,8 +1,10 @@
-"""The compiled max pooling (netspec/_native_body.h) against a numpy reference, with and without
-the argmax: the maxima-alone loop that test-phase layers take must give the same top, and both
-must keep Caffe's clipping and tie rule (the first maximum in row-major order) on every window
-shape the kernel has a special case for (3x3 and 2x2, stride 1 and 2, rows cut by the padding
-or the ceil-mode overhang) and on the general loop."""
+"""The compiled max and average pooling (netspec/_native_body.h) against numpy references.
+
+Max, with and without the argmax: the maxima-alone loop that test-phase layers take must give
+the same top, and both must keep Caffe's clipping and tie rule (the first maximum in row-major
+order) on every window shape the kernel has a special case for (3x3 and 2x2, stride 1 and 2,
+rows cut by the padding or the ceil-mode overhang) and on the general loop. Average: the same
+bytes as adding each window's image elements in row-major order, over Caffe's divisor."""
 import itertools
 
 import numpy as np
@@ -100,3 +102,38 @@ def test_window_pool_without_backward_gives_the_same_top_and_gradient(k, s, p):
     np.testing.assert_array_equal(grads[0], grads[1])
     want, _ = reference_max_pool(x.reshape(-1, 12, 11), (k, k), (s, s), (p, p), out)
     np.testing.assert_array_equal(tops[1].reshape(want.shape), want)
+
+
+def reference_ave_pool(x, kernel, stride, pad, out):
+    """Caffe's average of x (planes, H, W): each window's image elements added in row-major
+    order from +0 (adding +0 for a position outside changes no such sum), over the window's
+    size clipped to the padded image."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, pad, out
+    planes, height, width = x.shape
+    rows, cols = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
+    total = np.zeros((planes, oh, ow), x.dtype)
+    for i, j in itertools.product(range(kh), range(kw)):
+        r, c = rows + i, cols + j
+        inside = ((r >= 0) & (r < height))[:, None] & ((c >= 0) & (c < width))[None, :]
+        total += np.where(inside, x[:, np.clip(r, 0, height - 1)][:, :, np.clip(c, 0, width - 1)], 0)
+    size = (np.minimum(rows + kh, height + ph) - rows)[:, None] * (np.minimum(cols + kw, width + pw) - cols)[None, :]
+    return total / size.astype(x.dtype)
+
+
+AVE_CASES = CASES + [(14, 14, 5, 3, 0, True), (9, 9, 3, 2, 2, True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("height, width, k, s, p, ceil", AVE_CASES)
+def test_ave_pool_matches_the_reference_to_the_byte(dtype, height, width, k, s, p, ceil):
+    planes = 4
+    x = R.standard_normal((planes, height, width)).astype(dtype)
+    x[R.random(x.shape) < 0.3] = -0.0              # a window of -0 alone must still give +0
+    x[1, ::3] = -0.0
+    x[2, R.integers(height), R.integers(width)] = np.inf
+    x[3, R.integers(height), R.integers(width)] = np.nan
+    out = (pooled_size(height, k, s, p, ceil), pooled_size(width, k, s, p, ceil))
+    geom = native.window_geometry(planes, (height, width), (k, k), (s, s), (p, p), (1, 1), out)
+    y = np.full((planes,) + out, 7, dtype)
+    native.kernels.ave_pool(x, y, geom, planes)
+    assert y.tobytes() == reference_ave_pool(x, (k, k), (s, s), (p, p), out).tobytes()

@@ -10,7 +10,7 @@ from gradcheck import build, check_layer, forward
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
 from netspec.layers import conv as conv_module
-from netspec.layers import conv_engines, im2col, native
+from netspec.layers import conv_columns, conv_depthwise, conv_engines, im2col, native
 from netspec.proto import caffe_pb2
 
 R = np.random.default_rng(5)
@@ -37,7 +37,7 @@ def layout(request, monkeypatch):
     if name.endswith("stacked_rebuilt"):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
     if name == "native_parts":
-        monkeypatch.setattr(conv_engines.ColumnConv, "part_budget", 0)
+        monkeypatch.setattr(conv_columns.ColumnConv, "part_budget", 0)
     return name
 
 
@@ -183,13 +183,13 @@ def test_convolution_gradients(layout, params, shape, stride, pad, dilation, gro
     layer, _, _ = check_layer(conv(params), [R.standard_normal(shape)], max_checks=120)
     pointwise = "kernel_size: 1 " in params + " "
     depthwise = group == shape[1] and group > 1
-    assert isinstance(layer.engine, conv_engines.DepthwiseConv) == depthwise
+    assert isinstance(layer.engine, conv_depthwise.DepthwiseConv) == depthwise
     if depthwise:
         assert (layer.engine.window is not None) == layout.startswith("native")
         return
     small_maps = layout in ("batch_inner", "native", "native_parts")
     assert isinstance(layer.engine, conv_engines.PointwiseConv) == (pointwise and not small_maps)
-    assert isinstance(layer.engine, conv_engines.ColumnConv) == (layout in ("native", "native_parts"))
+    assert isinstance(layer.engine, conv_columns.ColumnConv) == (layout in ("native", "native_parts"))
     compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
     assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
 
@@ -203,7 +203,7 @@ def test_depthwise_convolution_in_1d_and_3d(params, shape, stride, pad, dilation
     x = R.standard_normal(shape)
     with precision(np.float64):
         layer, bottom, top = build(conv(params), [x])
-        assert isinstance(layer.engine, conv_engines.DepthwiseConv) and layer.engine.window is None
+        assert isinstance(layer.engine, conv_depthwise.DepthwiseConv) and layer.engine.window is None
         layer.forward(bottom, top)
         w, b = layer.blobs[0].data, layer.blobs[1].data
     np.testing.assert_allclose(top[0].data, naive_conv(x, w, b, stride, pad, dilation, shape[1]), rtol=1e-10,
@@ -242,7 +242,7 @@ def test_depthwise_kernel_ranges_split_the_work():
 def test_depthwise_convolution_gives_the_same_bytes_on_any_thread_count(compiled, monkeypatch):
     from netspec import threads
     monkeypatch.setattr(native, "ENABLED", compiled)
-    monkeypatch.setattr(conv_engines.DepthwiseConv, "chunk_work", 1)     # many chunks
+    monkeypatch.setattr(conv_depthwise.DepthwiseConv, "chunk_work", 1)     # many chunks
     x = R.standard_normal((3, 4, 9, 8))
     dy = R.standard_normal((3, 8, 5, 4))
     before = threads.get_threads()

@@ -1,7 +1,8 @@
 """Convolution, Deconvolution and Im2col, with Caffe's parameters and shape rules.
 
 Each convolution is one grouped GEMM over the whole batch on im2col columns, run by the
-engine (conv_engines.py) that Convolution.reshape picks for the shape: the compiled
+engine (conv_engines.py, conv_columns.py, conv_depthwise.py) that Convolution.reshape picks
+for the shape (choose_engine): the compiled
 columns of native.py for 2-D convolution over small maps when the extension is built,
 else the numpy layouts of im2col.py.
 """
@@ -10,8 +11,11 @@ import math
 import numpy as np
 
 from .. import fillers
+from . import native
 from .base import Layer, register, scratch, shape_str
-from .conv_engines import choose_engine
+from .conv_columns import BatchInnerConv, ColumnConv
+from .conv_depthwise import DepthwiseConv
+from .conv_engines import PointwiseConv, StackedConv
 from .im2col import ConvGeometry, add_weight_grad
 
 # Output positions per map from which a 1x1 convolution runs one GEMM per sample on the bottom
@@ -20,11 +24,34 @@ from .im2col import ConvGeometry, add_weight_grad
 POINTWISE_MIN_POSITIONS = 144
 
 
+def choose_engine(layer, dtype):
+    """The engine for the layer's current geometry (layer.geom), kernel and dtype."""
+    g = layer.geom
+    compiled = layer.num_spatial == 2 and native.usable(dtype)
+    if layer.depthwise:
+        return DepthwiseConv(layer, compiled and native.has_depthwise())
+    if g.batch_inner:
+        return ColumnConv(layer) if compiled else BatchInnerConv(layer)
+    if layer.pointwise:
+        return PointwiseConv(layer)
+    return StackedConv(layer, compiled)
+
+
 class _ConvBase(Layer):
     """What Convolution and Deconvolution share: parameters, checks, weights, geometry."""
     num_bottoms = (1, None)
     num_tops = (1, None)
     transposed = False          # Deconvolution: the image side of im2col is the top
+
+    def shared_work_bytes(self, bottom, top):
+        """The im2col columns and their gradient (float32), at most: from the pool the layers share
+        (memory.py counts the largest once)."""
+        if not self.blobs or not bottom:
+            return 0
+        kernel = math.prod(self.blobs[0].shape[1:])            # input channels per group x kernel area
+        spatial = max(math.prod(t.shape[2:]) for t in top) if top else 0
+        batch = bottom[0].shape[0] if bottom[0].shape else 1
+        return 2 * kernel * self.group * spatial * batch * 4
 
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
@@ -169,7 +196,7 @@ class Convolution(_ConvBase):
         # group == input channels (MobileNet's 3x3): the direct depthwise engine, no GEMM.
         self.depthwise = self.group > 1 and self.group == self.channels
         self.fold_bias = self.bias_term and self.group == 1 and not self.pointwise
-        self.engine = None          # chosen in reshape, for the shape (conv_engines.py)
+        self.engine = None          # chosen in reshape, for the shape (choose_engine)
 
     def stacked_only(self):
         # Neither builds columns: PointwiseConv's are the bottom itself, DepthwiseConv sums taps.

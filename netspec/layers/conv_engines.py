@@ -1,16 +1,16 @@
 """Convolution's engines: one per column layout, each with its own forward and backward.
 
-Convolution.reshape picks one per shape (`choose_engine`); forward and backward then
-delegate to it. All do one grouped GEMM over the batch on im2col columns:
+Convolution.reshape picks one per shape (conv.choose_engine); forward and backward then
+delegate to it. All but the depthwise one do one grouped GEMM over the batch on im2col columns:
 
-    ColumnConv      compiled im2col, samples side by side (C*K, N*P): 2-D small maps (native.py)
-    BatchInnerConv  numpy's batch-inner layout (C*K, P*N): small maps, other cases
-    PointwiseConv   1x1 kernel, stride 1, no pad: the stacked columns are the bottom itself
-    DepthwiseConv   group == input channels (MobileNet): no columns and no GEMM, a direct sum
-                    over the kernel taps per plane, compiled (2-D) or numpy's shifted views
     StackedConv     stacked (N, C*K, P), a part of the samples at a time; im2col/col2im by
                     the compiled kernels for 2-D when they are built (`window`), else numpy's
+    PointwiseConv   1x1 kernel, stride 1, no pad: the stacked columns are the bottom itself
+    ColumnConv, BatchInnerConv (conv_columns.py)  small maps: the samples side by side
+    DepthwiseConv (conv_depthwise.py)  group == input channels (MobileNet): no columns and no
+                    GEMM, a direct sum over the kernel taps per plane
 
+This file holds their base (the loop over bottoms, the bias, the epilogue) and the stacked ones.
 The compiled engines (and PointwiseConv) share each layer call among netspec's threads
 (threads.py): StackedConv by chunks of samples, each summing its own weight-gradient part,
 added up in chunk order; ColumnConv by blocks of output rows (forward and weight gradient,
@@ -18,7 +18,7 @@ so no partial sums) and chunks of samples (columns and data gradient).
 
 What forward leaves for backward is one thing in every engine: `kept_columns[i]`, the
 columns of bottom i, kept when backward will run (`runs_backward`) and they fit
-COLUMN_BUDGET; None means backward builds them again.
+im2col.COLUMN_BUDGET; None means backward builds them again.
 """
 import math
 
@@ -27,7 +27,7 @@ import numpy as np
 from ..threads import parallel_for, spans
 from . import native
 from .base import scratch
-from .im2col import COLUMN_BUDGET, add_weight_grad
+from .im2col import add_weight_grad
 
 # Work is cut into about this many chunks (of samples, or of output rows), whatever the thread
 # count, so that results do not depend on it and a descheduled thread holds up little.
@@ -40,19 +40,6 @@ MIN_CHUNK_ROWS = 64
 HALF_CHUNK_ROWS = 32
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4
-
-
-def choose_engine(layer, dtype):
-    """The engine for the layer's current geometry (layer.geom), kernel and dtype."""
-    g = layer.geom
-    compiled = layer.num_spatial == 2 and native.usable(dtype)
-    if layer.depthwise:
-        return DepthwiseConv(layer, compiled and native.has_depthwise())
-    if g.batch_inner:
-        return ColumnConv(layer) if compiled else BatchInnerConv(layer)
-    if layer.pointwise:
-        return PointwiseConv(layer)
-    return StackedConv(layer, compiled)
 
 
 class ConvEngine:
@@ -163,50 +150,6 @@ class ConvEngine:
     def bottom_image(self, b):
         g = self.geom
         return g.load_image(self.layer, "image", b.data.reshape((g.num, g.channels) + g.spatial))
-
-
-class BatchInnerConv(ConvEngine):
-    """numpy's batch-inner columns (C*K, P*N): one 2-D GEMM, the batch axis moved in and out."""
-
-    def forward_one(self, i, b, w, bias, y):
-        g, group = self.geom, self.layer.group
-        keep = self.keeps_columns()
-        col = self.col_buffer(f"col{i}", g.num, y.dtype, shared=not keep)
-        self.im2col(self.bottom_image(b), col)
-        out = g.out_cols(None, "conv_out", y)
-        np.matmul(w, g.grouped(col, group), out=g.grouped(out, group))
-        g.finish_cols(out, y, bias)
-        return col if keep else None
-
-    def backward_one(self, b, dy, acc, dx, col):
-        g, group = self.geom, self.layer.group
-        if col is None:   # columns not kept (no backward expected), or backward without a forward
-            col = self.col_buffer(None, g.num, dy.dtype, shared=True)
-            self.im2col(self.bottom_image(b), col)
-        dt = g.grouped(g.as_cols(None, "conv_dtop", dy), group)
-        add_weight_grad(dt, g.grouped(col, 1 if self.fold_bias else group), acc)
-        if dx is not None:
-            dimage = g.grad_image(None, "conv_dimage", dx)
-            self._data_grad(dt, dimage, dy.dtype)
-            g.store_image(dimage, dx)
-
-    def _data_grad(self, dt, dimage, dtype):
-        """dimage <- col2im(W^T dtop), a block of channels at a time so each block's columns stay in cache."""
-        g = self.geom
-        wt = self.layer.grouped_weights().transpose(0, 2, 1)        # (G, Kg, M/G)
-        parts = g.channel_parts(self.layer.group)
-        dimage.fill(0)
-        for part in parts:
-            if part != slice(None):                     # one group: rows of a block of channels
-                wt_part = wt[:, part.start * g.kernel_count:part.stop * g.kernel_count]
-            else:
-                wt_part = wt
-            shape = wt_part.shape[:2] + (dt.shape[-1],)
-            if part is parts[0]:
-                buf = scratch(None, "conv_dcol", (math.prod(shape),), dtype)
-            dcol = buf[:math.prod(shape)].reshape(shape)
-            np.matmul(wt_part, dt, out=dcol)
-            g.add_windows(dcol, dimage[part])
 
 
 class StackedConv(ConvEngine):
@@ -467,185 +410,3 @@ class PointwiseConv(StackedConv):
         # StackedConv's threaded backward on the bottom as columns; the data gradient's columns
         # are dx itself, written by the GEMM (see `direct_dx`).
         super().backward_one(b, dy, acc, dx, self.columns(b))
-
-
-class ColumnConv(ConvEngine):
-    """Compiled columns with the samples side by side, (C*K [+1], N*P): im2col reads NCHW and
-    col2im writes it, so the only layout move left is the GEMM output's (M, N, P) -> (N, M, P).
-    Past `part_budget` elements of columns the batch goes in parts of samples, and backward
-    builds each part's columns again."""
-
-    blockwise_epilogue = True
-
-    part_budget = COLUMN_BUDGET
-
-    def __init__(self, layer):
-        super().__init__(layer)
-        g = self.geom
-        self.window = native.window_geometry(g.channels, g.spatial, g.kernel, g.stride, g.pad, g.dilation, g.out)
-        width = g.rows + (1 if self.fold_bias else 0)
-        step = max(1, self.part_budget // (width * g.out_count))
-        self.parts = [(n, min(g.num, n + step)) for n in range(0, g.num, step)]
-
-    def _columns(self, owner, name, x, n0, n1):
-        """The columns of samples [n0, n1) of x, with the ones row when the bias is folded;
-        kept on `owner` as `name`, or (owner None) in the shared work pool. Built by chunks
-        of samples in parallel, each writing its own column range."""
-        g = self.geom
-        shape = (g.rows + (1 if self.fold_bias else 0), (n1 - n0) * g.out_count)
-        col = scratch(owner, name, shape, x.dtype)
-        flat, P = col.reshape(-1), g.out_count
-        chunks = spans(n1 - n0, CHUNKS)
-
-        def chunk(k):
-            a, b = chunks[k]
-            # A flat view from sample a's first column: rows stay shape[1] apart.
-            native.kernels.im2col(x, flat[a * P:], self.window, n0 + a, n0 + b, shape[1], P)
-
-        parallel_for(len(chunks), chunk)
-        if self.fold_bias:
-            col[-1] = 1
-        return col
-
-    def _grouped(self, a):
-        group = self.layer.group
-        return a.reshape(group, a.shape[0] // group, a.shape[1])
-
-    def forward_one(self, i, b, w, bias, y):
-        g, num_output = self.geom, self.layer.num_output
-        x = b.data.reshape((g.num, g.channels) + g.spatial)
-        keep = self.layer.runs_backward and len(self.parts) == 1
-        blocks = row_blocks(self.layer)
-        rows_per_group = num_output // self.layer.group
-        for n0, n1 in self.parts:
-            col = self._columns(self.layer, f"col{i}", x, n0, n1) if keep else \
-                self._columns(None, "conv_cols", x, n0, n1)
-            out = scratch(None, "conv_out", (num_output, col.shape[1]), x.dtype)
-            col_g, out_g = self._grouped(col), self._grouped(out)
-            y_g = y[n0:n1].reshape(n1 - n0, self.layer.group, rows_per_group, g.out_count)
-
-            def chunk(k):
-                gs, rs = blocks[k]
-                o = out_g[gs, rs]
-                np.matmul(w[gs, rs], col_g[gs], out=o)
-                # (groups, rows, samples * P) -> y's (samples, groups, rows, P)
-                target = y_g[:, gs, rs]
-                np.copyto(target, o.reshape(o.shape[:2] + (n1 - n0, g.out_count)).transpose(2, 0, 1, 3))
-                if bias is not None:
-                    target += bias.reshape(self.layer.group, rows_per_group)[gs, rs, None]
-                self.finish_rows(range(n0, n1), blocks[k])
-
-            parallel_for(len(blocks), chunk)
-        return col if keep else None
-
-    def backward_one(self, b, dy, acc, dx, col):
-        g, num_output = self.geom, self.layer.num_output
-        x = b.data.reshape((g.num, g.channels) + g.spatial)
-        wt = self.layer.grouped_weights().transpose(0, 2, 1)
-        blocks = row_blocks(self.layer)
-        group, rows_per_group, P = self.layer.group, num_output // self.layer.group, g.out_count
-        for n0, n1 in self.parts:
-            if col is None or len(self.parts) > 1:
-                col = self._columns(None, "conv_cols", x, n0, n1)
-            dt = scratch(None, "conv_dtop", (num_output, col.shape[1]), dy.dtype)
-            dt_g, col_g = self._grouped(dt), self._grouped(col)
-            dy_g = dy[n0:n1].reshape(n1 - n0, group, rows_per_group, P)
-
-            def weight_chunk(k):
-                # dtop's rows for this block, then their weight gradient: each block its own rows of acc.
-                gs, rs = blocks[k]
-                d = dt_g[gs, rs]
-                np.copyto(d.reshape(d.shape[:2] + (n1 - n0, P)), dy_g[:, gs, rs].transpose(1, 2, 0, 3))
-                add_weight_grad(d, col_g if self.fold_bias else col_g[gs], acc[gs, rs])
-
-            parallel_for(len(blocks), weight_chunk)
-            if dx is None:
-                continue
-            samples = spans(n1 - n0, CHUNKS)
-
-            def data_chunk(k):
-                a, b_ = samples[k]
-                dcol = scratch(None, "conv_dcol", (g.rows, (b_ - a) * P), dy.dtype)
-                np.matmul(wt, dt_g[:, :, a * P:b_ * P], out=self._grouped(dcol))
-                native.kernels.col2im(dcol, dx, self.window, n0 + a, n0 + b_, dcol.shape[1], P)
-
-            parallel_for(len(samples), data_chunk)
-
-
-class DepthwiseConv(ConvEngine):
-    """group == input channels: output channel o is input channel o // m (m = num_output / channels)
-    convolved with its own kernel. As a grouped GEMM that is C GEMMs of one row each over im2col
-    columns; summed directly over the taps it reads the bottom once per tap and builds nothing.
-    The sum runs over the taps in row-major order, padding skipped, then adds the bias, as
-    Caffe's GEMM does up to its own order of the K terms. Nothing is kept for backward."""
-
-    def __init__(self, layer, compiled):
-        super().__init__(layer)
-        g = self.geom
-        self.multiplier = layer.num_output // g.channels
-        self.window = native.window_geometry(g.channels, g.spatial, g.kernel, g.stride, g.pad, g.dilation,
-                                             g.out) if compiled else None
-
-    def _flat_weights(self, w):
-        return w.reshape(self.layer.num_output, self.geom.kernel_count)
-
-    # Elements of work (outputs x taps) per chunk handed to the threads: enough that a chunk's
-    # cost dwarfs its dispatch, by the shape alone. Every item's result is independent of the
-    # chunking (planes and channels are whole), so any thread count gives the same bytes.
-    chunk_work = 1 << 18
-
-    def _split(self, kernel, items, *args):
-        """kernel(*args, start, stop) over [0, items) in chunks, on netspec's threads."""
-        g = self.geom
-        work = g.num * self.layer.num_output * g.out_count * g.kernel_count
-        parts = spans(items, min(64, max(1, work // self.chunk_work)))
-        parallel_for(len(parts), lambda k: kernel(*args, *parts[k]))
-
-    def forward_one(self, i, b, w, bias, y):
-        g = self.geom
-        if self.window is not None:
-            self._split(native.kernels.depthwise_forward, g.num * self.layer.num_output, b.data,
-                        self._flat_weights(w), bias, y, self.window, self.multiplier, g.num)
-            return None
-        image = self._input_per_output(self.bottom_image(b))
-        taps = self._flat_weights(w)
-        out = y.reshape((g.num, self.layer.num_output) + g.out)
-        out.fill(0)
-        for t, offset in enumerate(g.offsets):
-            out += taps[:, t].reshape((-1,) + (1,) * len(g.spatial)) * g.window(image, offset)
-        if bias is not None:
-            y += bias[:, None]
-        return None
-
-    def backward_one(self, b, dy, acc, dx, col):
-        g, num_output = self.geom, self.layer.num_output
-        w = self._flat_weights(self.layer.grouped_weights())
-        dw = acc.reshape(num_output, g.kernel_count)
-        if self.window is not None:
-            self._split(native.kernels.depthwise_backward_weights, num_output, dy, b.data, None, dw, self.window,
-                        self.multiplier, g.num)
-            if dx is not None:
-                self._split(native.kernels.depthwise_backward_data, g.num * g.channels, dy, w, None, dx, self.window,
-                            self.multiplier, g.num)
-            return
-        image = self._input_per_output(self.bottom_image(b))
-        grad = dy.reshape((g.num, num_output) + g.out)
-        per_tap = (1,) * len(g.spatial)
-        for t, offset in enumerate(g.offsets):
-            dw[:, t] += (grad * g.window(image, offset)).sum(axis=(0,) + tuple(range(2, 2 + len(g.spatial))),
-                                                             dtype=np.float64).astype(dw.dtype)
-        if dx is None:
-            return
-        dimage = g.grad_image(None, "conv_dimage", dx)
-        dimage.fill(0)
-        m = self.multiplier
-        for t, offset in enumerate(g.offsets):
-            part = w[:, t].reshape((-1,) + per_tap) * grad            # (N, C * m, *out)
-            if m > 1:
-                part = part.reshape((g.num, g.channels, m) + g.out).sum(axis=2)
-            g.window(dimage, offset)[...] += part
-        g.store_image(dimage, dx)
-
-    def _input_per_output(self, image):
-        """The (padded) bottom with each input channel repeated for its m outputs."""
-        return image if self.multiplier == 1 else np.repeat(image, self.multiplier, axis=1)
