@@ -26,7 +26,9 @@ def _variance_n(param, shape):
 
 
 def _constant(p, shape, rng):
-    return np.full(shape, p.value)
+    # One value, broadcast by fill: an np.full array would be a float64 copy of the blob
+    # (for CaffeNet's fc6 weights, whose deploy file names no filler, 302 MB at once).
+    return np.float64(p.value)
 
 
 def _uniform(p, shape, rng):

@@ -14,6 +14,7 @@ the record never reaches a message that could write it out again, stale).
 Files without the record (written by Caffe) are read as before.
 """
 import hashlib
+import os
 
 from .errors import NetspecError
 from .weights import varint
@@ -43,13 +44,14 @@ def _read_varint(data, pos):
     return None, pos
 
 
-def unseal(data, where):
-    """(payload, sealed): the bytes after a valid record, or `data` itself when it has none.
+def _record(data, where):
+    """(payload start, payload size, hex digest) of the record at the start of `data`; None when
+    there is none. `data` need only hold the file's first few hundred bytes.
 
-    NetspecError when the record is there but the rest is shorter, longer or different.
+    NetspecError when the record is there but damaged.
     """
     if not data.startswith(_TAG):
-        return data, False
+        return None
     # Field 1001 first: netspec wrote it (Caffe writes no such field), so the record must be whole.
     length, pos = _read_varint(data, len(_TAG))
     record = bytes(data[pos:pos + length]) if length is not None and length <= 200 else b""
@@ -61,12 +63,60 @@ def unseal(data, where):
     except ValueError:
         raise NetspecError(f"{where}: the file is corrupted: the integrity record netspec wrote at its start "
                            "is damaged") from None
-    payload = data[pos + length:]
-    if len(payload) != size:
-        how = "truncated" if len(payload) < size else "has bytes appended"
+    return pos + length, size, digest
+
+
+def _check(where, size, digest, payload_size, payload_digest):
+    if payload_size != size:
+        how = "truncated" if payload_size < size else "has bytes appended"
         raise NetspecError(f"{where}: the file is {how}: netspec wrote {size} bytes after its integrity "
-                           f"record and {len(payload)} are there (an interrupted copy?)")
-    if hashlib.sha256(payload).hexdigest().encode("ascii") != digest:
+                           f"record and {payload_size} are there (an interrupted copy?)")
+    if payload_digest() != digest:
         raise NetspecError(f"{where}: the file is corrupted: its contents do not match the sha256 netspec "
                            "recorded when writing it")
+
+
+def unseal(data, where):
+    """(payload, sealed): the bytes after a valid record, or `data` itself when it has none.
+
+    NetspecError when the record is there but the rest is shorter, longer or different.
+    """
+    found = _record(data, where)
+    if found is None:
+        return data, False
+    start, size, digest = found
+    payload = data[start:]
+    _check(where, size, digest, len(payload),
+           lambda: hashlib.sha256(payload).hexdigest().encode("ascii"))
     return payload, True
+
+
+_HEAD_BYTES = 256               # enough for the tag, the length and the longest record netspec writes
+_CHUNK = 1 << 20
+
+
+def verify_file(f, where):
+    """The offset where the payload of open file `f` starts: after a valid record, else 0.
+
+    The same checks and errors as unseal, but the file is hashed in chunks, so a file of
+    hundreds of megabytes is checked without holding it in memory (Net.copy_from's
+    weight_file reads the floats straight into the net's arrays afterwards).
+    """
+    head = os.pread(f.fileno(), _HEAD_BYTES, 0)
+    found = _record(head, where)
+    if found is None:
+        return 0
+    start, size, digest = found
+    payload_size = os.fstat(f.fileno()).st_size - start
+
+    def payload_digest():
+        sha, buffer, offset = hashlib.sha256(), bytearray(_CHUNK), start
+        while True:
+            n = os.preadv(f.fileno(), [buffer], offset)
+            if not n:
+                return sha.hexdigest().encode("ascii")
+            sha.update(memoryview(buffer)[:n])
+            offset += n
+
+    _check(where, size, digest, payload_size, payload_digest)
+    return start

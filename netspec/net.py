@@ -23,6 +23,7 @@ from .proto import caffe_pb2
 from .reuse import ReusePlan
 from .schema import read_binary_message, read_net, write_binary_message
 from .upgrade import upgrade_net
+from .weight_file import open_weights
 from .weights import blob_to_array, array_to_blob, copy_layer_blobs
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -760,6 +761,10 @@ class Net:
                                    "history (use --snapshot to resume from it)")
             if hdf5.is_hdf5(where):          # Caffe tells the two formats apart by content, not by name
                 return hdf5.copy_trained_layers(self, where, require_all)
+            stored = open_weights(where)     # the floats read from the file into our arrays: no copies
+            if stored is not None:
+                with stored:
+                    return copy_layer_blobs(self, stored, where, require_all)
             trained = read_binary_message(where, caffe_pb2.NetParameter())
             trained = upgrade_net(trained, where)
         copy_layer_blobs(self, trained, where, require_all)

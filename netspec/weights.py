@@ -2,14 +2,18 @@
 import numpy as np
 
 from .errors import NetspecError
+from .proto import caffe_pb2
 
 
-def proto_shape(bp):
-    """A BlobProto's shape: `shape.dim` if set, else the legacy num/channels/height/width."""
+def proto_shape(bp, count=None):
+    """A BlobProto's shape: `shape.dim` if set, else the legacy num/channels/height/width, else
+    its value count (`count` when the values are not in `bp`: weight_file.StoredBlob)."""
     if bp.HasField("shape"):
         return tuple(int(d) for d in bp.shape.dim)
     legacy = (bp.num, bp.channels, bp.height, bp.width)
-    return tuple(legacy) if any(legacy) else (len(bp.data) or len(bp.double_data),)
+    if any(legacy):
+        return tuple(legacy)
+    return (len(bp.data) or len(bp.double_data),) if count is None else (count,)
 
 
 def blob_to_array(bp, diff=False):
@@ -61,9 +65,27 @@ def _legacy_match(target_shape, source_shape):
     return padded == tuple(source_shape)
 
 
+class _MessageBlob:
+    """A parsed BlobProto with weight_file.StoredBlob's interface, so copy_layer_blobs reads both."""
+
+    def __init__(self, bp):
+        self.header = bp
+
+    def shape(self):
+        return proto_shape(self.header)
+
+    def copy_into(self, out):
+        out[...] = blob_to_array(self.header).reshape(out.shape)
+
+
+def _source_blobs(source):
+    return [_MessageBlob(bp) if isinstance(bp, caffe_pb2.BlobProto) else bp for bp in source.blobs]
+
+
 def copy_layer_blobs(net, trained, where, require_all=False):
     """Caffe's CopyTrainedLayersFrom: copy blobs by layer name.
 
+    `trained` is a NetParameter or a weight_file.StoredWeights (its floats still in the file).
     Lenient (fine-tuning, --weights): a source layer the net lacks is logged as
     ignored (as Caffe does), and so is each net layer with parameters that got
     nothing from the file. require_all (resume, --snapshot): every net layer with
@@ -80,14 +102,14 @@ def copy_layer_blobs(net, trained, where, require_all=False):
         if len(source.blobs) != len(layer.blobs):
             raise NetspecError(f"{where}: layer '{source.name}' has {len(source.blobs)} parameter blobs, "
                                f"the net's layer has {len(layer.blobs)}")
-        for j, (bp, blob) in enumerate(zip(source.blobs, layer.blobs)):
-            shape = proto_shape(bp)
-            if shape != blob.shape and not (not bp.HasField("shape") and _legacy_match(blob.shape, shape)):
+        for j, (stored, blob) in enumerate(zip(_source_blobs(source), layer.blobs)):
+            shape = stored.shape()
+            if shape != blob.shape and not (not stored.header.HasField("shape") and _legacy_match(blob.shape, shape)):
                 raise NetspecError(
                     f"{where}: cannot copy param {j} of layer '{source.name}': shape mismatch, "
                     f"weights file has {shape}, net has {blob.shape} "
                     "(rename the layer to learn it from scratch)")
-            blob.data[...] = blob_to_array(bp).reshape(blob.shape)
+            stored.copy_into(blob.data)
         filled.add(source.name)
     missing = [name for name, layer in net.layer_dict.items() if layer.blobs and name not in filled]
     if missing and require_all:

@@ -370,3 +370,25 @@ def test_lrn_without_backward_gives_the_same_bytes_a_sample_at_a_time(region):
         tops.append(top[0].data.copy())
     np.testing.assert_array_equal(tops[0], tops[1])
     assert layer.scale is None
+
+
+def _padded_window_sum(a, axis, size):
+    # The window sum LRN used before (zero-padded cumulative sums, both ends taken by index).
+    n, half = a.shape[axis], (size - 1) // 2
+    csum = np.cumsum(a, axis=axis)
+    zero = np.zeros(a.shape[:axis] + (1,) + a.shape[axis + 1:], a.dtype)
+    csum = np.concatenate([zero, csum], axis=axis)
+    pos = np.arange(n)
+    hi, lo = np.minimum(pos + half + 1, n), np.maximum(pos - half, 0)
+    return np.take(csum, hi, axis=axis) - np.take(csum, lo, axis=axis)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (1, 1, 3, 3), (3, 2, 1, 9), (1, 12, 4, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_window_sum_gives_the_padded_cumsum_bytes(shape, dtype):
+    # The slice form holds two arrays instead of four; it must not move a single bit.
+    from netspec.layers.norm import _window_sum
+    a = np.random.default_rng(0).standard_normal(shape).astype(dtype) ** 2
+    for axis in (1, 2, 3):
+        for size in (1, 3, 5, 9, 25, 31):          # windows wider than the axis too
+            assert _window_sum(a, axis, size).tobytes() == _padded_window_sum(a, axis, size).tobytes()

@@ -63,7 +63,10 @@ class ConvEngine:
         w = layer.grouped_weights()
         bias = layer.blobs[1].data if layer.bias_term else None
         if self.fold_bias:
-            w_ext = scratch(layer, "w_ext", (1, layer.num_output, g.rows + 1), bottom[0].data.dtype)
+            # Rewritten from the weights on every call and dead once it returns, so from the pool
+            # all layers share: the net holds the largest layer's copy, not one per layer (a
+            # second copy of every folded convolution's weights: GoogLeNet's 24 MB).
+            w_ext = scratch(None, "w_ext", (1, layer.num_output, g.rows + 1), bottom[0].data.dtype)
             w_ext[0, :, :-1] = w[0]
             w_ext[0, :, -1] = bias
             w, bias = w_ext, None
