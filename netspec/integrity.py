@@ -17,7 +17,7 @@ import hashlib
 import os
 
 from .errors import NetspecError
-from .weights import varint
+from .weights import read_varint, varint
 
 FIELD = 1001
 _MAGIC = b"netspec-sha256:"
@@ -32,18 +32,6 @@ def seal(payload):
     return _TAG + varint(len(record)) + record + payload
 
 
-def _read_varint(data, pos):
-    value, shift = 0, 0
-    while pos < len(data) and shift < 64:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    return None, pos
-
-
 def _record(data, where):
     """(payload start, payload size, hex digest) of the record at the start of `data`; None when
     there is none. `data` need only hold the file's first few hundred bytes.
@@ -53,7 +41,7 @@ def _record(data, where):
     if not data.startswith(_TAG):
         return None
     # Field 1001 first: netspec wrote it (Caffe writes no such field), so the record must be whole.
-    length, pos = _read_varint(data, len(_TAG))
+    length, pos = read_varint(data, len(_TAG))
     record = bytes(data[pos:pos + length]) if length is not None and length <= 200 else b""
     try:
         if not record.startswith(_MAGIC) or pos + length > len(data):

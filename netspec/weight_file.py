@@ -32,7 +32,7 @@ from .integrity import verify_file
 from .proto import caffe_pb2
 from .reading import MAX_BINARY_BYTES, open_regular
 from .upgrade import upgrade_reasons
-from .weights import proto_shape, varint
+from .weights import proto_shape, read_varint, varint
 
 # Field numbers in caffe.proto.
 NET_LAYER, NET_V1_LAYERS = 100, 2
@@ -46,17 +46,12 @@ class Irregular(Exception):
     """The file is not one the walk reads (the caller falls back to protobuf's whole-file parse)."""
 
 
-def read_varint(buf, pos, end):
-    """(value, position after it) of the base-128 varint at buf[pos], which must end before `end`."""
-    value = shift = 0
-    while pos < end and shift < 64:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise Irregular("a varint runs past its message")
+def _varint(buf, pos, end):
+    """weights.read_varint, a varint that runs past its message being Irregular."""
+    value, pos = read_varint(buf, pos, end)
+    if value is None:
+        raise Irregular("a varint runs past its message")
+    return value, pos
 
 
 def fields(buf, start, end):
@@ -65,16 +60,16 @@ def fields(buf, start, end):
     pos = start
     while pos < end:
         tag_start = pos
-        key, pos = read_varint(buf, pos, end)
+        key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise Irregular("field number 0")
         if wire == WIRE_VARINT:
-            value_end = read_varint(buf, pos, end)[1]
+            value_end = _varint(buf, pos, end)[1]
         elif wire == WIRE_FIXED64:
             value_end = pos + 8
         elif wire == WIRE_BYTES:
-            length, pos = read_varint(buf, pos, end)
+            length, pos = _varint(buf, pos, end)
             value_end = pos + length
         elif wire == WIRE_FIXED32:
             value_end = pos + 4

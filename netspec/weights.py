@@ -40,6 +40,21 @@ def varint(n):
             return bytes(out)
 
 
+def read_varint(data, pos, end=None):
+    """(value, position after it) of the varint at data[pos], which must end before `end` (default
+    the end of data); (None, pos) when it does not (or runs past 64 bits)."""
+    end = len(data) if end is None else end
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
 def _packed_floats(field_number, array):
     """The wire form of a packed `repeated float` field: tag, byte length, little-endian float32s."""
     raw = np.ascontiguousarray(array, "<f4").tobytes()
