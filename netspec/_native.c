@@ -50,6 +50,19 @@ static int ys_inside(const Geom *g, long i)
     return first >= 0 && last < g->h;
 }
 
+/* depthwise_forward's scratch (elements of the data's type): a bh x bw plane, big enough that the
+ * windows of `wide` output columns (ow rounded up to 8, whole vectors) all lie inside it (bw even
+ * for stride 2, whose rows are split in two halves), then a row of `wide` outputs. */
+static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
+{
+    *wide = (g->ow + 7) / 8 * 8;
+    *bh = (g->oh - 1) * g->sh + (g->kh - 1) * g->dh + 1;
+    *bw = (*wide - 1) * g->sw + (g->kw - 1) * g->dw + 1;
+    if (g->sw == 2)
+        *bw += *bw & 1;
+    return *bh * *bw + *wide;
+}
+
 #define T float
 #define NAME(x) x##_f32
 #include "_native_body.h"
@@ -465,10 +478,11 @@ static PyObject *depthwise(PyObject *args, int mode)
         }
         held[i] = 1;
     }
-    /* Scratch: K doubles (weights), or kh row pointers and a zero row of the element type (forward). */
+    /* Scratch: K doubles (weights), or the zero-bordered plane of the element type (forward). */
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
+    long bh, bw, wide;
     const size_t scratch_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
-                               : mode == DW_FORWARD ? g.kh * sizeof(void *) + g.w * elem : 1;
+                               : mode == DW_FORWARD ? depthwise_buffer(&g, &bh, &bw, &wide) * elem : 1;
     char *acc = PyMem_RawCalloc(scratch_bytes, 1);
     if (!acc) {
         for (int k = 0; k < 4; k++)
@@ -479,14 +493,12 @@ static PyObject *depthwise(PyObject *args, int mode)
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64) {
         if (mode == DW_FORWARD)
-            PICK(depthwise_forward_f64)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (const double **)acc,
-                                  (const double *)(acc + g.kh * sizeof(void *)));
+            PICK(depthwise_forward_f64)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (double *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
     } else {
         if (mode == DW_FORWARD)
-            PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (const float **)acc,
-                                  (const float *)(acc + g.kh * sizeof(void *)));
+            PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (float *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
     }
