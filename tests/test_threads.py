@@ -213,3 +213,36 @@ def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_thread
         assert other.keys() == one.keys()
         different = [name for name in one if one[name] != other[name]]
         assert not different, f"{n} threads differ from 1 in {different}"
+
+
+def _run_lenet(n):
+    import numpy as np
+    import netspec
+    from netspec.proto import caffe_pb2
+    from netspec.schema import read_net
+    netspec.set_threads(n)
+    netspec.set_random_seed(5)
+    param = read_net(MODEL)     # batch 64: LeNet's convolutions are cut by samples
+    param.force_backward = True
+    net = netspec.Net(param, netspec.TRAIN)
+    rng = np.random.default_rng(1)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.clear_param_diffs()
+    net.forward()
+    net.blobs["prob"].diff[...] = rng.standard_normal(net.blobs["prob"].shape)
+    net.backward()
+    out = {f"{name}/{j}": b.diff.tobytes() for name, blobs in net.params.items() for j, b in enumerate(blobs)}
+    out.update((name, (b.data.tobytes(), b.diff.tobytes())) for name, b in net.blobs.items())
+    return out, net
+
+
+def test_lenet_at_batch_64_is_the_same_bytes_at_1_2_3_threads(restore_threads):
+    from netspec.layers import conv_columns
+    one, net = _run_lenet(1)
+    engine = net.layer_dict["conv2"].engine
+    if isinstance(engine, conv_columns.ColumnConv):     # the compiled kernels are built
+        assert len(engine.sample_chunks(0, 64)) > 1
+    for n in (2, 3):
+        other, _ = _run_lenet(n)
+        different = [name for name in one if one[name] != other[name]]
+        assert not different, f"{n} threads differ from 1 in {different}"
