@@ -165,7 +165,7 @@ layer { name: "sum" type: "Eltwise" bottom: "norm2w" bottom: "norm2" top: "sum" 
 layer { name: "cat2" type: "Concat" bottom: "cat" bottom: "sum" top: "cat2" }
 layer { name: "relu2" type: "ReLU" bottom: "cat2" top: "cat2" }
 layer { name: "ip" type: "InnerProduct" bottom: "cat2" top: "ip"
-        inner_product_param { num_output: 200 weight_filler { type: "gaussian" std: 0.01 } } }
+        inner_product_param { num_output: 256 weight_filler { type: "gaussian" std: 0.01 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 """
 
@@ -246,3 +246,15 @@ def test_lenet_at_batch_64_is_the_same_bytes_at_1_2_3_threads(restore_threads):
         other, _ = _run_lenet(n)
         different = [name for name in one if one[name] != other[name]]
         assert not different, f"{n} threads differ from 1 in {different}"
+
+
+def test_inner_product_blocks_are_a_power_of_two_of_at_least_min_block():
+    from netspec.layers import common
+    for outputs in (128, 255, 256, 500, 1000, 4096):
+        layer = common.InnerProduct.__new__(common.InnerProduct)
+        layer.M, layer.K, layer.num_output = 64, 800, outputs
+        blocks = layer._blocks(outputs)
+        assert blocks[0][0] == 0 and blocks[-1][1] == outputs
+        assert len(blocks) & (len(blocks) - 1) == 0 and len(blocks) <= common.CHUNKS
+        assert len(blocks) == 1 or min(b - a for a, b in blocks) >= common.MIN_BLOCK
+        assert 2 * len(blocks) > min(common.CHUNKS, outputs // common.MIN_BLOCK)   # as many as allowed
