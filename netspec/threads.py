@@ -225,6 +225,12 @@ def spans(total, parts):
     return out
 
 
+def even_count(most):
+    """The largest power of two not above `most` (1 below that): a count of equal chunks that two or
+    four threads share evenly (3 chunks on 2 threads: one thread runs 2, the other waits)."""
+    return 1 << (max(1, int(most)).bit_length() - 1)
+
+
 def _forget_pool_in_child():
     # A forked child has the pool's objects but not its threads.
     global _pool, _pool_lock

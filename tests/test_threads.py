@@ -84,6 +84,10 @@ def test_spans_cover_the_range_evenly():
             assert max(lengths) - min(lengths) <= 1
 
 
+def test_even_count_is_the_largest_power_of_two_not_above():
+    assert [threads.even_count(m) for m in (-1, 0, 1, 2, 3, 4, 5, 7, 8, 9)] == [1, 1, 1, 2, 2, 4, 4, 4, 8, 8]
+
+
 def test_counts_are_checked(monkeypatch):
     with pytest.raises(NetspecError, match="at least 1"):
         threads.set_threads(0)

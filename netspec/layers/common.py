@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import fillers
 from ..proto import caffe_pb2
-from ..threads import parallel_flat, parallel_for, spans
+from ..threads import even_count, parallel_flat, parallel_for, spans
 from .base import Layer, register
 
 
@@ -71,8 +71,7 @@ class InnerProduct(Layer):
         least MIN_BLOCK; one block when the product is small."""
         if self.M * self.K * self.num_output < (1 << 21):
             return [(0, n)]
-        most = min(CHUNKS, n // MIN_BLOCK)
-        return spans(n, 1 << (most.bit_length() - 1) if most else 1)
+        return spans(n, even_count(min(CHUNKS, n // MIN_BLOCK)))
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..threads import parallel_for, spans
+from ..threads import even_count, parallel_for, spans
 from . import native
 from .base import scratch
 from .conv_engines import CHUNKS, ConvEngine, add_in_order, row_blocks
@@ -115,7 +115,7 @@ class ColumnConv(ConvEngine):
         most = min(CHUNKS, columns // SAMPLE_CHUNK_COLUMNS)
         if len(row_blocks(self.layer)) > 1 or most < 2:
             return None
-        return spans(n1 - n0, 1 << (most.bit_length() - 1))
+        return spans(n1 - n0, even_count(most))
 
     def forward_by_samples(self, x, w, bias, y, col, n0, chunks):
         """Samples [n0, n0 + len) in `chunks`, each built, multiplied and moved into y in one go by
