@@ -88,6 +88,16 @@ def test_even_count_is_the_largest_power_of_two_not_above():
     assert [threads.even_count(m) for m in (-1, 0, 1, 2, 3, 4, 5, 7, 8, 9)] == [1, 1, 1, 2, 2, 4, 4, 4, 8, 8]
 
 
+def test_late_wake_ups_carry_over_harmlessly(restore_threads):
+    """Calls in quick succession wake a worker that may not have taken the last wake-up yet."""
+    import time
+    threads.set_threads(2)
+    for k in range(300):
+        seen = []
+        threads.parallel_for(2 + k % 3, lambda i: seen.append(i) or (k % 7 == 0 and time.sleep(0.0001)))
+        assert sorted(seen) == list(range(2 + k % 3))
+
+
 def test_counts_are_checked(monkeypatch):
     with pytest.raises(NetspecError, match="at least 1"):
         threads.set_threads(0)
