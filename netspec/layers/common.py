@@ -93,27 +93,25 @@ class InnerProduct(Layer):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         w, w_diff = self.blobs[0].data, self.blobs[0].diff
-        blocks = self._blocks(self.num_output)
+        if self.bias_term:
+            self.blobs[1].diff += dy.sum(axis=0)
+        # The weight gradient by blocks of outputs and the data gradient by blocks of input columns,
+        # one list of work for one parallel_for (one hand-off to the threads, not two).
+        items = [("weight", a, b) for a, b in self._blocks(self.num_output)]
+        if propagate_down[0]:
+            dx = bottom[0].diff.reshape(self.M, self.K)
+            items += [("data", a, b) for a, b in self._blocks(self.K)]
 
-        def weight_chunk(k):
-            a, b = blocks[k]
-            if self.transpose:
+        def chunk(k):
+            what, a, b = items[k]
+            if what == "data":
+                np.matmul(dy, w[a:b].T if self.transpose else w[:, a:b], out=dx[:, a:b])
+            elif self.transpose:
                 w_diff[:, a:b] += x.T @ dy[:, a:b]
             else:
                 w_diff[a:b] += dy[:, a:b].T @ x
 
-        parallel_for(len(blocks), weight_chunk)
-        if self.bias_term:
-            self.blobs[1].diff += dy.sum(axis=0)
-        if propagate_down[0]:
-            dx = bottom[0].diff.reshape(self.M, self.K)
-            columns = self._blocks(self.K)
-
-            def data_chunk(k):
-                a, b = columns[k]
-                np.matmul(dy, w[a:b].T if self.transpose else w[:, a:b], out=dx[:, a:b])
-
-            parallel_for(len(columns), data_chunk)
+        parallel_for(len(items), chunk)
 
 
 @register("Softmax")
