@@ -9,63 +9,99 @@
  * Each output is the sum over kernel taps in row-major order, padding read as zero, then plus the
  * bias: the rounding of Caffe's im2col + GEMM up to the GEMM's own order of the K terms. */
 
-/* One output row: out[k] = sum over taps (i, j) in row-major order of w[i][j] * rows[i][k * sw + j * dw - pw],
- * a column outside [0, width) reading as zero (as in Caffe's zero-padded columns). Inlined
- * with constant kh, kw for 3x3, so the interior loop keeps the sum in registers and vectorises. */
+/* One output row from a zero-bordered plane: out[k] = sum over taps (i, j) in row-major order of
+ * wo[i * kw + j] times the plane's element (row i * dh, column k * sw + j * dw) from src, for k in
+ * [0, n), n a whole number of vectors; rows rs apart. With `split` (stride 2) each row of the plane
+ * holds its even columns, then its odd ones `half` further: then every tap reads consecutive
+ * elements, not every other one. Inlined with constant sizes for MobileNet's 3x3 windows, so the
+ * taps unroll, the nine weights stay in registers and gcc vectorises over k with no tail. */
 static inline __attribute__((always_inline)) void NAME(depthwise_row)(
-    T *restrict out, const T *const *rows, const T *restrict wo, long kh, long kw, long sw, long dw, long pw,
-    long width, long ow, long lo, long hi)
+    T *restrict out, const T *restrict src, long rs, long half, const T *restrict wo, long n, long kh, long kw,
+    long sw, long dw, int split)
 {
-    for (long k = 0; k < ow; k++) {
-        if (k == lo && hi > lo) {
-            for (; k < hi; k++) {       /* every column inside the image */
-                const long x0 = k * sw - pw;
-                T acc = 0;
-                for (long i = 0; i < kh; i++)
-                    for (long j = 0; j < kw; j++)
-                        acc += wo[i * kw + j] * rows[i][x0 + j * dw];
-                out[k] = acc;
-            }
-            if (k >= ow)
-                break;
-        }
-        const long x0 = k * sw - pw;
+    for (long k = 0; k < n; k++) {
         T acc = 0;
         for (long i = 0; i < kh; i++)
             for (long j = 0; j < kw; j++) {
-                const long ix = x0 + j * dw;
-                acc += wo[i * kw + j] * (ix >= 0 && ix < width ? rows[i][ix] : (T)0);
+                const long q = j * dw;  /* the tap's column in the window */
+                const long at = split ? (q & 1) * half + q / 2 + k : q + k * sw;
+                acc += wo[i * kw + j] * src[i * rs + at];
             }
         out[k] = acc;
     }
 }
 
-/* Output planes [start, stop) of the N * C * m planes: y = depthwise(x, w) (+ bias[o] if bias).
- * `zero`: a row of g->w zeros, `rows`: kh pointers of scratch. */
-static void NAME(depthwise_forward)(const T *x, const T *w, const T *bias, T *y, const Geom *g, long m,
-                                    long start, long stop, const T **rows, const T *zero)
+/* Rows [0, rows) x columns [0, cols) of `plane` (width W) into buf at row `top`, column `left`
+ * (rows bw apart), split into even and odd columns when `split` (see depthwise_row). */
+static void NAME(depthwise_load)(T *restrict buf, const T *restrict plane, long W, long rows, long cols, long top,
+                                 long left, long bw, int split)
 {
-    const long HW = g->h * g->w, OW = g->ow, K = g->kh * g->kw, outputs = g->channels * m;
-    long lo, hi;   /* output columns whose windows lie inside the image */
-    valid_range(-g->pw, g->sw, g->w - (g->kw - 1) * g->dw, OW, &lo, &hi);
+    const long half = bw / 2;
+    for (long r = 0; r < rows; r++) {
+        const T *src = plane + r * W;
+        T *row = buf + (r + top) * bw;
+        if (!split) {
+            for (long c = 0; c < cols; c++) row[left + c] = src[c];
+            continue;
+        }
+        /* Buffer column q (image column q - left) goes to even[q / 2] or odd[q / 2]: an odd `left`
+         * sends image column 0 to the odd half alone, then the loop moves one pair of columns a
+         * step, which gcc vectorises as two loads and two shuffles. */
+        const long c0 = left & 1, base = (left + c0) / 2, pairs = (cols - c0) / 2;
+        T *even = row + base, *odd = row + half + base;
+        const T *pair = src + c0;
+        if (c0)
+            odd[-1] = src[0];
+        for (long t = 0; t < pairs; t++) {
+            even[t] = pair[2 * t];
+            odd[t] = pair[2 * t + 1];
+        }
+        if ((cols - c0) & 1)
+            even[pairs] = pair[2 * pairs];
+    }
+}
+
+/* Output planes [start, stop) of the N * C * m planes: y = depthwise(x, w) (+ bias[o] if bias).
+ * `buf`: depthwise_buffer's zeroed scratch. Each input plane is copied into it inside a border of
+ * zeros, so that every output row, `wide` columns (ow rounded up to 8), reads whole windows: a
+ * padded tap adds w * 0 exactly as the zero-padded columns of im2col + GEMM (and the numpy path)
+ * do, so the sums and their order are unchanged. Rows narrower than `wide` go through the last
+ * `wide` elements of buf, then are copied out. */
+static void NAME(depthwise_forward)(const T *x, const T *w, const T *bias, T *y, const Geom *g, long m,
+                                    long start, long stop, T *buf)
+{
+    const long H = g->h, W = g->w, OW = g->ow, K = g->kh * g->kw, outputs = g->channels * m;
+    long bh, bw, wide;
+    depthwise_buffer(g, &bh, &bw, &wide);
+    const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
+    const long rs = g->dh * bw, half = bw / 2;
+    const int split = g->sw == 2;
+    T *row_buf = buf + bh * bw;
+    const T *loaded = NULL;     /* the input plane in buf (m outputs in a row read the same one) */
     for (long p = start; p < stop; p++) {
         const long n = p / outputs, o = p % outputs;
-        const T *plane = x + (n * g->channels + o / m) * HW, *wo = w + o * K;
+        const T *plane = x + (n * g->channels + o / m) * H * W, *wo = w + o * K;
+        if (plane != loaded) {
+            NAME(depthwise_load)(buf, plane, W, rows, cols, g->ph, g->pw, bw, split);
+            loaded = plane;
+        }
         T *out = y + p * g->oh * OW;
         for (long oy = 0; oy < g->oh; oy++, out += OW) {
-            for (long i = 0; i < g->kh; i++) {   /* rows in the padding read the zero row */
-                const long iy = oy * g->sh - g->ph + i * g->dh;
-                rows[i] = iy >= 0 && iy < g->h ? plane + iy * g->w : zero;
-            }
+            const T *src = buf + oy * g->sh * bw;
+            T *dst = wide == OW ? out : row_buf;
             if (g->kh == 3 && g->kw == 3 && g->dw == 1 && g->sw == 1)
-                NAME(depthwise_row)(out, rows, wo, 3, 3, 1, 1, g->pw, g->w, OW, lo, hi);
+                NAME(depthwise_row)(dst, src, rs, half, wo, wide, 3, 3, 1, 1, 0);
             else if (g->kh == 3 && g->kw == 3 && g->dw == 1 && g->sw == 2)
-                NAME(depthwise_row)(out, rows, wo, 3, 3, 2, 1, g->pw, g->w, OW, lo, hi);
+                NAME(depthwise_row)(dst, src, rs, half, wo, wide, 3, 3, 2, 1, 1);
+            else if (split)
+                NAME(depthwise_row)(dst, src, rs, half, wo, wide, g->kh, g->kw, 2, g->dw, 1);
             else
-                NAME(depthwise_row)(out, rows, wo, g->kh, g->kw, g->sw, g->dw, g->pw, g->w, OW, lo, hi);
+                NAME(depthwise_row)(dst, src, rs, half, wo, wide, g->kh, g->kw, g->sw, g->dw, 0);
             if (bias) {
                 const T b = bias[o];
-                for (long k = 0; k < OW; k++) out[k] += b;
+                for (long k = 0; k < OW; k++) out[k] = dst[k] + b;
+            } else if (dst != out) {
+                for (long k = 0; k < OW; k++) out[k] = dst[k];
             }
         }
     }

@@ -150,3 +150,21 @@ def test_training_and_small_batches_keep_the_gemm():
     net = build(n=1, h=9, w=9)       # 25 tiles: below MIN_TILES
     net.forward()
     assert not isinstance(net.layer_dict["c1"].engine, conv_winograd.WinogradConv)
+
+
+@pytest.mark.skipif(not hasattr(native.kernels, "set_isa"), reason="a build without ISA dispatch")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_instruction_set_gives_the_same_bits(dtype):
+    r = np.random.default_rng(5)
+    x, w, b = (r.standard_normal(s).astype(dtype) for s in ((2, 5, 13, 11), (7, 5, 3, 3), (7,)))
+    default, results = native.kernels.isa(), []
+    try:
+        for isa in ("baseline", "avx2"):
+            try:
+                native.kernels.set_isa(isa)
+            except ValueError:
+                continue            # this CPU runs the baseline copy only
+            results.append(winograd(x, w, b, (1, 1), [17, 60, 84]))
+    finally:
+        native.kernels.set_isa(default)
+    assert all(got.tobytes() == results[0].tobytes() for got in results[1:])

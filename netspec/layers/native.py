@@ -25,6 +25,16 @@ try:
 except ImportError:
     kernels = None
 
+# The kernels run their AVX2 copy where the CPU has it (the same bits as the baseline copy);
+# NETSPEC_NATIVE_ISA=baseline forces the SSE2 one, to rule the copy out when chasing a difference.
+_isa = os.environ.get("NETSPEC_NATIVE_ISA")
+if _isa and kernels is not None and hasattr(kernels, "set_isa"):
+    try:
+        kernels.set_isa(_isa)
+    except ValueError as e:
+        import warnings
+        warnings.warn("NETSPEC_NATIVE_ISA: %s; running %s" % (e, kernels.isa()))
+
 # Read by layers when they are shaped; tests switch it off to run the numpy paths.
 ENABLED = kernels is not None and os.environ.get("NETSPEC_NATIVE", "1") != "0"
 

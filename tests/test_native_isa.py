@@ -1,0 +1,247 @@
+"""The compiled kernels' two copies (netspec/_native.c: SSE2 baseline and AVX2, chosen by the
+CPU at import) give the same bits on every kernel, on sizes that leave vector tails: widths not
+a multiple of 8, odd channel counts, strides 2, padding, dilation, ceil-mode overhangs.
+
+And the depthwise forward kernel equals, to the bit, the numpy sum over taps it replaces
+(tests/test_vision_layers.py compares it with naive loops only to a tolerance).
+"""
+import numpy as np
+import pytest
+
+from netspec.layers import native
+
+kernels = native.kernels
+pytestmark = pytest.mark.skipif(kernels is None or not hasattr(kernels, "set_isa"),
+                                reason="compiled kernels not built, or built without ISA dispatch")
+
+
+def _isas():
+    """The instruction sets this CPU runs, the default one restored after."""
+    if kernels is None or not hasattr(kernels, "set_isa"):
+        return []
+    default, found = kernels.isa(), ["baseline"]
+    try:
+        kernels.set_isa("avx2")
+        found.append("avx2")
+    except ValueError:
+        pass
+    kernels.set_isa(default)
+    return found
+
+
+ISAS = _isas()
+
+
+def test_the_widest_copy_the_cpu_runs_is_the_default():
+    import os
+    if os.environ.get("NETSPEC_NATIVE_ISA"):
+        pytest.skip("NETSPEC_NATIVE_ISA chose the copy")
+    assert kernels.isa() == ISAS[-1]
+    with pytest.raises(ValueError):
+        kernels.set_isa("avx512")
+
+
+def _data(rng, shape, dtype):
+    """Values with ties (multiples of 1/4), zeros of both signs and ordinary noise."""
+    x = rng.integers(-8, 9, shape) / 4 + (rng.random(shape) < 0.5) * rng.standard_normal(shape)
+    x[rng.random(shape) < 0.05] = -0.0
+    return x.astype(dtype)
+
+
+def _same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+def _on_every_isa(run):
+    """run() (fresh outputs each call) under each instruction set; each result's arrays the same bytes."""
+    if len(ISAS) < 2:
+        pytest.skip("this CPU runs only the baseline copy")
+    default = kernels.isa()
+    results = []
+    try:
+        for isa in ISAS:
+            kernels.set_isa(isa)
+            results.append(run())
+    finally:
+        kernels.set_isa(default)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            _same_bits(a, b)
+
+
+def _out(size, kernel, stride, pad, dilation=1, ceil=False):
+    span = dilation * (kernel - 1) + 1
+    return -(-(size + 2 * pad - span) // stride) + 1 if ceil else (size + 2 * pad - span) // stride + 1
+
+
+def _geom(channels, h, w, kernel, stride, pad, dilation=(1, 1), ceil=False):
+    out = [_out(s, k, st, p, d, ceil) for s, k, st, p, d in zip((h, w), kernel, stride, pad, dilation)]
+    return native.window_geometry(channels, (h, w), kernel, stride, pad, dilation, out)
+
+
+DTYPES = [np.float32, np.float64]
+
+# (channels, h, w), kernel, stride, pad, dilation
+CONV_CASES = [
+    ((3, 7, 13), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((5, 11, 17), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((1, 9, 31), (3, 3), (1, 1), (0, 0), (1, 1)),
+    ((3, 6, 9), (5, 5), (1, 1), (2, 2), (1, 1)),
+    ((2, 10, 19), (1, 3), (1, 2), (0, 1), (1, 2)),
+    ((3, 14, 14), (3, 3), (2, 2), (0, 1), (2, 1)),
+    ((7, 4, 3), (3, 3), (1, 1), (1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation", CONV_CASES)
+def test_columns_are_the_same_bits_on_every_isa(dtype, shape, kernel, stride, pad, dilation):
+    rng = np.random.default_rng(1)
+    num = 2
+    g = _geom(*shape, kernel, stride, pad, dilation)
+    x = _data(rng, (num,) + shape, dtype)
+    rows, P = shape[0] * kernel[0] * kernel[1], g[11] * g[12]
+    c = _data(rng, (rows, num * P), dtype)
+
+    def run():
+        cols, image = np.empty((rows, num * P), dtype), np.empty_like(x)
+        kernels.im2col(x, cols, g, 0, num, num * P, P)
+        kernels.col2im(c, image, g, 0, num, num * P, P)
+        return cols, image
+
+    _on_every_isa(run)
+
+
+# (planes, h, w), kernel, stride, pad, ceil
+POOL_CASES = [
+    ((3, 13, 13), (3, 3), (2, 2), (0, 0), True),
+    ((5, 14, 14), (3, 3), (1, 1), (1, 1), False),
+    ((3, 7, 7), (2, 2), (2, 2), (0, 0), True),
+    ((2, 15, 9), (3, 3), (2, 2), (1, 1), True),
+    ((3, 17, 11), (5, 5), (3, 3), (1, 2), False),
+    ((1, 6, 6), (4, 3), (3, 2), (0, 0), True),
+    ((2, 12, 12), (7, 7), (1, 1), (0, 0), False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, pad, ceil", POOL_CASES)
+def test_pooling_is_the_same_bits_on_every_isa(dtype, shape, kernel, stride, pad, ceil):
+    rng = np.random.default_rng(2)
+    planes = shape[0]
+    g = _geom(1, *shape[1:], kernel, stride, pad, ceil=ceil)
+    x = _data(rng, shape, dtype)
+    pooled = (planes, g[11], g[12])
+    dy = _data(rng, pooled, dtype)
+
+    def run():
+        y, arg, y_only, ave = np.empty(pooled, dtype), np.empty(pooled, np.int32), np.empty(pooled, dtype), \
+            np.empty(pooled, dtype)
+        kernels.max_pool(x, y, arg, g, planes)
+        kernels.max_pool(x, y_only, None, g, planes)
+        kernels.ave_pool(x, ave, g, planes)
+        dx_max, dx_ave = np.empty_like(x), np.empty_like(x)
+        kernels.max_unpool(dy, arg, dx_max, g, planes)
+        kernels.ave_unpool(dy, dx_ave, g, planes)
+        return y, arg, y_only, ave, dx_max, dx_ave
+
+    _on_every_isa(run)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer, channels, inner", [(2, 3, 13), (1, 5, 1031), (3, 1, 7)])
+def test_per_channel_kernels_are_the_same_bits_on_every_isa(dtype, outer, channels, inner):
+    rng = np.random.default_rng(3)
+    shape = (outer, channels, inner)
+    x, dy = _data(rng, shape, dtype), _data(rng, shape, dtype)
+    m, a, b = (_data(rng, channels, dtype) for _ in range(3))
+    s = (rng.random(channels) + 0.5).astype(dtype)
+
+    def run():
+        out = []
+        for standardise in (True, False):
+            y = np.empty_like(x)
+            kernels.channel_affine(x, y, m, s, outer, channels, inner, standardise)
+            out.append(y)
+        for flags in [(1, 1, 1), (1, 0, 1), (0, 1, 1), (1, 1, 0), (0, 0, 1)]:
+            y = np.empty_like(x)
+            kernels.channel_chain(x, y, m, s, a, b, outer, channels, inner, *map(bool, flags),
+                                  (0, outer * channels))
+            out.append(y)
+        sums, sums_x = np.empty(channels), np.empty(channels)
+        kernels.channel_sums(dy, x, sums, sums_x, outer, channels, inner)
+        dx = np.empty_like(x)
+        kernels.batch_norm_grad(dy, x, m, a, s, dx, outer, channels, inner)
+        return out + [sums, sums_x, dx]
+
+    _on_every_isa(run)
+
+
+def _depthwise_cases():
+    for shape, kernel, stride, pad, dilation in CONV_CASES:
+        for multiplier in (1, 2):
+            yield shape, kernel, stride, pad, dilation, multiplier
+    yield (4, 56, 56), (3, 3), (1, 1), (1, 1), (1, 1), 1      # MobileNet's shapes, whole vectors wide
+    yield (2, 28, 28), (3, 3), (2, 2), (1, 1), (1, 1), 1
+
+
+def _depthwise_arrays(dtype, shape, kernel, stride, pad, dilation, multiplier, num=2):
+    rng = np.random.default_rng(4)
+    g = _geom(*shape, kernel, stride, pad, dilation)
+    outputs = shape[0] * multiplier
+    x = _data(rng, (num,) + shape, dtype)
+    w = _data(rng, (outputs, kernel[0] * kernel[1]), dtype)
+    bias = _data(rng, outputs, dtype)
+    dy = _data(rng, (num, outputs, g[11], g[12]), dtype)
+    return g, x, w, bias, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation, multiplier", list(_depthwise_cases()))
+def test_depthwise_kernels_are_the_same_bits_on_every_isa(dtype, shape, kernel, stride, pad, dilation, multiplier):
+    num = 2
+    g, x, w, bias, dy = _depthwise_arrays(dtype, shape, kernel, stride, pad, dilation, multiplier, num)
+    outputs = shape[0] * multiplier
+
+    def run():
+        y, y_bias = np.empty_like(dy), np.empty_like(dy)
+        kernels.depthwise_forward(x, w, None, y, g, multiplier, num, 0, num * outputs)
+        kernels.depthwise_forward(x, w, bias, y_bias, g, multiplier, num, 0, num * outputs)
+        dx, dw = np.empty_like(x), np.zeros_like(w)
+        kernels.depthwise_backward_data(dy, w, None, dx, g, multiplier, num, 0, num * shape[0])
+        kernels.depthwise_backward_weights(dy, x, None, dw, g, multiplier, num, 0, outputs)
+        return y, y_bias, dx, dw
+
+    _on_every_isa(run)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation, multiplier", list(_depthwise_cases()))
+def test_depthwise_forward_is_the_bits_of_the_numpy_sum_over_taps(dtype, shape, kernel, stride, pad, dilation,
+                                                                  multiplier):
+    num = 2
+    g, x, w, bias, dy = _depthwise_arrays(dtype, shape, kernel, stride, pad, dilation, multiplier, num)
+    oh, ow = g[11], g[12]
+    # As DepthwiseConv's numpy path: from zero, each tap's product added in row-major order, then the bias.
+    padded = np.zeros((num, shape[0], shape[1] + 2 * pad[0], shape[2] + 2 * pad[1]), dtype)
+    padded[:, :, pad[0]:pad[0] + shape[1], pad[1]:pad[1] + shape[2]] = x
+    padded = np.repeat(padded, multiplier, axis=1)
+    want = np.zeros_like(dy)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, c = i * dilation[0], j * dilation[1]
+            window = padded[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0], c:c + stride[1] * (ow - 1) + 1:stride[1]]
+            want += w[:, i * kernel[1] + j][:, None, None] * window
+    want_bias = want + bias[:, None, None]
+    default = kernels.isa()
+    for isa in ISAS:
+        kernels.set_isa(isa)
+        try:
+            y, y_bias = np.empty_like(dy), np.empty_like(dy)
+            kernels.depthwise_forward(x, w, None, y, g, multiplier, num, 0, num * shape[0] * multiplier)
+            kernels.depthwise_forward(x, w, bias, y_bias, g, multiplier, num, 0, num * shape[0] * multiplier)
+        finally:
+            kernels.set_isa(default)
+        _same_bits(y, want)
+        _same_bits(y_bias, want_bias)
