@@ -582,7 +582,6 @@ static PyObject *py_channel_chain(PyObject *self, PyObject *args)
 /* Winograd F(2x2, 3x3) transforms (_winograd_body.h), over tiles [t0, t1) of the batch:
  *   winograd_input(x, V, geom, num, t0, t1)           x (num, C, h, w) -> V (16, C, t1 - t0)
  *   winograd_output(M, y, bias or None, geom, num, t0, t1)   M (16, K, t1 - t0) -> y (num, K, oh, ow)
- * (and winograd_weights, below, for U).
  * geom = (channels, h, w, ph, pw, oh, ow, tiles_h, tiles_w): channels is C for the input, K for
  * the output transform. */
 #define WINO_FORMAT "(lllllllll)"
@@ -668,36 +667,6 @@ static PyObject *py_winograd_output(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* winograd_weights(w, U, K, C, k0, k1): w (K, C, 3, 3) -> U (16, K, C), output channels [k0, k1). */
-static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
-{
-    PyObject *w_obj, *u_obj;
-    long K, C, k0, k1;
-    if (!PyArg_ParseTuple(args, "OOllll", &w_obj, &u_obj, &K, &C, &k0, &k1))
-        return NULL;
-    if (K <= 0 || C <= 0 || k0 < 0 || k1 < k0 || k1 > K) {
-        PyErr_SetString(PyExc_ValueError, "bad Winograd weight shape or channel range");
-        return NULL;
-    }
-    int kind;
-    if (float_kind(w_obj, &kind) < 0)
-        return NULL;
-    Py_buffer w, u;
-    if (get_buffer(w_obj, &w, 0, kind, K * C * 9, "weights") < 0)
-        return NULL;
-    if (get_buffer(u_obj, &u, 1, kind, 16 * K * C, "transformed weights") < 0) {
-        PyBuffer_Release(&w);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == KIND_F64) PICK(winograd_weights_f64)(w.buf, u.buf, K, C, k0, k1);
-    else PICK(winograd_weights_f32)(w.buf, u.buf, K, C, k0, k1);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&w);
-    PyBuffer_Release(&u);
-    Py_RETURN_NONE;
-}
-
 /* Whether this CPU can run the AVX2 copies (and this build has them). */
 static int cpu_has_avx2(void)
 {
@@ -755,7 +724,6 @@ static PyMethodDef methods[] = {
     {"ave_pool", py_ave_pool, METH_VARARGS, "ave_pool(x, y, geom, planes)"},
     {"ave_unpool", py_ave_unpool, METH_VARARGS, "ave_unpool(dy, dx, geom, planes)"},
     {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
-    {"winograd_weights", py_winograd_weights, METH_VARARGS, "winograd_weights(w, U, K, C, k0, k1)"},
     {"winograd_input", py_winograd_input, METH_VARARGS, "winograd_input(x, V, geom, num, t0, t1)"},
     {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,7 @@
  *         [ 0  1  1  0 ]          [ 0 1 -1 -1 ]  [ 1/2 -1/2  1/2 ]
  *         [ 0 -1  1  0 ]                         [  0    0    1 ]
  *         [ 0  1  0 -1 ]
+ * U is one small GEMM in numpy (conv_winograd.transform_weights).
  * Summed over input channels, the 16 elementwise products become 16 GEMMs, done in numpy:
  * M[e] = U[e] (K x C) . V[e] (C x tiles), e = 4 * i + j the entry of the 4x4 transform.
  *
@@ -145,30 +146,4 @@ static void NAME(winograd_output)(const T *M, T *y, const T *bias, const WinoGeo
         }
         t += count;
     }
-}
-
-/* U (16, K, C) <- G g G^T of each 3x3 kernel g of w (K, C, 3, 3), for output channels [k0, k1). */
-static void NAME(winograd_weights)(const T *w, T *U, long K, long C, long k0, long k1)
-{
-    const long ldu = K * C;
-    for (long k = k0; k < k1; k++)
-        for (long c = 0; c < C; c++) {
-            const T *g = w + (k * C + c) * 9;
-            T rows[4][3];                          /* G g: the kernel's rows combined */
-            for (int j = 0; j < 3; j++) {
-                const T g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-                rows[0][j] = g0;
-                rows[1][j] = (g0 + g1 + g2) * (T)0.5;
-                rows[2][j] = (g0 - g1 + g2) * (T)0.5;
-                rows[3][j] = g2;
-            }
-            T *u = U + k * C + c;
-            for (int i = 0; i < 4; i++) {          /* (G g) G^T: then its columns */
-                const T h0 = rows[i][0], h1 = rows[i][1], h2 = rows[i][2];
-                u[(4 * i) * ldu] = h0;
-                u[(4 * i + 1) * ldu] = (h0 + h1 + h2) * (T)0.5;
-                u[(4 * i + 2) * ldu] = (h0 - h1 + h2) * (T)0.5;
-                u[(4 * i + 3) * ldu] = h2;
-            }
-        }
 }

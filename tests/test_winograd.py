@@ -34,8 +34,8 @@ def winograd(x, w, bias, pad, cuts):
     tiles = ((oh + 1) // 2, (ow + 1) // 2)
     geom = (c, h, wd, pad[0], pad[1], oh, ow) + tiles
     u = np.empty((16, k, c), x.dtype)
-    native.kernels.winograd_weights(w, u, k, c, 0, k // 2)         # two calls: by channel ranges
-    native.kernels.winograd_weights(w, u, k, c, k // 2, k)
+    conv_winograd.transform_weights(w[:k // 2], u[:, :k // 2])      # by output channel blocks, as the engine
+    conv_winograd.transform_weights(w[k // 2:], u[:, k // 2:])
     y = np.full((n, k, oh, ow), np.nan, x.dtype)
     t0 = 0
     for t1 in cuts:

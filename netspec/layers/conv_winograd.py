@@ -21,6 +21,10 @@ from .conv_engines import CHUNKS, StackedConv
 BLOCK_TILES = 128
 
 
+# G g G^T for a 3x3 kernel g as one linear map of its 9 taps (row-major) to the 16 entries of U.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WEIGHT_MAP = np.einsum("ia,jb->ijab", _G, _G).reshape(16, 9)
+
 # Fewest tiles in the batch for Winograd to pay: below, the 16 GEMMs are too narrow for BLAS
 # and transforming the weights costs more than it saves (ResNet-50's 14x14 and 7x7 maps at batch 1).
 MIN_TILES = 64
@@ -39,6 +43,15 @@ def applies(layer):
         return False
     out = [size + 2 * pad - 2 for size, pad in zip(layer.spatial_shape, layer.pad)]
     return tile_count(layer.num, out) >= MIN_TILES
+
+
+def transform_weights(w, out):
+    """out (16, K, C) <- U = G g G^T of each 3x3 kernel g of w (K, C, 3, 3): one GEMM,
+    WEIGHT_MAP (16 x 9) times the taps (9 x K*C), reading w in place."""
+    flat = out.reshape(16, -1)
+    assert not flat.size or np.shares_memory(flat, out), "out must hold each channel block's rows contiguously"
+    np.matmul(WEIGHT_MAP.astype(w.dtype), w.reshape(-1, 9).T, out=flat)
+    return out
 
 
 class WinogradConv(StackedConv):
@@ -83,10 +96,11 @@ class WinogradConv(StackedConv):
         return None
 
     def transformed_weights(self, dtype):
-        """U (16, K, C), from the weights as they are now (a script may have changed them)."""
+        """U (16, K, C), from the weights as they are now (a script may have changed them), by
+        blocks of output channels among the threads."""
         k, c = self.layer.num_output, self.geom.channels
         u = scratch(None, "winograd_u", (16, k, c), dtype)
         w = self.layer.blobs[0].data
         parts = spans(k, min(CHUNKS, max(1, k * c >> 14)))
-        parallel_for(len(parts), lambda i: native.kernels.winograd_weights(w, u, k, c, *parts[i]))
+        parallel_for(len(parts), lambda i: transform_weights(w[slice(*parts[i])], u[:, slice(*parts[i])]))
         return u
