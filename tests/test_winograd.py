@@ -168,3 +168,20 @@ def test_every_instruction_set_gives_the_same_bits(dtype):
     finally:
         native.kernels.set_isa(default)
     assert all(got.tobytes() == results[0].tobytes() for got in results[1:])
+
+
+def test_engine_kept_while_the_shape_stays_and_rebuilt_when_it_changes():
+    net = build()
+    net.forward()
+    engine = net.layer_dict["c1"].engine
+    net.forward()
+    assert net.layer_dict["c1"].engine is engine          # same bottoms: geometry and engine kept
+    net.blobs["data"].reshape(1, 8, 9, 11)                # 5 x 6 = 30 tiles: the GEMM engine
+    net.reshape()
+    net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal((1, 8, 9, 11))
+    net.forward()
+    c1 = net.layer_dict["c1"]
+    assert c1.engine is not engine and not isinstance(c1.engine, conv_winograd.WinogradConv)
+    assert net.blobs["c2"].shape == (1, 5, 7, 9)
+    want = reference(net)
+    assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
