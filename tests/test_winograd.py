@@ -147,7 +147,8 @@ def test_training_and_small_batches_keep_the_gemm():
     net = build(phase=caffe_pb2.TRAIN, extra=loss)
     net.forward()
     assert type(net.layer_dict["c2"].engine) is StackedConv       # backward runs: Caffe's GEMM bytes
-    net = build(n=1, h=9, w=9)       # 25 tiles: below MIN_TILES
+    assert conv_winograd.tile_count(1, (9, 9)) < conv_winograd.MIN_TILES
+    net = build(n=1, h=9, w=9)
     net.forward()
     assert not isinstance(net.layer_dict["c1"].engine, conv_winograd.WinogradConv)
 
@@ -176,7 +177,8 @@ def test_engine_kept_while_the_shape_stays_and_rebuilt_when_it_changes():
     engine = net.layer_dict["c1"].engine
     net.forward()
     assert net.layer_dict["c1"].engine is engine          # same bottoms: geometry and engine kept
-    net.blobs["data"].reshape(1, 8, 9, 11)                # 5 x 6 = 30 tiles: the GEMM engine
+    assert conv_winograd.tile_count(1, (9, 11)) < conv_winograd.MIN_TILES     # the GEMM engine
+    net.blobs["data"].reshape(1, 8, 9, 11)
     net.reshape()
     net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal((1, 8, 9, 11))
     net.forward()

@@ -26,8 +26,9 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 WEIGHT_MAP = np.einsum("ia,jb->ijab", _G, _G).reshape(16, 9)
 
 # Fewest tiles in the batch for Winograd to pay: below, the 16 GEMMs are too narrow for BLAS
-# and transforming the weights costs more than it saves (ResNet-50's 14x14 and 7x7 maps at batch 1).
-MIN_TILES = 64
+# and transforming the weights costs more than it saves. One layer at batch 1, 1 thread,
+# Winograd / GEMM time: 14x14 maps (49 tiles) 0.72-0.92, 7x7 maps (16 tiles) 1.31-1.83.
+MIN_TILES = 32
 
 
 def tile_count(num, out):
