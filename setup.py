@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension(
     "netspec._native",
     sources=["netspec/_native.c"],
-    depends=["netspec/_native_body.h", "netspec/_depthwise_body.h"],
+    depends=["netspec/_native_body.h", "netspec/_depthwise_body.h", "netspec/_winograd_body.h"],
     # No fused multiply-adds: the kernels round as the numpy code they replace does.
     extra_compile_args=["-O3", "-ffp-contract=off"],
     optional=True,

@@ -23,6 +23,12 @@ typedef struct {
     long channels, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
 } Geom;
 
+/* Winograd tiling (_winograd_body.h): `channels` planes of h x w in, oh x ow out, in tiles_h x
+ * tiles_w tiles of 2x2 outputs per image; ph, pw the convolution's padding. */
+typedef struct {
+    long channels, h, w, ph, pw, oh, ow, th, tw;
+} WinoGeom;
+
 /* Output columns k in [lo, hi) whose input column x0 + k * s lies inside [0, w). */
 static void valid_range(long x0, long s, long w, long ow, long *lo, long *hi)
 {
@@ -67,12 +73,14 @@ static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
 #define NAME(x) x##_f32
 #include "_native_body.h"
 #include "_depthwise_body.h"
+#include "_winograd_body.h"
 #undef T
 #undef NAME
 #define T double
 #define NAME(x) x##_f64
 #include "_native_body.h"
 #include "_depthwise_body.h"
+#include "_winograd_body.h"
 #undef T
 #undef NAME
 
@@ -91,12 +99,14 @@ static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
 #define NAME(x) x##_f32_avx2
 #include "_native_body.h"
 #include "_depthwise_body.h"
+#include "_winograd_body.h"
 #undef T
 #undef NAME
 #define T double
 #define NAME(x) x##_f64_avx2
 #include "_native_body.h"
 #include "_depthwise_body.h"
+#include "_winograd_body.h"
 #undef T
 #undef NAME
 #pragma GCC pop_options
@@ -569,6 +579,94 @@ static PyObject *py_channel_chain(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Winograd F(2x2, 3x3) transforms (_winograd_body.h), over tiles [t0, t1) of the batch:
+ *   winograd_input(x, V, geom, num, t0, t1)           x (num, C, h, w) -> V (16, C, t1 - t0)
+ *   winograd_output(M, y, bias or None, geom, num, t0, t1)   M (16, K, t1 - t0) -> y (num, K, oh, ow)
+ * geom = (channels, h, w, ph, pw, oh, ow, tiles_h, tiles_w): channels is C for the input, K for
+ * the output transform. */
+#define WINO_FORMAT "(lllllllll)"
+#define WINO_ARGS(g) &g.channels, &g.h, &g.w, &g.ph, &g.pw, &g.oh, &g.ow, &g.th, &g.tw
+
+static int check_wino(const WinoGeom *g, long num, long t0, long t1)
+{
+    if (g->channels <= 0 || g->h <= 0 || g->w <= 0 || g->ph < 0 || g->pw < 0 || g->oh <= 0 || g->ow <= 0
+        || g->th != (g->oh + 1) / 2 || g->tw != (g->ow + 1) / 2 || g->oh != g->h + 2 * g->ph - 2
+        || g->ow != g->w + 2 * g->pw - 2 || num < 0 || t0 < 0 || t1 < t0 || t1 > num * g->th * g->tw) {
+        PyErr_SetString(PyExc_ValueError, "bad Winograd geometry or tile range");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_winograd_input(PyObject *self, PyObject *args)
+{
+    PyObject *x_obj, *v_obj;
+    WinoGeom g;
+    long num, t0, t1;
+    if (!PyArg_ParseTuple(args, "OO" WINO_FORMAT "lll", &x_obj, &v_obj, WINO_ARGS(g), &num, &t0, &t1)
+        || check_wino(&g, num, t0, t1) < 0)
+        return NULL;
+    int kind;
+    if (float_kind(x_obj, &kind) < 0)
+        return NULL;
+    Py_buffer x, v;
+    if (get_buffer(x_obj, &x, 0, kind, num * g.channels * g.h * g.w, "bottom") < 0)
+        return NULL;
+    if (get_buffer(v_obj, &v, 1, kind, 16 * g.channels * (t1 - t0), "transformed input") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
+    void *work = PyMem_RawMalloc(8 * (g.tw + 1) * elem);
+    if (!work) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&v);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) PICK(winograd_input_f64)(x.buf, v.buf, &g, t0, t1, work);
+    else PICK(winograd_input_f32)(x.buf, v.buf, &g, t0, t1, work);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(work);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_output(PyObject *self, PyObject *args)
+{
+    PyObject *m_obj, *y_obj, *b_obj;
+    WinoGeom g;
+    long num, t0, t1;
+    if (!PyArg_ParseTuple(args, "OOO" WINO_FORMAT "lll", &m_obj, &y_obj, &b_obj, WINO_ARGS(g), &num, &t0, &t1)
+        || check_wino(&g, num, t0, t1) < 0)
+        return NULL;
+    int kind;
+    if (float_kind(m_obj, &kind) < 0)
+        return NULL;
+    Py_buffer m, y, b;
+    if (get_buffer(m_obj, &m, 0, kind, 16 * g.channels * (t1 - t0), "transformed output") < 0)
+        return NULL;
+    if (get_buffer(y_obj, &y, 1, kind, num * g.channels * g.oh * g.ow, "top") < 0) {
+        PyBuffer_Release(&m);
+        return NULL;
+    }
+    const int with_bias = b_obj != Py_None;
+    if (with_bias && get_buffer(b_obj, &b, 0, kind, g.channels, "bias") < 0) {
+        PyBuffer_Release(&m);
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) PICK(winograd_output_f64)(m.buf, y.buf, with_bias ? b.buf : NULL, &g, t0, t1);
+    else PICK(winograd_output_f32)(m.buf, y.buf, with_bias ? b.buf : NULL, &g, t0, t1);
+    Py_END_ALLOW_THREADS
+    if (with_bias) PyBuffer_Release(&b);
+    PyBuffer_Release(&m);
+    PyBuffer_Release(&y);
+    Py_RETURN_NONE;
+}
+
 /* Whether this CPU can run the AVX2 copies (and this build has them). */
 static int cpu_has_avx2(void)
 {
@@ -626,6 +724,8 @@ static PyMethodDef methods[] = {
     {"ave_pool", py_ave_pool, METH_VARARGS, "ave_pool(x, y, geom, planes)"},
     {"ave_unpool", py_ave_unpool, METH_VARARGS, "ave_unpool(dy, dx, geom, planes)"},
     {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
+    {"winograd_input", py_winograd_input, METH_VARARGS, "winograd_input(x, V, geom, num, t0, t1)"},
+    {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
     {NULL, NULL, 0, NULL},
 };
 

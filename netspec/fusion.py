@@ -10,7 +10,7 @@ holds all of it and no per-layer hooks or debug output want to see the layers on
 
 Right after a convolution, on its top, the chain (a lone ReLU too) goes further: the convolution
 runs it on each block of output planes as soon as its GEMM has written them, while they are still
-in cache (find_conv_epilogues, Convolution.epilogue), instead of one more pass over the whole top.
+in cache (find_epilogues, Convolution.epilogue), instead of one more pass over the whole top.
 """
 from .layers import native
 from .threads import parallel_for, spans
@@ -62,13 +62,14 @@ def find_chains(records):
     return chains
 
 
-def find_conv_epilogues(records):
-    """{Convolution record index: Chain} where the run right after a convolution (one member is
-    enough) works in place on its only top: the convolution applies it to each block of its
-    output as it writes it, while the block is still in cache (Convolution.epilogue)."""
+def find_epilogues(records):
+    """{record index: Chain} where the run right after a convolution, or an Eltwise (ResNet's
+    residual sum), works in place on its only top (one member is enough): the layer applies it
+    to each block of its output as it writes it, while the block is still in cache
+    (Convolution.epilogue, Eltwise.epilogue)."""
     found = {}
     for i, r in enumerate(records[:-1]):
-        # Convolution and its forks' subclasses (ConvolutionDepthwise) take an epilogue.
+        # Convolution and its forks' subclasses (ConvolutionDepthwise), and Eltwise, take an epilogue.
         if not hasattr(r.layer, "epilogue") or len(r.tops) != 1 or r.need_backward:
             continue
         members = _members_at(records, i + 1)
@@ -84,7 +85,7 @@ class Chain:
         self.first, self.members = first, members
         self.records = list(members.values())
         self.last = first + len(self.records) - 1
-        self.applied = False        # as a convolution's epilogue: whether its last forward ran it
+        self.applied = False        # as a layer's epilogue: whether its last forward ran it
 
     def prepare(self, outer=None, channels=None):
         """Reshape the chain's layers and set up the compiled pass: False when it cannot run

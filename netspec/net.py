@@ -16,7 +16,7 @@ from . import glog, hdf5, layers as _layers, threads  # noqa: F401  (importing l
 from .blob import BadBlobShape, Blob, BlobTooLarge
 from .errors import NetspecError, prefixed
 from .graph import filter_net, insert_splits
-from .fusion import find_chains, find_conv_epilogues
+from .fusion import find_chains, find_epilogues
 from .memory import MemoryEstimate, own_work_bytes, work_bytes
 from .layers.base import LAYER_REGISTRY, check_blob_counts
 from .proto import caffe_pb2
@@ -158,7 +158,7 @@ class Net:
         if weights:
             self.copy_from(weights)
         self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
-        self._epilogues = find_conv_epilogues(self.records)     # such runs right after a convolution
+        self._epilogues = find_epilogues(self.records)     # such runs right after a convolution
         self._reuse = None
         if reuse_memory and not any(record.need_backward for record in self.records):
             try:

@@ -110,13 +110,14 @@ BN, RELU = 'type: "BatchNorm"', 'type: "ReLU"'
 # (batch, channels, size, convolution_param): each convolution engine (conv.choose_engine), and both ways
 # StackedConv cuts its work (by samples; by output rows below SMALL_BATCH samples).
 ENGINES = {
-    "stacked by samples": (10, 3, 20, "num_output: 80 kernel_size: 3 pad: 1"),
-    "stacked by rows": (1, 3, 12, "num_output: 80 kernel_size: 3 pad: 1"),
+    "stacked by samples": (10, 3, 20, "num_output: 80 kernel_size: 5 pad: 2"),
+    "stacked by rows": (1, 3, 12, "num_output: 80 kernel_size: 5 pad: 2"),
     "stacked by rows, groups": (2, 4, 20, "num_output: 96 kernel_size: 3 group: 2"),
     "columns side by side": (6, 3, 5, "num_output: 70 kernel_size: 3 pad: 1 stride: 2"),
     "pointwise": (5, 6, 13, "num_output: 70 kernel_size: 1"),
     "pointwise by rows": (1, 6, 13, "num_output: 70 kernel_size: 1"),
     "depthwise": (3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1 group: 8"),
+    "winograd": (3, 3, 20, "num_output: 40 kernel_size: 3 pad: 1"),
 }
 AFTER = {"relu": [RELU], "bn+scale+relu": [BN, SCALE, RELU], "bn": [BN], "scale+relu": [SCALE, RELU]}
 
@@ -143,12 +144,13 @@ def test_convolution_epilogue_engines_are_the_ones_named():
     kinds = {}
     for engine, shape in ENGINES.items():
         net = build(conv_net(*shape, [RELU]))
+        net.forward()       # the engine the forward ran (the Net settles runs_backward after setup)
         conv = net.layers[1]
         kinds[engine] = (type(conv.engine).__name__, conv.engine.by_rows() if hasattr(conv.engine, "by_rows") else None)
     assert kinds == {"stacked by samples": ("StackedConv", False), "stacked by rows": ("StackedConv", True),
                      "stacked by rows, groups": ("StackedConv", True), "columns side by side": ("ColumnConv", None),
                      "pointwise": ("PointwiseConv", False), "pointwise by rows": ("PointwiseConv", True),
-                     "depthwise": ("DepthwiseConv", None)}
+                     "depthwise": ("DepthwiseConv", None), "winograd": ("WinogradConv", True)}
 
 
 def test_no_epilogue_where_backward_runs_a_range_cuts_it_or_the_chain_is_out_of_place():
@@ -175,3 +177,30 @@ def test_a_fork_depthwise_convolution_takes_an_epilogue_too():
     plain.forward()
     assert fused._epilogues[1].applied
     np.testing.assert_array_equal(fused.blobs["d"].data, plain.blobs["d"].data)
+
+
+RESIDUAL = """
+name: "residual"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: 3 dim: 4 dim: 30 dim: 30 }} }} }}
+layer {{ name: "a" bottom: "data" top: "a" {conv} }}
+layer {{ name: "b" bottom: "data" top: "b" {conv} }}
+layer {{ name: "bn_b" type: "BatchNorm" bottom: "b" top: "b" }}
+layer {{ name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" eltwise_param {{ {eltwise} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "s" top: "s" }}
+layer {{ name: "next" bottom: "s" top: "d" {conv} }}
+"""
+
+
+@NATIVE
+@pytest.mark.parametrize("eltwise", ["operation: SUM", "operation: SUM coeff: 2 coeff: -1", "operation: PROD"])
+def test_eltwise_epilogue_gives_the_bytes_of_the_separate_layers(eltwise):
+    text = RESIDUAL.format(conv=CONV.replace("kernel_size: 3 pad: 1", "kernel_size: 1"), eltwise=eltwise)
+    fused, plain = build(text), build(text)
+    plain.after_forward(lambda i: None)     # a hook: every layer runs on its own
+    fused.forward()
+    plain.forward()
+    names = [r.name for r in fused.records]
+    assert {names[i]: chain.applied for i, chain in fused._epilogues.items()} == {"b": True, "sum": True}
+    for name in ("s", "d"):
+        np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
+    assert (fused.blobs["s"].data == 0).any() and (fused.blobs["s"].data > 0).any()

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import fillers
 from ..proto import caffe_pb2
-from ..threads import even_count, parallel_flat, parallel_for, spans
+from ..threads import FLAT_CHUNK, FLAT_CHUNKS, even_count, parallel_flat, parallel_for, spans
 from .base import Layer, register
 
 
@@ -144,6 +144,9 @@ class Eltwise(Layer):
     num_bottoms = (2, None)
     num_tops = 1
     Op = caffe_pb2.EltwiseParameter
+    # A fusion.Chain (ResNet's ReLU after the residual sum) that the Net hands over for one forward,
+    # run on each block of the top as SUM or PROD writes it; its `applied` says whether it was.
+    epilogue = None
 
     def setup(self, bottom, top):
         p = self.layer_param.eltwise_param
@@ -163,12 +166,33 @@ class Eltwise(Layer):
     def forward(self, bottom, top):
         op = self.layer_param.eltwise_param.operation
         if op in (self.Op.SUM, self.Op.PROD):
-            parallel_flat(self._sum_or_product, top[0].data, *(b.data for b in bottom))
+            y = top[0].data
+            epilogue = self.epilogue
+            if epilogue is not None and y.ndim >= 2 and y.size and epilogue.prepare(y.shape[0], y.shape[1]):
+                self._with_epilogue(epilogue, y, [b.data for b in bottom])
+            else:
+                parallel_flat(self._sum_or_product, y, *(b.data for b in bottom))
         else:
             # The first bottom holding the maximum wins ties, as in Caffe (strictly greater replaces).
             stacked = np.stack([b.data for b in bottom])
             self.argmax = stacked.argmax(axis=0)
             np.max(stacked, axis=0, out=top[0].data)
+
+    def _with_epilogue(self, epilogue, y, inputs):
+        """SUM or PROD by blocks of planes (sample x channel), each block's epilogue right after it,
+        while the block is still in cache: one pass over the top instead of two."""
+        planes = y.shape[0] * y.shape[1]
+        inner = y.size // planes
+        blocks = spans(planes, min(FLAT_CHUNKS, y.size // FLAT_CHUNK))
+        flats = [a.reshape(-1) for a in [y] + inputs]
+
+        def block(k):
+            p0, p1 = blocks[k]
+            self._sum_or_product(*(f[p0 * inner:p1 * inner] for f in flats))
+            epilogue.planes_pass(p0, p1)
+
+        parallel_for(len(blocks), block)
+        epilogue.applied = True
 
     def _sum_or_product(self, out, *inputs):
         if self.layer_param.eltwise_param.operation == self.Op.SUM:

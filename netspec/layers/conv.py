@@ -1,10 +1,11 @@
 """Convolution, Deconvolution and Im2col, with Caffe's parameters and shape rules.
 
 Each convolution is one grouped GEMM over the whole batch on im2col columns, run by the
-engine (conv_engines.py, conv_columns.py, conv_depthwise.py) that Convolution.reshape picks
-for the shape (choose_engine): the compiled
-columns of native.py for 2-D convolution over small maps when the extension is built,
-else the numpy layouts of im2col.py.
+engine (conv_engines.py, conv_columns.py, conv_depthwise.py, conv_winograd.py) that
+Convolution.reshape picks for the shape (choose_engine): the compiled columns of native.py
+for 2-D convolution over small maps when the extension is built, else the numpy layouts of
+im2col.py; direct sums for depthwise layers; Winograd's transformed tiles for 3x3 layers of
+nets that run no backward.
 """
 import math
 
@@ -16,6 +17,7 @@ from .base import Layer, register, scratch, shape_str
 from .conv_columns import BatchInnerConv, ColumnConv
 from .conv_depthwise import DepthwiseConv
 from .conv_engines import PointwiseConv, StackedConv
+from .conv_winograd import WinogradConv, applies as winograd_applies
 from .im2col import ConvGeometry, add_weight_grad
 
 # Output positions per map from which a 1x1 convolution runs one GEMM per sample on the bottom
@@ -30,6 +32,8 @@ def choose_engine(layer, dtype):
     compiled = layer.num_spatial == 2 and native.usable(dtype)
     if layer.depthwise:
         return DepthwiseConv(layer, compiled and native.has_depthwise())
+    if layer.uses_winograd(dtype):
+        return WinogradConv(layer)
     if g.batch_inner:
         return ColumnConv(layer) if compiled else BatchInnerConv(layer)
     if layer.pointwise:
@@ -156,13 +160,13 @@ class _ConvBase(Layer):
             self.in_spatial = tuple(spatial)
         else:
             self.geom = ConvGeometry(self.num, self.channels, spatial, *geometry,
-                                     batch_inner=False if self.stacked_only() else None)
+                                     batch_inner=False if self.stacked_only(bottom[0].data.dtype) else None)
             out = self.geom.out
         top_shape = shape[:self.axis] + (self.num_output,) + tuple(out)
         for t in top:
             t.reshape(top_shape)
 
-    def stacked_only(self):
+    def stacked_only(self, dtype):
         """Whether the engine for this layer reads the bottom as stacked NCHW (no batch-inner columns)."""
         return False
 
@@ -197,18 +201,35 @@ class Convolution(_ConvBase):
         self.depthwise = self.group > 1 and self.group == self.channels
         self.fold_bias = self.bias_term and self.group == 1 and not self.pointwise
         self.engine = None          # chosen in reshape, for the shape (choose_engine)
+        self._shaped_for = None     # what reshape last built the geometry and engine for
 
-    def stacked_only(self):
+    def uses_winograd(self, dtype):
+        """Whether forward runs Winograd's F(2x2, 3x3) (conv_winograd.py): float32 with the
+        kernels built, a 3x3 stride-1 geometry, and no backward to run."""
+        return (dtype == np.float32 and not self.runs_backward and winograd_applies(self)
+                and native.usable(dtype) and native.has_winograd())
+
+    def stacked_only(self, dtype):
         # Neither builds columns: PointwiseConv's are the bottom itself, DepthwiseConv sums taps.
         # Below POINTWISE_MIN_POSITIONS per map (ResNet's and MobileNet's 7x7) one GEMM over the
         # batch side by side beats one per sample by more than its two copies cost.
         # (A 1x1, stride 1, unpadded kernel's output map is the bottom's own.)
         pointwise = self.pointwise and math.prod(self.spatial_shape) >= POINTWISE_MIN_POSITIONS
-        return pointwise or self.depthwise
+        return pointwise or self.depthwise or self.uses_winograd(dtype)
 
     def reshape(self, bottom, top):
+        # The Net reshapes every layer on every forward, as Caffe does; the geometry and the engine
+        # depend only on the bottoms' shapes and dtype and on whether backward runs, so they are
+        # kept while those stay (checking and rebuilding them cost 50 us a layer: a tenth of
+        # SqueezeNet's forward at batch 1).
+        key = (tuple(b.shape for b in bottom), bottom[0].data.dtype, self.runs_backward)
+        if key == self._shaped_for:
+            for t in top:
+                t.reshape(self._top_shape)
+            return
         super().reshape(bottom, top)
         self.engine = choose_engine(self, bottom[0].data.dtype)
+        self._shaped_for, self._top_shape = key, top[0].shape
 
     def forward(self, bottom, top):
         self.engine.forward(bottom, top)

@@ -9,6 +9,8 @@ delegate to it. All but the depthwise one do one grouped GEMM over the batch on 
     ColumnConv, BatchInnerConv (conv_columns.py)  small maps: the samples side by side
     DepthwiseConv (conv_depthwise.py)  group == input channels (MobileNet): no columns and no
                     GEMM, a direct sum over the kernel taps per plane
+    WinogradConv (conv_winograd.py)  3x3 stride 1 in nets that run no backward: Winograd's
+                    F(2x2, 3x3), 16 GEMMs on transformed tiles (2.25x fewer operations)
 
 This file holds their base (the loop over bottoms, the bias, the epilogue) and the stacked ones.
 The compiled engines (and PointwiseConv) share each layer call among netspec's threads

@@ -48,6 +48,11 @@ def has_depthwise():
     return hasattr(kernels, "depthwise_forward")
 
 
+def has_winograd():
+    """Whether the build has the Winograd transforms (a build from older sources may not)."""
+    return hasattr(kernels, "winograd_input")
+
+
 def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     """The geometry tuple the kernels take: (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)."""
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))

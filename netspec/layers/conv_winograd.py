@@ -1,0 +1,107 @@
+"""The Winograd engine: F(2x2, 3x3) for 3x3, stride-1 convolutions that run no backward.
+
+Winograd's minimal filtering computes each 2x2 block of outputs (a tile) from the 4x4 input
+patch under it with 16 multiplications per channel pair instead of 36: the GEMMs do 2.25x
+fewer operations than im2col's, on the transformed weights U (16, K, C) and transformed input
+tiles V (16, C, tiles) (the transforms: _winograd_body.h). Results differ from the GEMM's by
+rounding only (float32: about 1e-6 of the output's scale), as cuDNN's Winograd differs from
+Caffe's GEMM, so nets that train keep the GEMM engines: this one serves forward-only nets
+(deploy nets, `runs_backward` False). A backward that a script runs anyway gets StackedConv's,
+with the columns built again.
+"""
+import numpy as np
+
+from ..threads import parallel_for, spans
+from . import native
+from .base import scratch
+from .conv_engines import CHUNKS, StackedConv
+
+# Tiles per block: each block's V and M are a thread's work, its GEMMs 16 products of this
+# width (np.matmul (16, K, C) x (16, C, tiles) at 1 thread: 64-128 tiles reach 50-60 GF/s).
+BLOCK_TILES = 128
+
+
+# G g G^T for a 3x3 kernel g as one linear map of its 9 taps (row-major) to the 16 entries of U.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WEIGHT_MAP = np.einsum("ia,jb->ijab", _G, _G).reshape(16, 9)
+
+# Fewest tiles in the batch for Winograd to pay: below, the 16 GEMMs are too narrow for BLAS
+# and transforming the weights costs more than it saves. One layer at batch 1, 1 thread,
+# Winograd / GEMM time: 14x14 maps (49 tiles) 0.72-0.92, 7x7 maps (16 tiles) 1.31-1.83.
+MIN_TILES = 32
+
+
+def tile_count(num, out):
+    """2x2 output tiles over the batch: num x ceil(oh / 2) x ceil(ow / 2)."""
+    return num * ((out[0] + 1) // 2) * ((out[1] + 1) // 2)
+
+
+def applies(layer):
+    """Whether F(2x2, 3x3) suits the layer at its bottom's shape (layer.num, layer.spatial_shape):
+    2-D, 3x3, stride 1, no dilation, one group, and at least MIN_TILES tiles."""
+    if not (layer.num_spatial == 2 and tuple(layer.kernel) == (3, 3) and tuple(layer.stride) == (1, 1)
+            and tuple(layer.dilation) == (1, 1) and layer.group == 1):
+        return False
+    out = [size + 2 * pad - 2 for size, pad in zip(layer.spatial_shape, layer.pad)]
+    return tile_count(layer.num, out) >= MIN_TILES
+
+
+def transform_weights(w, out):
+    """out (16, K, C) <- U = G g G^T of each 3x3 kernel g of w (K, C, 3, 3): one GEMM,
+    WEIGHT_MAP (16 x 9) times the taps (9 x K*C), reading w in place."""
+    flat = out.reshape(16, -1)
+    assert not flat.size or np.shares_memory(flat, out), "out must hold each channel block's rows contiguously"
+    np.matmul(WEIGHT_MAP.astype(w.dtype), w.reshape(-1, 9).T, out=flat)
+    return out
+
+
+class WinogradConv(StackedConv):
+    """Forward by F(2x2, 3x3) in blocks of BLOCK_TILES tiles, the threads taking blocks: each
+    block's input transform, 16 GEMMs and output transform (with the bias) run back to back,
+    so its V and M stay in cache."""
+
+    blockwise_epilogue = False      # blocks of tiles are not whole planes: the epilogue runs after
+
+    def __init__(self, layer):
+        super().__init__(layer, compiled=True)
+        self.fold_bias = False      # the bias is added by the output transform
+        g = self.geom
+        (oh, ow), (h, w), (ph, pw) = g.out, g.spatial, g.pad
+        self.tiles = (oh + 1) // 2, (ow + 1) // 2
+        self.total = tile_count(g.num, g.out)
+        self.shape_in = (g.channels, h, w, ph, pw, oh, ow) + self.tiles
+        self.shape_out = (layer.num_output,) + self.shape_in[1:]
+        # By shape alone, so the bytes do not depend on the thread count.
+        self.blocks = spans(self.total, max(1, -(-self.total // BLOCK_TILES)))
+
+    def forward_one(self, i, b, w, bias, y):
+        g, layer = self.geom, self.layer
+        dtype = y.dtype
+        u = self.transformed_weights(dtype)
+        x = b.data
+        widest = max(t1 - t0 for t0, t1 in self.blocks)
+
+        def work(name, rows, width):
+            """This thread's (16, rows, width) array, contiguous, from a buffer sized for the widest block."""
+            return scratch(None, name, (16 * rows * widest,), dtype)[:16 * rows * width].reshape(16, rows, width)
+
+        def block(k):
+            t0, t1 = self.blocks[k]
+            v = work("winograd_v", g.channels, t1 - t0)
+            m = work("winograd_m", layer.num_output, t1 - t0)
+            native.kernels.winograd_input(x, v, self.shape_in, g.num, t0, t1)
+            np.matmul(u, v, out=m)
+            native.kernels.winograd_output(m, y, bias, self.shape_out, g.num, t0, t1)
+
+        parallel_for(len(self.blocks), block)
+        return None
+
+    def transformed_weights(self, dtype):
+        """U (16, K, C), from the weights as they are now (a script may have changed them), by
+        blocks of output channels among the threads."""
+        k, c = self.layer.num_output, self.geom.channels
+        u = scratch(None, "winograd_u", (16, k, c), dtype)
+        w = self.layer.blobs[0].data
+        parts = spans(k, min(CHUNKS, max(1, k * c >> 14)))
+        parallel_for(len(parts), lambda i: transform_weights(w[slice(*parts[i])], u[:, slice(*parts[i])]))
+        return u

@@ -1,0 +1,189 @@
+"""conv_winograd.py and _winograd_body.h: F(2x2, 3x3) against a direct 3x3 correlation worked out
+here, on awkward sizes, in float64 (the algebra, to rounding) and in a float32 net (the engine)."""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import netspec
+from netspec import rng
+from netspec.layers import conv_winograd, native
+from netspec.layers.conv_engines import StackedConv
+from netspec.net import Net
+from netspec.proto import caffe_pb2
+
+pytestmark = pytest.mark.skipif(native.kernels is None or not native.has_winograd(),
+                                reason="compiled kernels (netspec._native) not built")
+
+
+def correlate3x3(x, w, bias, pad):
+    """y[n, k, i, j] = bias[k] + sum over c, a, b of w[k, c, a, b] x_padded[n, c, i + a, j + b]."""
+    (ph, pw), (h, wd) = pad, x.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = h + 2 * ph - 2, wd + 2 * pw - 2
+    y = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for a in range(3):
+        for b in range(3):
+            y += np.einsum("kc,nchw->nkhw", w[:, :, a, b], xp[:, :, a:a + oh, b:b + ow])
+    return y + bias[None, :, None, None]
+
+
+def winograd(x, w, bias, pad, cuts):
+    """The three kernels and numpy's GEMMs over tile blocks ending at `cuts` (the last is the total)."""
+    (n, c, h, wd), k = x.shape, w.shape[0]
+    oh, ow = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
+    tiles = ((oh + 1) // 2, (ow + 1) // 2)
+    geom = (c, h, wd, pad[0], pad[1], oh, ow) + tiles
+    u = np.empty((16, k, c), x.dtype)
+    conv_winograd.transform_weights(w[:k // 2], u[:, :k // 2])      # by output channel blocks, as the engine
+    conv_winograd.transform_weights(w[k // 2:], u[:, k // 2:])
+    y = np.full((n, k, oh, ow), np.nan, x.dtype)
+    t0 = 0
+    for t1 in cuts:
+        v = np.empty((16, c, t1 - t0), x.dtype)
+        native.kernels.winograd_input(x, v, geom, n, t0, t1)
+        native.kernels.winograd_output(np.matmul(u, v), y, bias, (k,) + geom[1:], n, t0, t1)
+        t0 = t1
+    return y
+
+
+@pytest.mark.parametrize("n, c, h, w, k, pad, cuts", [
+    (2, 3, 5, 7, 4, (1, 1), None),       # odd output sizes: the last tiles half outside
+    (1, 5, 6, 6, 3, (0, 0), None),       # no padding
+    (3, 2, 9, 4, 5, (1, 0), None),       # padding in one dimension only
+    (2, 4, 1, 8, 2, (1, 1), None),       # one input row
+    (1, 1, 3, 3, 1, (0, 0), None),       # a single output
+    (2, 3, 8, 11, 6, (2, 2), None),      # padding wider than the kernel's reach
+    (2, 6, 10, 10, 7, (1, 1), (7, 13, 50, 61)),     # blocks that start and end inside tile rows
+])
+def test_kernels_match_direct_correlation(n, c, h, w, k, pad, cuts):
+    r = np.random.default_rng(0)
+    x, wt, b = r.standard_normal((n, c, h, w)), r.standard_normal((k, c, 3, 3)), r.standard_normal(k)
+    total = n * ((h + 2 * pad[0] - 1) // 2) * ((w + 2 * pad[1] - 1) // 2)
+    cuts = [t for t in (cuts or ()) if t < total] + [total]
+    got = winograd(x, wt, b, pad, cuts)
+    want = correlate3x3(x, wt, b, pad)
+    assert np.abs(got - want).max() < 1e-12 * np.abs(want).max()
+
+
+def test_kernels_refuse_bad_geometry():
+    x, v = np.zeros((1, 2, 6, 6), np.float32), np.zeros((16, 2, 9), np.float32)
+    with pytest.raises(ValueError):      # 6x6 padded by 1 gives 6x6 out, not 5x5
+        native.kernels.winograd_input(x, v, (2, 6, 6, 1, 1, 5, 5, 3, 3), 1, 0, 9)
+    with pytest.raises(ValueError):      # tiles past the batch
+        native.kernels.winograd_input(x, v, (2, 6, 6, 1, 1, 6, 6, 3, 3), 1, 0, 10)
+    with pytest.raises(ValueError):      # V too small for the range
+        native.kernels.winograd_input(x, v[:, :, :4], (2, 6, 6, 1, 1, 6, 6, 3, 3), 1, 0, 9)
+
+
+NET = """
+name: "w"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: {n} dim: 8 dim: {h} dim: {w} }} }} }}
+layer {{ name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param {{ num_output: 12 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.3 }}
+                       bias_filler {{ type: "gaussian" std: 0.3 }} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "c1" top: "c1" }}
+layer {{ name: "r1" type: "ReLU" bottom: "c1" top: "c1" }}
+layer {{ name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param {{ num_output: 5 kernel_size: 3 weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+"""
+
+
+def build(n=2, h=17, w=20, phase=caffe_pb2.TEST, extra=""):
+    rng.set_seed(3)
+    net = Net(text_format.Parse(NET.format(n=n, h=h, w=w) + extra, caffe_pb2.NetParameter()), phase)
+    r = np.random.default_rng(4)
+    bn = net.layer_dict["bn"]
+    bn.blobs[0].data[...] = r.standard_normal(12)
+    bn.blobs[1].data[...] = r.uniform(0.5, 2, 12)
+    bn.blobs[2].data[...] = 1
+    net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+    return net
+
+
+def reference(net):
+    """c2 worked out in float64 from the net's own weights: correlation, BatchNorm, ReLU, correlation."""
+    x = net.blobs["data"].data.astype(np.float64)
+    c1, c2, bn = (net.layer_dict[name] for name in ("c1", "c2", "bn"))
+    y = correlate3x3(x, c1.blobs[0].data, c1.blobs[1].data, (1, 1))
+    mean, var = bn.blobs[0].data, bn.blobs[1].data
+    y = np.maximum((y - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5), 0)
+    return correlate3x3(y, c2.blobs[0].data, c2.blobs[1].data, (0, 0))
+
+
+def test_deploy_net_runs_winograd_with_its_epilogue():
+    net = build()
+    net.forward()
+    assert all(isinstance(net.layer_dict[name].engine, conv_winograd.WinogradConv) for name in ("c1", "c2"))
+    want = reference(net)
+    assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
+
+
+def test_same_bytes_for_any_thread_count():
+    tops, before = [], netspec.get_threads()
+    for threads in (1, 2):
+        netspec.set_threads(threads)
+        try:
+            net = build(n=3, h=30, w=31)
+            net.forward()
+            tops.append(net.blobs["c2"].data.copy())
+        finally:
+            netspec.set_threads(before)
+    assert len(conv_winograd.WinogradConv(net.layer_dict["c1"]).blocks) > 2
+    assert np.array_equal(tops[0], tops[1])
+
+
+def test_weights_changed_in_place_are_used():
+    net = build()
+    net.forward()
+    net.layer_dict["c2"].blobs[0].data[...] *= -2       # as a pycaffe script may, between forwards
+    net.forward()
+    want = reference(net)
+    assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
+
+
+def test_training_and_small_batches_keep_the_gemm():
+    loss = ('layer { name: "t" type: "Input" top: "target" input_param { shape { dim: 2 dim: 5 dim: 15 dim: 18 } } }\n'
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "c2" bottom: "target" top: "loss" }')
+    net = build(phase=caffe_pb2.TRAIN, extra=loss)
+    net.forward()
+    assert type(net.layer_dict["c2"].engine) is StackedConv       # backward runs: Caffe's GEMM bytes
+    assert conv_winograd.tile_count(1, (9, 9)) < conv_winograd.MIN_TILES
+    net = build(n=1, h=9, w=9)
+    net.forward()
+    assert not isinstance(net.layer_dict["c1"].engine, conv_winograd.WinogradConv)
+
+
+@pytest.mark.skipif(not hasattr(native.kernels, "set_isa"), reason="a build without ISA dispatch")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_instruction_set_gives_the_same_bits(dtype):
+    r = np.random.default_rng(5)
+    x, w, b = (r.standard_normal(s).astype(dtype) for s in ((2, 5, 13, 11), (7, 5, 3, 3), (7,)))
+    default, results = native.kernels.isa(), []
+    try:
+        for isa in ("baseline", "avx2"):
+            try:
+                native.kernels.set_isa(isa)
+            except ValueError:
+                continue            # this CPU runs the baseline copy only
+            results.append(winograd(x, w, b, (1, 1), [17, 60, 84]))
+    finally:
+        native.kernels.set_isa(default)
+    assert all(got.tobytes() == results[0].tobytes() for got in results[1:])
+
+
+def test_engine_kept_while_the_shape_stays_and_rebuilt_when_it_changes():
+    net = build()
+    net.forward()
+    engine = net.layer_dict["c1"].engine
+    net.forward()
+    assert net.layer_dict["c1"].engine is engine          # same bottoms: geometry and engine kept
+    assert conv_winograd.tile_count(1, (9, 11)) < conv_winograd.MIN_TILES     # the GEMM engine
+    net.blobs["data"].reshape(1, 8, 9, 11)
+    net.reshape()
+    net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal((1, 8, 9, 11))
+    net.forward()
+    c1 = net.layer_dict["c1"]
+    assert c1.engine is not engine and not isinstance(c1.engine, conv_winograd.WinogradConv)
+    assert net.blobs["c2"].shape == (1, 5, 7, 9)
+    want = reference(net)
+    assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
