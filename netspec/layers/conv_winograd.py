@@ -9,6 +9,8 @@ Caffe's GEMM, so nets that train keep the GEMM engines: this one serves forward-
 (deploy nets, `runs_backward` False). A backward that a script runs anyway gets StackedConv's,
 with the columns built again.
 """
+import threading
+
 import numpy as np
 
 from ..threads import parallel_for, spans
@@ -55,12 +57,20 @@ def transform_weights(w, out):
     return out
 
 
+def block_count(tiles):
+    """Blocks of at most BLOCK_TILES tiles, in a power-of-two count (two threads get equal shares),
+    at least two from 64 tiles. By shape alone, so the bytes do not depend on the thread count."""
+    count = max(2 if tiles >= 64 else 1, -(-tiles // BLOCK_TILES))
+    return 1 << (count - 1).bit_length()
+
+
 class WinogradConv(StackedConv):
     """Forward by F(2x2, 3x3) in blocks of BLOCK_TILES tiles, the threads taking blocks: each
     block's input transform, 16 GEMMs and output transform (with the bias) run back to back,
-    so its V and M stay in cache."""
+    so its V and M stay in cache. The epilogue runs on each sample's planes as soon as the last
+    block touching the sample is done, in that block's thread."""
 
-    blockwise_epilogue = False      # blocks of tiles are not whole planes: the epilogue runs after
+    blockwise_epilogue = True
 
     def __init__(self, layer):
         super().__init__(layer, compiled=True)
@@ -71,8 +81,7 @@ class WinogradConv(StackedConv):
         self.total = tile_count(g.num, g.out)
         self.shape_in = (g.channels, h, w, ph, pw, oh, ow) + self.tiles
         self.shape_out = (layer.num_output,) + self.shape_in[1:]
-        # By shape alone, so the bytes do not depend on the thread count.
-        self.blocks = spans(self.total, max(1, -(-self.total // BLOCK_TILES)))
+        self.blocks = spans(self.total, block_count(self.total))
 
     def forward_one(self, i, b, w, bias, y):
         g, layer = self.geom, self.layer
@@ -85,6 +94,14 @@ class WinogradConv(StackedConv):
             """This thread's (16, rows, width) array, contiguous, from a buffer sized for the widest block."""
             return scratch(None, name, (16 * rows * widest,), dtype)[:16 * rows * width].reshape(16, rows, width)
 
+        per_image = self.tiles[0] * self.tiles[1]
+        samples = [range(t0 // per_image, (t1 - 1) // per_image + 1) for t0, t1 in self.blocks]
+        blocks_left = [0] * g.num           # per sample, blocks not yet done
+        for block_samples in samples:
+            for n in block_samples:
+                blocks_left[n] += 1
+        lock = threading.Lock()
+
         def block(k):
             t0, t1 = self.blocks[k]
             v = work("winograd_v", g.channels, t1 - t0)
@@ -92,6 +109,14 @@ class WinogradConv(StackedConv):
             native.kernels.winograd_input(x, v, self.shape_in, g.num, t0, t1)
             np.matmul(u, v, out=m)
             native.kernels.winograd_output(m, y, bias, self.shape_out, g.num, t0, t1)
+            if self.epilogue is None:
+                return
+            with lock:
+                for n in samples[k]:
+                    blocks_left[n] -= 1
+                finished = [n for n in samples[k] if blocks_left[n] == 0]
+            for n in finished:
+                self.finish_planes(n * layer.num_output, (n + 1) * layer.num_output)
 
         parallel_for(len(self.blocks), block)
         return None
