@@ -141,43 +141,77 @@ static void NAME(depthwise_backward_data)(const T *dy, const T *w, T *dx, const 
     }
 }
 
-/* sum over k in [lo, hi) of a[k] * b[k * stride], in eight independent partial sums (they
- * vectorise where one chain of adds would wait on each add). */
-static inline T NAME(strided_dot)(const T *a, const T *b, long stride, long lo, long hi)
+/* depthwise_backward_data where `gt` (transposed_geom) says dx is a forward correlation of dy:
+ * stride 1, so dx = depthwise_forward(dy, the kernels turned half a turn) with padding k - 1 - p.
+ * That reads dy inside a border of zeros, which adds w * 0 = 0 only while every weight is finite;
+ * otherwise the direct kernel, which skips the padding as Caffe's col2im does. `flipped`: C * K
+ * elements of scratch, `buf` the forward's zeroed plane for gt. */
+static void NAME(depthwise_backward_data_as_forward)(const T *dy, const T *w, T *dx, const Geom *g, const Geom *gt,
+                                                     long start, long stop, T *buf, T *flipped)
 {
-    T s[8] = {0};
-    long k = lo;
-    if (stride == 1)
-        for (; k + 8 <= hi; k += 8)
-            for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
-    for (; k < hi; k++) s[0] += a[k] * b[k * stride];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    const long K = g->kh * g->kw, C = g->channels;
+    for (long e = 0; e < C * K; e++)
+        if (!isfinite(w[e])) {
+            NAME(depthwise_backward_data)(dy, w, dx, g, 1, start, stop);
+            return;
+        }
+    for (long o = 0; o < C; o++)
+        for (long t = 0; t < K; t++)
+            flipped[o * K + t] = w[o * K + K - 1 - t];
+    NAME(depthwise_forward)(dy, flipped, NULL, dx, gt, 1, start, stop, buf);
 }
 
-/* Output channels [start, stop) of the C * m: dw[o] += the weight gradient over all `num` samples,
- * each (sample, output row) partial dot product summed in double. `acc`: K doubles of scratch. */
-static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, const Geom *g, long m, long num,
-                                             long start, long stop, double *acc)
+/* lane[l] += sum over k = l, l + 8, ... below n (a multiple of 8) of d[k] * in[k]: eight sums
+ * held in registers, one vector of them. */
+static inline __attribute__((always_inline)) void NAME(lanes_dot)(T *restrict lane, const T *restrict d,
+                                                                  const T *restrict in, long n)
 {
-    const long HW = g->h * g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    T s[8];
+    for (int l = 0; l < 8; l++) s[l] = lane[l];
+    for (long k = 0; k < n; k += 8)
+        for (int l = 0; l < 8; l++) s[l] += d[k + l] * in[k + l];
+    for (int l = 0; l < 8; l++) lane[l] = s[l];
+}
+
+/* Output channels [start, stop) of the C * m: dw[o] += the weight gradient over all `num` samples.
+ * Each input plane is copied into `buf` (depthwise_buffer's zeroed scratch) inside a border of
+ * zeros, as forward does, so that every tap reads a whole row of ow elements with no edge cases
+ * (stride 2: from the split even/odd layout). The products are summed in eight lanes per tap
+ * (`lanes`: K * 8 elements of scratch), vectorised over each row, and each plane's lanes are
+ * added into `acc` (K doubles) at its end. */
+static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, const Geom *g, long m, long num,
+                                             long start, long stop, double *acc, T *buf, T *lanes)
+{
+    const long H = g->h, W = g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    long bh, bw, wide;
+    depthwise_buffer(g, &bh, &bw, &wide);
+    const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
+    const long rs = g->dh * bw, half = bw / 2, full = OW / 8 * 8;
+    const int split = g->sw == 2;
     for (long o = start; o < stop; o++) {
         for (long t = 0; t < K; t++) acc[t] = 0;
         for (long n = 0; n < num; n++) {
-            const T *plane = x + (n * g->channels + o / m) * HW;
+            NAME(depthwise_load)(buf, x + (n * g->channels + o / m) * H * W, W, rows, cols, g->ph, g->pw, bw, split);
+            for (long e = 0; e < K * 8; e++) lanes[e] = 0;
             const T *grad = dy + (n * g->channels * m + o) * OHW;
-            for (long oy = 0; oy < g->oh; oy++, grad += OW)
-                for (long i = 0; i < g->kh; i++) {
-                    const long iy = oy * g->sh - g->ph + i * g->dh;
-                    if (iy < 0 || iy >= g->h)
-                        continue;
-                    const T *row = plane + iy * g->w;
-                    for (long j = 0; j < g->kw; j++) {
-                        const long x0 = j * g->dw - g->pw;
-                        long lo, hi;
-                        valid_range(x0, g->sw, g->w, OW, &lo, &hi);
-                        acc[i * g->kw + j] += NAME(strided_dot)(grad, row + x0, g->sw, lo, hi);
-                    }
+            for (long oy = 0; oy < g->oh; oy++, grad += OW) {
+                const T *src = buf + oy * g->sh * bw;
+                for (long t = 0; t < K; t++) {
+                    const long q = (t % g->kw) * g->dw;     /* the tap's column in the window */
+                    const T *restrict in = src + (t / g->kw) * rs + (split ? (q & 1) * half + q / 2 : q);
+                    const T *restrict d = grad;
+                    const long step = split ? 1 : g->sw;
+                    if (step == 1)
+                        NAME(lanes_dot)(lanes + t * 8, d, in, full);
+                    else
+                        for (long k = 0; k < full; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
+                    for (long k = full; k < OW; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
                 }
+            }
+            for (long t = 0; t < K; t++) {
+                const T *lane = lanes + t * 8;
+                acc[t] += (double)(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+            }
         }
         for (long t = 0; t < K; t++) dw[o * K + t] += (T)acc[t];
     }

@@ -69,6 +69,23 @@ static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
     return *bh * *bw + *wide;
 }
 
+/* The geometry under which depthwise backward data is a forward correlation of the top diff
+ * (_depthwise_body.h, depthwise_backward_data_as_forward): stride 1, no dilation, one output per
+ * channel, padding below the kernel size. 0 when the layer is not of that kind. */
+static int transposed_geom(const Geom *g, long m, Geom *gt)
+{
+    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || m != 1 || g->ph > g->kh - 1 || g->pw > g->kw - 1)
+        return 0;
+    *gt = *g;
+    gt->h = g->oh;
+    gt->w = g->ow;
+    gt->ph = g->kh - 1 - g->ph;
+    gt->pw = g->kw - 1 - g->pw;
+    gt->oh = g->h;
+    gt->ow = g->w;
+    return 1;
+}
+
 #define T float
 #define NAME(x) x##_f32
 #include "_native_body.h"
@@ -497,11 +514,17 @@ static PyObject *depthwise(PyObject *args, int mode)
         }
         held[i] = 1;
     }
-    /* Scratch: K doubles (weights), or the zero-bordered plane of the element type (forward). */
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
-    const size_t scratch_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
-                               : mode == DW_FORWARD ? depthwise_buffer(&g, &bh, &bw, &wide) * elem : 1;
+    /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
+     * K doubles of sums and K * 8 lanes for the weight gradient. */
+    Geom gt;
+    const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
+    const size_t plane_bytes = mode == DW_DATA ? (as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem : 0)
+                                               : depthwise_buffer(&g, &bh, &bw, &wide) * elem;
+    const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double) + K * 8 * elem
+                            : as_forward ? g.channels * K * elem : 0;
+    const size_t scratch_bytes = sums_bytes + plane_bytes + 1;
     char *acc = PyMem_RawCalloc(scratch_bytes, 1);
     if (!acc) {
         for (int k = 0; k < 4; k++)
@@ -513,13 +536,23 @@ static PyObject *depthwise(PyObject *args, int mode)
     if (kind == KIND_F64) {
         if (mode == DW_FORWARD)
             PICK(depthwise_forward_f64)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (double *)acc);
+        else if (as_forward)
+            PICK(depthwise_backward_data_as_forward_f64)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
+                                                         (double *)acc + g.channels * K, (double *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
-        else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
+        else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
+                                                  (double *)(acc + K * sizeof(double)) + K * 8,
+                                                  (double *)(acc + K * sizeof(double)));
     } else {
         if (mode == DW_FORWARD)
             PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (float *)acc);
+        else if (as_forward)
+            PICK(depthwise_backward_data_as_forward_f32)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
+                                                         (float *)acc + g.channels * K, (float *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
-        else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc);
+        else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
+                                                  (float *)(acc + K * sizeof(double)) + K * 8,
+                                                  (float *)(acc + K * sizeof(double)));
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);

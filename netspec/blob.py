@@ -74,18 +74,26 @@ class Blob:
         if empty is None:
             empty = _EMPTY[dtype] = np.zeros(0, dtype)
         self._data = self._diff = self.data = self.diff = empty    # no element to write: safe to share
+        self._views = None          # (_data, _diff, data, diff) as the last reshape made them
         self.reshape(shape)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = tuple(map(int, shape))
+        views = self._views
+        if (views is not None and views[2].shape == shape and views[0] is self._data and views[1] is self._diff
+                and views[2] is self.data and views[3] is self.diff):
+            return      # the Net reshapes every blob every forward: mostly to the shape it has
         count = check_shape(shape)
         if count > self._data.size:
             self._allocate(shape, count)
-        # Always re-view: this also undoes an earlier share_data/share_diff.
+        # Re-view (unless the views are this very shape's of this memory, above): this also undoes
+        # an earlier share_data/share_diff or an assignment to data or diff, and follows memory
+        # that reuse.py moved the blob to.
         self.data = self._data[:count].reshape(shape)
         self.diff = self._diff[:count].reshape(shape)
+        self._views = (self._data, self._diff, self.data, self.diff)
 
     def _allocate(self, shape, count):
         # Refuse up front what would not fit: numpy's lazily zeroed pages would otherwise end in

@@ -117,7 +117,7 @@ ENGINES = {
     "pointwise": (5, 6, 13, "num_output: 70 kernel_size: 1"),
     "pointwise by rows": (1, 6, 13, "num_output: 70 kernel_size: 1"),
     "depthwise": (3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1 group: 8"),
-    "winograd": (3, 3, 20, "num_output: 40 kernel_size: 3 pad: 1"),
+    "winograd": (3, 32, 12, "num_output: 40 kernel_size: 3 pad: 1"),
 }
 AFTER = {"relu": [RELU], "bn+scale+relu": [BN, SCALE, RELU], "bn": [BN], "scale+relu": [SCALE, RELU]}
 

@@ -324,3 +324,19 @@ def test_every_caffe_layer_type_is_registered():
     from netspec.layers import LAYER_REGISTRY
     assert len(CAFFE_LAYER_TYPES) == 61
     assert [t for t in CAFFE_LAYER_TYPES if t not in LAYER_REGISTRY] == []
+
+
+def test_blob_reshape_to_its_shape_keeps_its_views_unless_they_moved():
+    from netspec.blob import Blob
+    a, b = Blob((2, 3)), Blob((2, 3))
+    data = a.data
+    a.reshape(2, 3)
+    assert a.data is data                                  # nothing to do: the same views
+    a.share_data(b)
+    a.reshape(2, 3)
+    assert a.data is not b.data and not np.shares_memory(a.data, b.data)     # sharing undone
+    a._data = np.arange(6, dtype=a.dtype)                  # as reuse.py moves a blob's memory
+    a.reshape(2, 3)
+    assert np.shares_memory(a.data, a._data) and a.data[1, 2] == 5
+    a.reshape(3, 2)
+    assert a.data.shape == a.diff.shape == (3, 2)

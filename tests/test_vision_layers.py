@@ -268,6 +268,41 @@ def test_depthwise_convolution_gives_the_same_bytes_on_any_thread_count(compiled
             np.testing.assert_array_equal(a, b)
 
 
+@NATIVE
+@pytest.mark.parametrize("params, shape", [
+    ("num_output: 6 kernel_size: 3 group: 6 pad: 1", (2, 6, 9, 13)),               # MobileNet's stride 1
+    ("num_output: 6 kernel_size: 3 group: 6", (2, 6, 7, 6)),                       # no padding
+    ("num_output: 4 kernel_size: 5 group: 4 pad: 2", (1, 4, 11, 17)),              # wider kernel
+    ("num_output: 4 kernel_h: 3 kernel_w: 1 group: 4 pad_h: 1", (2, 4, 6, 9)),     # one dimension
+    ("num_output: 6 kernel_size: 3 group: 6 pad: 1 stride: 2", (2, 6, 12, 11)),    # stride 2
+    ("num_output: 12 kernel_size: 3 group: 6 pad: 1", (2, 6, 8, 9)),               # two outputs per channel
+])
+def test_depthwise_compiled_gradients_match_the_numpy_sums(params, shape, monkeypatch):
+    """The compiled backward (weights: eight lanes per tap; data at stride 1: the forward kernel
+    on the top diff with the kernels turned) against the engine's numpy sums over shifted views,
+    in float64; with a NaN weight, NaN where the numpy sums (and Caffe's col2im) put it, no more."""
+    x = R.standard_normal(shape)
+    grads = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(native, "ENABLED", compiled)
+        with precision(np.float64):
+            layer, bottom, top = build(conv(params), [x])
+            for nan in (False, True):
+                if nan:
+                    layer.blobs[0].data[1, 0, 0, 0] = np.nan
+                layer.forward(bottom, top)
+                top[0].diff[...] = np.random.default_rng(8).standard_normal(top[0].shape)
+                layer.blobs[0].diff[...] = 0
+                layer.backward(top, [True], bottom)
+                assert (layer.engine.window is not None) == compiled
+                grads[compiled, nan] = bottom[0].diff.copy(), layer.blobs[0].diff.copy()
+    for nan in (False, True):
+        for got, want in zip(grads[True, nan], grads[False, nan]):
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-12, atol=1e-12)
+    assert np.isnan(grads[True, True][0]).any() and not np.isnan(grads[True, True][0]).all()
+
+
 def test_convolution_output_shapes_and_weight_layout():
     cases = [  # (params, bottom shape, top shape, weight shape)
         ("num_output: 5 kernel_size: 3", (2, 3, 10, 9), (2, 5, 8, 7), (5, 3, 3, 3)),

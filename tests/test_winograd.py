@@ -77,9 +77,9 @@ def test_kernels_refuse_bad_geometry():
 
 NET = """
 name: "w"
-layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: {n} dim: 8 dim: {h} dim: {w} }} }} }}
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: {n} dim: 32 dim: {h} dim: {w} }} }} }}
 layer {{ name: "c1" type: "Convolution" bottom: "data" top: "c1"
-  convolution_param {{ num_output: 12 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.3 }}
+  convolution_param {{ num_output: 32 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.3 }}
                        bias_filler {{ type: "gaussian" std: 0.3 }} }} }}
 layer {{ name: "bn" type: "BatchNorm" bottom: "c1" top: "c1" }}
 layer {{ name: "r1" type: "ReLU" bottom: "c1" top: "c1" }}
@@ -93,8 +93,8 @@ def build(n=2, h=17, w=20, phase=caffe_pb2.TEST, extra=""):
     net = Net(text_format.Parse(NET.format(n=n, h=h, w=w) + extra, caffe_pb2.NetParameter()), phase)
     r = np.random.default_rng(4)
     bn = net.layer_dict["bn"]
-    bn.blobs[0].data[...] = r.standard_normal(12)
-    bn.blobs[1].data[...] = r.uniform(0.5, 2, 12)
+    bn.blobs[0].data[...] = r.standard_normal(32)
+    bn.blobs[1].data[...] = r.uniform(0.5, 2, 32)
     bn.blobs[2].data[...] = 1
     net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
     return net
@@ -141,7 +141,7 @@ def test_weights_changed_in_place_are_used():
     assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
 
 
-def test_training_and_small_batches_keep_the_gemm():
+def test_training_small_batches_and_few_channels_keep_the_gemm():
     loss = ('layer { name: "t" type: "Input" top: "target" input_param { shape { dim: 2 dim: 5 dim: 15 dim: 18 } } }\n'
             'layer { name: "loss" type: "EuclideanLoss" bottom: "c2" bottom: "target" top: "loss" }')
     net = build(phase=caffe_pb2.TRAIN, extra=loss)
@@ -151,6 +151,11 @@ def test_training_and_small_batches_keep_the_gemm():
     net = build(n=1, h=9, w=9)
     net.forward()
     assert not isinstance(net.layer_dict["c1"].engine, conv_winograd.WinogradConv)
+    few = NET.format(n=2, h=17, w=20).replace("dim: 32", "dim: 16")     # below MIN_GROUP_CHANNELS
+    net = Net(text_format.Parse(few, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+    net.forward()
+    assert not isinstance(net.layer_dict["c1"].engine, conv_winograd.WinogradConv)
+    assert isinstance(net.layer_dict["c2"].engine, conv_winograd.WinogradConv)       # its 32 channels
 
 
 @pytest.mark.skipif(not hasattr(native.kernels, "set_isa"), reason="a build without ISA dispatch")
@@ -178,12 +183,33 @@ def test_engine_kept_while_the_shape_stays_and_rebuilt_when_it_changes():
     net.forward()
     assert net.layer_dict["c1"].engine is engine          # same bottoms: geometry and engine kept
     assert conv_winograd.tile_count(1, (9, 11)) < conv_winograd.MIN_TILES     # the GEMM engine
-    net.blobs["data"].reshape(1, 8, 9, 11)
+    net.blobs["data"].reshape(1, 32, 9, 11)
     net.reshape()
-    net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal((1, 8, 9, 11))
+    net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal((1, 32, 9, 11))
     net.forward()
     c1 = net.layer_dict["c1"]
     assert c1.engine is not engine and not isinstance(c1.engine, conv_winograd.WinogradConv)
     assert net.blobs["c2"].shape == (1, 5, 7, 9)
     want = reference(net)
     assert np.abs(net.blobs["c2"].data - want).max() < 1e-5 * np.abs(want).max()
+
+
+def test_grouped_convolution_runs_one_gemm_per_group_and_entry():
+    text = """
+name: "g"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 64 dim: 13 dim: 13 } } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+  convolution_param { num_output: 6 group: 2 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+                      bias_filler { type: "gaussian" std: 0.3 } } }
+"""
+    rng.set_seed(5)
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+    x = np.random.default_rng(9).standard_normal((2, 64, 13, 13))
+    net.blobs["data"].data[...] = x
+    net.forward()
+    layer = net.layer_dict["c"]
+    assert isinstance(layer.engine, conv_winograd.WinogradConv)
+    w, b = layer.blobs[0].data.astype(np.float64), layer.blobs[1].data.astype(np.float64)
+    want = np.concatenate([correlate3x3(x[:, 32 * g:32 * g + 32], w[3 * g:3 * g + 3], b[3 * g:3 * g + 3], (1, 1))
+                           for g in range(2)], axis=1)
+    assert np.abs(net.blobs["c"].data - want).max() < 1e-5 * np.abs(want).max()

@@ -115,7 +115,7 @@ class Layer:
 
 def prod(dims):
     """Element count of a shape, as a Python int (np.prod of () is 1, as Caffe's count())."""
-    return int(np.prod(dims, dtype=np.int64))
+    return math.prod(map(int, dims))
 
 
 _shared = threading.local()

@@ -36,9 +36,10 @@ from .im2col import add_weight_grad
 CHUNKS = 8
 # Fewest output rows in one chunk of a GEMM cut by rows: thinner products lose BLAS speed
 # (one sample's GEMMs of SqueezeNet, GoogLeNet and ResNet-50 at 1 thread: uncut 171 ms, cut
-# into blocks of >= 16 rows 215 ms, >= 64 rows 181 ms). A product of at least 2 * HALF_CHUNK_ROWS
+# into blocks of >= 16 rows 215 ms, >= 64 rows 181 ms; one GEMM of 512 x 512 x 196, MobileNet's
+# at batch 1, in 4 blocks 1.26 ms, in 8 blocks 1.36). A product of at least 2 * HALF_CHUNK_ROWS
 # rows is still cut in two, so that two cores share it.
-MIN_CHUNK_ROWS = 64
+MIN_CHUNK_ROWS = 128
 HALF_CHUNK_ROWS = 32
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4

@@ -3,12 +3,15 @@
 Winograd's minimal filtering computes each 2x2 block of outputs (a tile) from the 4x4 input
 patch under it with 16 multiplications per channel pair instead of 36: the GEMMs do 2.25x
 fewer operations than im2col's, on the transformed weights U (16, K, C) and transformed input
-tiles V (16, C, tiles) (the transforms: _winograd_body.h). Results differ from the GEMM's by
+tiles V (16, C, tiles) (the transforms: _winograd_body.h); with groups, 16 x groups GEMMs, each
+group's channels in its own. Results differ from the GEMM's by
 rounding only (float32: about 1e-6 of the output's scale), as cuDNN's Winograd differs from
 Caffe's GEMM, so nets that train keep the GEMM engines: this one serves forward-only nets
 (deploy nets, `runs_backward` False). A backward that a script runs anyway gets StackedConv's,
 with the columns built again.
 """
+import threading
+
 import numpy as np
 
 from ..threads import parallel_for, spans
@@ -31,6 +34,12 @@ WEIGHT_MAP = np.einsum("ia,jb->ijab", _G, _G).reshape(16, 9)
 MIN_TILES = 32
 
 
+# Fewest input channels per group, the GEMMs' inner dimension: below, the transforms outweigh
+# what the GEMMs save (SqueezeNet's expand3x3 at batch 10, Winograd / GEMM time: 16 channels
+# 1.13, 32 channels 0.79).
+MIN_GROUP_CHANNELS = 32
+
+
 def tile_count(num, out):
     """2x2 output tiles over the batch: num x ceil(oh / 2) x ceil(ow / 2)."""
     return num * ((out[0] + 1) // 2) * ((out[1] + 1) // 2)
@@ -38,9 +47,10 @@ def tile_count(num, out):
 
 def applies(layer):
     """Whether F(2x2, 3x3) suits the layer at its bottom's shape (layer.num, layer.spatial_shape):
-    2-D, 3x3, stride 1, no dilation, one group, and at least MIN_TILES tiles."""
+    2-D, 3x3, stride 1, no dilation, at least MIN_GROUP_CHANNELS input channels per group (AlexNet's
+    two groups, not depthwise layers), and at least MIN_TILES tiles."""
     if not (layer.num_spatial == 2 and tuple(layer.kernel) == (3, 3) and tuple(layer.stride) == (1, 1)
-            and tuple(layer.dilation) == (1, 1) and layer.group == 1):
+            and tuple(layer.dilation) == (1, 1) and layer.channels // layer.group >= MIN_GROUP_CHANNELS):
         return False
     out = [size + 2 * pad - 2 for size, pad in zip(layer.spatial_shape, layer.pad)]
     return tile_count(layer.num, out) >= MIN_TILES
@@ -55,12 +65,20 @@ def transform_weights(w, out):
     return out
 
 
+def block_count(tiles):
+    """Blocks of at most BLOCK_TILES tiles, in a power-of-two count (two threads get equal shares),
+    at least two from 64 tiles. By shape alone, so the bytes do not depend on the thread count."""
+    count = max(2 if tiles >= 64 else 1, -(-tiles // BLOCK_TILES))
+    return 1 << (count - 1).bit_length()
+
+
 class WinogradConv(StackedConv):
     """Forward by F(2x2, 3x3) in blocks of BLOCK_TILES tiles, the threads taking blocks: each
     block's input transform, 16 GEMMs and output transform (with the bias) run back to back,
-    so its V and M stay in cache."""
+    so its V and M stay in cache. The epilogue runs on each sample's planes as soon as the last
+    block touching the sample is done, in that block's thread."""
 
-    blockwise_epilogue = False      # blocks of tiles are not whole planes: the epilogue runs after
+    blockwise_epilogue = True
 
     def __init__(self, layer):
         super().__init__(layer, compiled=True)
@@ -71,35 +89,55 @@ class WinogradConv(StackedConv):
         self.total = tile_count(g.num, g.out)
         self.shape_in = (g.channels, h, w, ph, pw, oh, ow) + self.tiles
         self.shape_out = (layer.num_output,) + self.shape_in[1:]
-        # By shape alone, so the bytes do not depend on the thread count.
-        self.blocks = spans(self.total, max(1, -(-self.total // BLOCK_TILES)))
+        self.blocks = spans(self.total, block_count(self.total))
 
     def forward_one(self, i, b, w, bias, y):
         g, layer = self.geom, self.layer
         dtype = y.dtype
-        u = self.transformed_weights(dtype)
+        group = layer.group
+        u = self.transformed_weights(dtype).reshape(16, group, layer.num_output // group, -1)
         x = b.data
         widest = max(t1 - t0 for t0, t1 in self.blocks)
+
+        def by_group(a):
+            """(16, rows, tiles) as (16, groups, rows / groups, tiles): a view."""
+            return a.reshape(16, group, a.shape[1] // group, a.shape[2])
 
         def work(name, rows, width):
             """This thread's (16, rows, width) array, contiguous, from a buffer sized for the widest block."""
             return scratch(None, name, (16 * rows * widest,), dtype)[:16 * rows * width].reshape(16, rows, width)
+
+        per_image = self.tiles[0] * self.tiles[1]
+        samples = [range(t0 // per_image, (t1 - 1) // per_image + 1) for t0, t1 in self.blocks]
+        blocks_left = [0] * g.num           # per sample, blocks not yet done
+        for block_samples in samples:
+            for n in block_samples:
+                blocks_left[n] += 1
+        lock = threading.Lock()
 
         def block(k):
             t0, t1 = self.blocks[k]
             v = work("winograd_v", g.channels, t1 - t0)
             m = work("winograd_m", layer.num_output, t1 - t0)
             native.kernels.winograd_input(x, v, self.shape_in, g.num, t0, t1)
-            np.matmul(u, v, out=m)
+            np.matmul(u, by_group(v), out=by_group(m))
             native.kernels.winograd_output(m, y, bias, self.shape_out, g.num, t0, t1)
+            if self.epilogue is None:
+                return
+            with lock:
+                for n in samples[k]:
+                    blocks_left[n] -= 1
+                finished = [n for n in samples[k] if blocks_left[n] == 0]
+            for n in finished:
+                self.finish_planes(n * layer.num_output, (n + 1) * layer.num_output)
 
         parallel_for(len(self.blocks), block)
         return None
 
     def transformed_weights(self, dtype):
-        """U (16, K, C), from the weights as they are now (a script may have changed them), by
-        blocks of output channels among the threads."""
-        k, c = self.layer.num_output, self.geom.channels
+        """U (16, K, C / groups), from the weights as they are now (a script may have changed them),
+        by blocks of output channels among the threads."""
+        k, c = self.layer.num_output, self.geom.channels // self.layer.group
         u = scratch(None, "winograd_u", (16, k, c), dtype)
         w = self.layer.blobs[0].data
         parts = spans(k, min(CHUNKS, max(1, k * c >> 14)))
