@@ -84,6 +84,20 @@ def test_spans_cover_the_range_evenly():
             assert max(lengths) - min(lengths) <= 1
 
 
+def test_even_count_is_the_largest_power_of_two_not_above():
+    assert [threads.even_count(m) for m in (-1, 0, 1, 2, 3, 4, 5, 7, 8, 9)] == [1, 1, 1, 2, 2, 4, 4, 4, 8, 8]
+
+
+def test_late_wake_ups_carry_over_harmlessly(restore_threads):
+    """Calls in quick succession wake a worker that may not have taken the last wake-up yet."""
+    import time
+    threads.set_threads(2)
+    for k in range(300):
+        seen = []
+        threads.parallel_for(2 + k % 3, lambda i: seen.append(i) or (k % 7 == 0 and time.sleep(0.0001)))
+        assert sorted(seen) == list(range(2 + k % 3))
+
+
 def test_counts_are_checked(monkeypatch):
     with pytest.raises(NetspecError, match="at least 1"):
         threads.set_threads(0)
@@ -165,7 +179,7 @@ layer { name: "sum" type: "Eltwise" bottom: "norm2w" bottom: "norm2" top: "sum" 
 layer { name: "cat2" type: "Concat" bottom: "cat" bottom: "sum" top: "cat2" }
 layer { name: "relu2" type: "ReLU" bottom: "cat2" top: "cat2" }
 layer { name: "ip" type: "InnerProduct" bottom: "cat2" top: "ip"
-        inner_product_param { num_output: 200 weight_filler { type: "gaussian" std: 0.01 } } }
+        inner_product_param { num_output: 256 weight_filler { type: "gaussian" std: 0.01 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 """
 
@@ -213,3 +227,48 @@ def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_thread
         assert other.keys() == one.keys()
         different = [name for name in one if one[name] != other[name]]
         assert not different, f"{n} threads differ from 1 in {different}"
+
+
+def _run_lenet(n):
+    import numpy as np
+    import netspec
+    from netspec.proto import caffe_pb2
+    from netspec.schema import read_net
+    netspec.set_threads(n)
+    netspec.set_random_seed(5)
+    param = read_net(MODEL)     # batch 64: LeNet's convolutions are cut by samples
+    param.force_backward = True
+    net = netspec.Net(param, netspec.TRAIN)
+    rng = np.random.default_rng(1)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.clear_param_diffs()
+    net.forward()
+    net.blobs["prob"].diff[...] = rng.standard_normal(net.blobs["prob"].shape)
+    net.backward()
+    out = {f"{name}/{j}": b.diff.tobytes() for name, blobs in net.params.items() for j, b in enumerate(blobs)}
+    out.update((name, (b.data.tobytes(), b.diff.tobytes())) for name, b in net.blobs.items())
+    return out, net
+
+
+def test_lenet_at_batch_64_is_the_same_bytes_at_1_2_3_threads(restore_threads):
+    from netspec.layers import conv_columns
+    one, net = _run_lenet(1)
+    engine = net.layer_dict["conv2"].engine
+    if isinstance(engine, conv_columns.ColumnConv):     # the compiled kernels are built
+        assert len(engine.sample_chunks(0, 64)) > 1
+    for n in (2, 3):
+        other, _ = _run_lenet(n)
+        different = [name for name in one if one[name] != other[name]]
+        assert not different, f"{n} threads differ from 1 in {different}"
+
+
+def test_inner_product_blocks_are_a_power_of_two_of_at_least_min_block():
+    from netspec.layers import common
+    for outputs in (128, 255, 256, 500, 1000, 4096):
+        layer = common.InnerProduct.__new__(common.InnerProduct)
+        layer.M, layer.K, layer.num_output = 64, 800, outputs
+        blocks = layer._blocks(outputs)
+        assert blocks[0][0] == 0 and blocks[-1][1] == outputs
+        assert len(blocks) & (len(blocks) - 1) == 0 and len(blocks) <= common.CHUNKS
+        assert len(blocks) == 1 or min(b - a for a, b in blocks) >= common.MIN_BLOCK
+        assert 2 * len(blocks) > min(common.CHUNKS, outputs // common.MIN_BLOCK)   # as many as allowed

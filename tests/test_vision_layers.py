@@ -21,15 +21,17 @@ NATIVE = pytest.mark.skipif(native.kernels is None, reason="compiled kernels (ne
 
 
 @pytest.fixture(params=["batch_inner", "stacked", "stacked_rebuilt"] + [
-    pytest.param(p, marks=NATIVE) for p in ("native", "native_parts", "native_stacked", "native_stacked_rebuilt")])
+    pytest.param(p, marks=NATIVE) for p in ("native", "native_parts", "native_samples", "native_stacked",
+                                         "native_stacked_rebuilt")])
 def layout(request, monkeypatch):
     """Run the test with every convolution in one column layout, worked in many small parts;
     *rebuilt keeps no columns from forward (as for layers too big to keep them). native* are
-    the compiled kernels: side-by-side columns (native_parts: one sample per part, rebuilt),
+    the compiled kernels: side-by-side columns (native_parts: one sample per part, rebuilt;
+    native_samples: the threads' chunks of samples even for these few columns),
     or numpy's stacked layout filled and folded by them."""
     name = request.param
     monkeypatch.setattr(native, "ENABLED", name.startswith("native"))
-    small_maps = name in ("batch_inner", "native", "native_parts")
+    small_maps = name in ("batch_inner", "native", "native_parts", "native_samples")
     monkeypatch.setattr(im2col, "BATCH_INNER_MAX_WIDTH", 10 ** 9 if small_maps else 0)
     # 1x1 kernels: small maps take the columns of their layout, others run on the bottom itself.
     monkeypatch.setattr(conv_module, "POINTWISE_MIN_POSITIONS", 10 ** 9 if small_maps else 0)
@@ -38,6 +40,8 @@ def layout(request, monkeypatch):
         monkeypatch.setattr(im2col, "COLUMN_BUDGET", 0)
     if name == "native_parts":
         monkeypatch.setattr(conv_columns.ColumnConv, "part_budget", 0)
+    if name == "native_samples":
+        monkeypatch.setattr(conv_columns, "SAMPLE_CHUNK_COLUMNS", 1)
     return name
 
 
@@ -187,9 +191,11 @@ def test_convolution_gradients(layout, params, shape, stride, pad, dilation, gro
     if depthwise:
         assert (layer.engine.window is not None) == layout.startswith("native")
         return
-    small_maps = layout in ("batch_inner", "native", "native_parts")
+    small_maps = layout in ("batch_inner", "native", "native_parts", "native_samples")
     assert isinstance(layer.engine, conv_engines.PointwiseConv) == (pointwise and not small_maps)
-    assert isinstance(layer.engine, conv_columns.ColumnConv) == (layout in ("native", "native_parts"))
+    assert isinstance(layer.engine, conv_columns.ColumnConv) == (layout in ("native", "native_parts", "native_samples"))
+    if layout == "native_samples":      # one group: by samples (row_blocks would give one block)
+        assert (layer.engine.sample_chunks(0, shape[0]) is not None) == (group == 1)
     compiled_stacked = isinstance(layer.engine, conv_engines.StackedConv) and layer.engine.window is not None
     assert compiled_stacked == (layout.startswith("native_stacked") and not pointwise)
 

@@ -8,11 +8,16 @@ import math
 
 import numpy as np
 
-from ..threads import parallel_for, spans
+from ..threads import even_count, parallel_for, spans
 from . import native
 from .base import scratch
-from .conv_engines import CHUNKS, ConvEngine, row_blocks
+from .conv_engines import CHUNKS, ConvEngine, add_in_order, row_blocks
 from .im2col import COLUMN_BUDGET, add_weight_grad
+
+# Fewest columns (samples x output positions) in one chunk of a convolution cut by samples: LeNet's
+# conv2 GEMM (50 x 501 by 4096 columns) at 1 thread took 3.27 ms whole, 3.49 ms in 4 column
+# blocks of 1024, 3.59 ms in 8 of 512.
+SAMPLE_CHUNK_COLUMNS = 1024
 
 
 class BatchInnerConv(ConvEngine):
@@ -101,10 +106,60 @@ class ColumnConv(ConvEngine):
         group = self.layer.group
         return a.reshape(group, a.shape[0] // group, a.shape[1])
 
+    def sample_chunks(self, n0, n1):
+        """[(first, stop)] samples of part [n0, n1), relative to n0, for the threads to take whole
+        (columns, GEMM and all), or None: cut by output rows instead (row_blocks). By samples when
+        there are too few rows to cut (one row block: LeNet's conv2, 50 rows), in a power-of-two
+        count of chunks of at least SAMPLE_CHUNK_COLUMNS columns, so that two threads share evenly."""
+        columns = (n1 - n0) * self.geom.out_count
+        most = min(CHUNKS, columns // SAMPLE_CHUNK_COLUMNS)
+        if len(row_blocks(self.layer)) > 1 or most < 2:
+            return None
+        return spans(n1 - n0, even_count(most))
+
+    def forward_by_samples(self, x, w, bias, y, col, n0, chunks):
+        """Samples [n0, n0 + len) in `chunks`, each built, multiplied and moved into y in one go by
+        one thread. `col`: the kept columns of the part (each chunk writes its own column range),
+        or None for each thread's own buffer."""
+        g, num_output, P = self.geom, self.layer.num_output, self.geom.out_count
+        rows = g.rows + (1 if self.fold_bias else 0)
+
+        def chunk(k):
+            a, b = chunks[k]
+            width = (b - a) * P
+            if col is not None:
+                cols, flat, ld = col[:, a * P:b * P], col.reshape(-1)[a * P:], col.shape[1]
+            else:
+                cols = scratch(None, "conv_cols", (rows, width), x.dtype)
+                flat, ld = cols.reshape(-1), width
+                if self.fold_bias:
+                    cols[-1] = 1
+            # From the chunk's first column, rows `ld` apart.
+            native.kernels.im2col(x, flat, self.window, n0 + a, n0 + b, ld, P)
+            out = scratch(None, "conv_out", (num_output, width), x.dtype)
+            np.matmul(w[0], cols, out=out)
+            target = y[n0 + a:n0 + b]
+            np.copyto(target, out.reshape(num_output, b - a, P).transpose(1, 0, 2))
+            if bias is not None:
+                target += bias[:, None]
+            self.finish_planes((n0 + a) * num_output, (n0 + b) * num_output)
+
+        parallel_for(len(chunks), chunk)
+
     def forward_one(self, i, b, w, bias, y):
         g, num_output = self.geom, self.layer.num_output
         x = b.data.reshape((g.num, g.channels) + g.spatial)
         keep = self.layer.runs_backward and len(self.parts) == 1
+        if self.sample_chunks(*self.parts[0]) is not None:
+            col = None
+            if keep:        # one part: the whole batch's columns
+                col = scratch(self.layer, f"col{i}", (g.rows + (1 if self.fold_bias else 0), g.num * g.out_count),
+                              x.dtype)
+                if self.fold_bias:
+                    col[-1] = 1
+            for n0, n1 in self.parts:
+                self.forward_by_samples(x, w, bias, y, col, n0, self.sample_chunks(n0, n1))
+            return col
         blocks = row_blocks(self.layer)
         rows_per_group = num_output // self.layer.group
         for n0, n1 in self.parts:
@@ -137,6 +192,10 @@ class ColumnConv(ConvEngine):
         for n0, n1 in self.parts:
             if col is None or len(self.parts) > 1:
                 col = self._columns(None, "conv_cols", x, n0, n1)
+            chunks = self.sample_chunks(n0, n1)
+            if chunks is not None:
+                self.backward_by_samples(dy, acc, dx, col, n0, chunks, wt[0])
+                continue
             dt = scratch(None, "conv_dtop", (num_output, col.shape[1]), dy.dtype)
             dt_g, col_g = self._grouped(dt), self._grouped(col)
             dy_g = dy[n0:n1].reshape(n1 - n0, group, rows_per_group, P)
@@ -160,3 +219,28 @@ class ColumnConv(ConvEngine):
                 native.kernels.col2im(dcol, dx, self.window, n0 + a, n0 + b_, dcol.shape[1], P)
 
             parallel_for(len(samples), data_chunk)
+
+    def backward_by_samples(self, dy, acc, dx, col, n0, chunks, wt):
+        """backward_one for samples [n0, ...) in `chunks` (one group), a chunk per thread: its dtop
+        columns, its part of the weight gradient (the parts added to acc in chunk order, so the
+        same bytes for any thread count) and, unless dx is None, its data gradient."""
+        g, num_output, P = self.geom, self.layer.num_output, self.geom.out_count
+        partials = scratch(self.layer, "weight_grad_parts", (len(chunks),) + acc.shape, dy.dtype)
+
+        def chunk(k):
+            a, b = chunks[k]
+            width = (b - a) * P
+            d = scratch(None, "conv_dtop", (num_output, width), dy.dtype)
+            np.copyto(d.reshape(num_output, b - a, P), dy[n0 + a:n0 + b].transpose(1, 0, 2))
+            cols = col[:, a * P:b * P]
+            # (cols dtop^T)^T, the faster orientation (see add_weight_grad).
+            part = scratch(None, "conv_weight_grad", (cols.shape[0], num_output), dy.dtype)
+            np.matmul(cols, d.T, out=part)
+            np.copyto(partials[k, 0], part.T)
+            if dx is not None:
+                dcol = scratch(None, "conv_dcol", (g.rows, width), dy.dtype)
+                np.matmul(wt, d, out=dcol)
+                native.kernels.col2im(dcol, dx, self.window, n0 + a, n0 + b, width, P)
+
+        parallel_for(len(chunks), chunk)
+        add_in_order(acc, partials)
