@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from gradcheck import build, check_layer, forward, make_layer_param
+from isa import on_every_isa
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
 from netspec.layers import LAYER_REGISTRY
@@ -30,21 +31,16 @@ def test_rows_dot_is_the_product_in_any_split_and_instruction_set(dtype, m, k, n
     output columns a call takes and on every instruction set the CPU runs."""
     r = np.random.default_rng(0)
     x, w = r.standard_normal((m, k)).astype(dtype), r.standard_normal((n, k)).astype(dtype)
-    default, results = native.kernels.isa(), []
-    try:
-        for isa in ("baseline", "avx2"):
-            try:
-                native.kernels.set_isa(isa)
-            except ValueError:
-                continue
-            whole, split = np.full((m, n), np.nan, dtype), np.full((m, n), np.nan, dtype)
-            native.kernels.rows_dot(x, w, whole, m, k, n, 0, n)
-            for a, b in ((0, 1), (1, n // 2), (n // 2, n)):
-                native.kernels.rows_dot(x, w, split, m, k, n, a, b)
-            assert whole.tobytes() == split.tobytes()
-            results.append(whole)
-    finally:
-        native.kernels.set_isa(default)
+
+    def product():
+        whole, split = np.full((m, n), np.nan, dtype), np.full((m, n), np.nan, dtype)
+        native.kernels.rows_dot(x, w, whole, m, k, n, 0, n)
+        for a, b in ((0, 1), (1, n // 2), (n // 2, n)):
+            native.kernels.rows_dot(x, w, split, m, k, n, a, b)
+        assert whole.tobytes() == split.tobytes()
+        return whole
+
+    results = on_every_isa(product)
     want = x.astype(np.float64) @ w.astype(np.float64).T
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
     assert np.abs(results[0] - want).max() <= tolerance * np.abs(want).max() * np.sqrt(k)
