@@ -735,6 +735,36 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* rows_dot(x, w, y, M, K, ldy, n0, n1): y (M, ldy) columns [n0, n1) <- x (M, K) times w (N, K)^T. */
+static PyObject *py_rows_dot(PyObject *self, PyObject *args)
+{
+    PyObject *obj[3];
+    long M, K, ldy, n0, n1;
+    if (!PyArg_ParseTuple(args, "OOOlllll", &obj[0], &obj[1], &obj[2], &M, &K, &ldy, &n0, &n1))
+        return NULL;
+    if (M <= 0 || M > 16 || K <= 0 || n0 < 0 || n1 < n0 || ldy < n1) {
+        PyErr_SetString(PyExc_ValueError, "bad rows_dot shape or range");
+        return NULL;
+    }
+    int kind;
+    if (float_kind(obj[0], &kind) < 0)
+        return NULL;
+    const Py_ssize_t need[3] = {M * K, n1 * K, (M - 1) * ldy + n1};
+    static const char *names[3] = {"bottom", "weights", "top"};
+    Py_buffer v[3];
+    for (int i = 0; i < 3; i++)
+        if (get_buffer(obj[i], &v[i], i == 2, kind, need[i], names[i]) < 0) {
+            for (int k = 0; k < i; k++) PyBuffer_Release(&v[k]);
+            return NULL;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) PICK(rows_dot_f64)(v[0].buf, v[1].buf, v[2].buf, M, K, ldy, n0, n1);
+    else PICK(rows_dot_f32)(v[0].buf, v[1].buf, v[2].buf, M, K, ldy, n0, n1);
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 3; k++) PyBuffer_Release(&v[k]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the kernels run on, 'avx2' or 'baseline'"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): run the 'baseline' or 'avx2' copy of the kernels"},
@@ -759,6 +789,7 @@ static PyMethodDef methods[] = {
     {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
     {"winograd_input", py_winograd_input, METH_VARARGS, "winograd_input(x, V, geom, num, t0, t1)"},
     {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
+    {"rows_dot", py_rows_dot, METH_VARARGS, "rows_dot(x, w, y, M, K, ldy, n0, n1)"},
     {NULL, NULL, 0, NULL},
 };
 

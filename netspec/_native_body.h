@@ -487,3 +487,79 @@ static void NAME(roi_pool)(const T *x, T *top, int32_t *argmax, const int32_t *b
         }
     }
 }
+
+/* Vectors of 32 bytes (8 floats, 4 doubles) by GCC's vector extension: one AVX register in the
+ * AVX2 copy, two SSE ones in the baseline copy, the same arithmetic lane by lane in both. */
+typedef T NAME(vec) __attribute__((vector_size(32)));
+#define LANES ((long)(32 / sizeof(T)))
+#define VLOAD(v, p) memcpy(&(v), (p), sizeof(v))
+/* Elements of k per pass: four weight rows' and up to 16 inputs' stretch of this length stay in L1. */
+#define ROWS_DOT_CHUNK 256
+
+/* y[m * ldy + n] = sum over k of x[m * K + k] * w[n * K + k] for m < M <= 16, n in [n0, n1): a
+ * fully connected layer over a small batch (a BLAS GEMM packs the whole weight matrix on every
+ * call, costly for a product with a handful of rows). The weight rows stream from memory once,
+ * four at a time, a ROWS_DOT_CHUNK stretch of k at a time, against three inputs at a time with
+ * twelve vector sums in registers. Every output is the same sum whatever block computed it: lane
+ * l adds k = l, l + LANES, ... in order, then the lanes pairwise, then the tail k past the last
+ * whole vector; so the bytes do not depend on [n0, n1). */
+static void NAME(rows_dot)(const T *x, const T *w, T *y, long M, long K, long ldy, long n0, long n1)
+{
+    const long full = K / LANES * LANES;
+    NAME(vec) acc[16][4];
+    for (long n = n0; n < n1; n += 4) {
+        const long nn = n1 - n < 4 ? n1 - n : 4;
+        memset(acc, 0, sizeof acc);
+        for (long k0 = 0; k0 < full; k0 += ROWS_DOT_CHUNK) {
+            const long k1 = full - k0 < ROWS_DOT_CHUNK ? full : k0 + ROWS_DOT_CHUNK;
+            for (long m = 0; m < M; m += 3) {
+                const long mm = M - m < 3 ? M - m : 3;
+                if (nn == 4 && mm == 3) {
+                    const T *r0 = w + n * K, *r1 = r0 + K, *r2 = r1 + K, *r3 = r2 + K;
+                    const T *i0 = x + m * K, *i1 = i0 + K, *i2 = i1 + K;
+                    NAME(vec) a00 = acc[m][0], a01 = acc[m][1], a02 = acc[m][2], a03 = acc[m][3];
+                    NAME(vec) a10 = acc[m + 1][0], a11 = acc[m + 1][1], a12 = acc[m + 1][2], a13 = acc[m + 1][3];
+                    NAME(vec) a20 = acc[m + 2][0], a21 = acc[m + 2][1], a22 = acc[m + 2][2], a23 = acc[m + 2][3];
+                    for (long k = k0; k < k1; k += LANES) {
+                        NAME(vec) w0, w1, w2, w3, a, b, c;
+                        VLOAD(w0, r0 + k); VLOAD(w1, r1 + k); VLOAD(w2, r2 + k); VLOAD(w3, r3 + k);
+                        VLOAD(a, i0 + k); VLOAD(b, i1 + k); VLOAD(c, i2 + k);
+                        a00 += a * w0; a01 += a * w1; a02 += a * w2; a03 += a * w3;
+                        a10 += b * w0; a11 += b * w1; a12 += b * w2; a13 += b * w3;
+                        a20 += c * w0; a21 += c * w1; a22 += c * w2; a23 += c * w3;
+                    }
+                    acc[m][0] = a00; acc[m][1] = a01; acc[m][2] = a02; acc[m][3] = a03;
+                    acc[m + 1][0] = a10; acc[m + 1][1] = a11; acc[m + 1][2] = a12; acc[m + 1][3] = a13;
+                    acc[m + 2][0] = a20; acc[m + 2][1] = a21; acc[m + 2][2] = a22; acc[m + 2][3] = a23;
+                    continue;
+                }
+                for (long i = m; i < m + mm; i++)
+                    for (long j = 0; j < nn; j++) {
+                        const T *in = x + i * K, *row = w + (n + j) * K;
+                        NAME(vec) sum = acc[i][j];
+                        for (long k = k0; k < k1; k += LANES) {
+                            NAME(vec) a, b;
+                            VLOAD(a, in + k);
+                            VLOAD(b, row + k);
+                            sum += a * b;
+                        }
+                        acc[i][j] = sum;
+                    }
+            }
+        }
+        for (long i = 0; i < M; i++)
+            for (long j = 0; j < nn; j++) {
+                const T *in = x + i * K, *row = w + (n + j) * K;
+                T lanes[LANES];
+                memcpy(lanes, &acc[i][j], sizeof lanes);
+                for (long width = LANES / 2; width >= 1; width /= 2)
+                    for (long l = 0; l < width; l++) lanes[l] = lanes[l] + lanes[l + width];
+                T s = lanes[0];
+                for (long k = full; k < K; k++) s += in[k] * row[k];
+                y[i * ldy + n + j] = s;
+            }
+    }
+}
+#undef LANES
+#undef VLOAD
+#undef ROWS_DOT_CHUNK

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from gradcheck import build, check_layer, forward, make_layer_param
+from isa import on_every_isa
 from netspec.blob import Blob, precision
 from netspec.errors import NetspecError
 from netspec.layers import LAYER_REGISTRY
@@ -16,6 +17,47 @@ def ip(extra=""):
 
 
 # ---------------------------------------------------------------- InnerProduct
+from netspec.layers import common, native  # noqa: E402
+
+NATIVE = pytest.mark.skipif(native.kernels is None or not hasattr(native.kernels, "rows_dot"),
+                            reason="compiled kernels (netspec._native) not built")
+
+
+@NATIVE
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(10, 300, 37), (1, 7, 5), (3, 8, 4), (16, 1031, 9), (4, 64, 130)])
+def test_rows_dot_is_the_product_in_any_split_and_instruction_set(dtype, m, k, n):
+    """The compiled small-batch product against float64's, and the same bytes whatever range of
+    output columns a call takes and on every instruction set the CPU runs."""
+    r = np.random.default_rng(0)
+    x, w = r.standard_normal((m, k)).astype(dtype), r.standard_normal((n, k)).astype(dtype)
+
+    def product():
+        whole, split = np.full((m, n), np.nan, dtype), np.full((m, n), np.nan, dtype)
+        native.kernels.rows_dot(x, w, whole, m, k, n, 0, n)
+        for a, b in ((0, 1), (1, n // 2), (n // 2, n)):
+            native.kernels.rows_dot(x, w, split, m, k, n, a, b)
+        assert whole.tobytes() == split.tobytes()
+        return whole
+
+    results = on_every_isa(product)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(results[0] - want).max() <= tolerance * np.abs(want).max() * np.sqrt(k)
+    assert all(other.tobytes() == results[0].tobytes() for other in results[1:])
+
+
+@NATIVE
+def test_small_batches_stream_the_weights_large_ones_use_the_gemm(monkeypatch):
+    calls, original = [], native.kernels.rows_dot
+    monkeypatch.setattr(native.kernels, "rows_dot", lambda *a: calls.append(a[3]) or original(*a))
+    for rows in (common.ROWS_DOT_MAX_ROWS, common.ROWS_DOT_MAX_ROWS + 1):
+        x = np.random.default_rng(rows).standard_normal((rows, 6))
+        layer, bottom, top = build(ip(), [x])
+        layer.forward(bottom, top)
+        want = x @ layer.blobs[0].data.T + layer.blobs[1].data
+        np.testing.assert_allclose(top[0].data, want, rtol=1e-5, atol=1e-5)
+    assert calls == [common.ROWS_DOT_MAX_ROWS]
 
 def test_inner_product_forward_by_hand():
     x = np.array([[1.0, 2.0], [0.0, -1.0]])

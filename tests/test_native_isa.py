@@ -8,6 +8,7 @@ And the depthwise forward kernel equals, to the bit, the numpy sum over taps it 
 import numpy as np
 import pytest
 
+from isa import isas, on_every_isa
 from netspec.layers import native
 
 kernels = native.kernels
@@ -15,21 +16,7 @@ pytestmark = pytest.mark.skipif(kernels is None or not hasattr(kernels, "set_isa
                                 reason="compiled kernels not built, or built without ISA dispatch")
 
 
-def _isas():
-    """The instruction sets this CPU runs, the default one restored after."""
-    if kernels is None or not hasattr(kernels, "set_isa"):
-        return []
-    default, found = kernels.isa(), ["baseline"]
-    try:
-        kernels.set_isa("avx2")
-        found.append("avx2")
-    except ValueError:
-        pass
-    kernels.set_isa(default)
-    return found
-
-
-ISAS = _isas()
+ISAS = isas()
 
 
 def test_the_widest_copy_the_cpu_runs_is_the_default():
@@ -57,14 +44,7 @@ def _on_every_isa(run):
     """run() (fresh outputs each call) under each instruction set; each result's arrays the same bytes."""
     if len(ISAS) < 2:
         pytest.skip("this CPU runs only the baseline copy")
-    default = kernels.isa()
-    results = []
-    try:
-        for isa in ISAS:
-            kernels.set_isa(isa)
-            results.append(run())
-    finally:
-        kernels.set_isa(default)
+    results = on_every_isa(run)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             _same_bits(a, b)

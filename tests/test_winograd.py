@@ -5,6 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 import netspec
+from isa import on_every_isa
 from netspec import rng
 from netspec.layers import conv_winograd, native
 from netspec.layers.conv_engines import StackedConv
@@ -163,16 +164,7 @@ def test_training_small_batches_and_few_channels_keep_the_gemm():
 def test_every_instruction_set_gives_the_same_bits(dtype):
     r = np.random.default_rng(5)
     x, w, b = (r.standard_normal(s).astype(dtype) for s in ((2, 5, 13, 11), (7, 5, 3, 3), (7,)))
-    default, results = native.kernels.isa(), []
-    try:
-        for isa in ("baseline", "avx2"):
-            try:
-                native.kernels.set_isa(isa)
-            except ValueError:
-                continue            # this CPU runs the baseline copy only
-            results.append(winograd(x, w, b, (1, 1), [17, 60, 84]))
-    finally:
-        native.kernels.set_isa(default)
+    results = on_every_isa(lambda: winograd(x, w, b, (1, 1), [17, 60, 84]))
     assert all(got.tobytes() == results[0].tobytes() for got in results[1:])
 
 
