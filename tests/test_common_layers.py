@@ -51,13 +51,14 @@ def test_rows_dot_is_the_product_in_any_split_and_instruction_set(dtype, m, k, n
 def test_small_batches_stream_the_weights_large_ones_use_the_gemm(monkeypatch):
     calls, original = [], native.kernels.rows_dot
     monkeypatch.setattr(native.kernels, "rows_dot", lambda *a: calls.append(a[3]) or original(*a))
-    for rows in (common.ROWS_DOT_MAX_ROWS, common.ROWS_DOT_MAX_ROWS + 1):
+    rows_dot = common.ROWS_DOT_ROWS
+    for rows in (rows_dot.start - 1, rows_dot.start, rows_dot.stop - 1, rows_dot.stop):
         x = np.random.default_rng(rows).standard_normal((rows, 6))
         layer, bottom, top = build(ip(), [x])
         layer.forward(bottom, top)
         want = x @ layer.blobs[0].data.T + layer.blobs[1].data
         np.testing.assert_allclose(top[0].data, want, rtol=1e-5, atol=1e-5)
-    assert calls == [common.ROWS_DOT_MAX_ROWS]
+    assert calls == [rows_dot.start, rows_dot.stop - 1]
 
 def test_inner_product_forward_by_hand():
     x = np.array([[1.0, 2.0], [0.0, -1.0]])

@@ -10,10 +10,11 @@ from .base import Layer, register
 
 # GEMMs are cut into at most this many blocks for the threads (threads.py), by shape alone.
 CHUNKS = 8
-# Up to this many rows (the batch), InnerProduct's forward streams its weights through the
-# compiled rows_dot rather than a BLAS GEMM, which packs all of them on every call: CaffeNet's
-# fc6 at batch 10, 1 thread, 0.59 of the GEMM's time, fc7 0.53; at 16 rows it gains little.
-ROWS_DOT_MAX_ROWS = 12
+# From 2 to 12 rows (the batch), InnerProduct's forward streams its weights through the compiled
+# rows_dot rather than a BLAS GEMM, which packs all of them on every call (CaffeNet's fc6, 1 thread,
+# weights from memory, rows_dot / GEMM time: 2 rows 0.39, 3 rows 0.21, 10 rows 0.56; at 16 rows
+# little gain). One row is a BLAS matrix-vector product, which packs nothing (rows_dot 1.17 of it).
+ROWS_DOT_ROWS = range(2, 13)
 # Fewest output units (or input columns) in one block of an InnerProduct GEMM cut for the threads:
 # LeNet's ip1 (64 x 800 by 500 outputs) at 1 thread took 0.69 ms whole, 0.71 ms in 2 blocks,
 # 0.76 in 4 and 0.81 in the 7 blocks of 64 or more it was cut into before (4 to one thread, 3 to the other).
@@ -84,7 +85,7 @@ class InnerProduct(Layer):
         w = self.blobs[0].data
         bias = self.blobs[1].data if self.bias_term else None
         blocks = self._blocks(self.num_output)
-        streamed = (not self.transpose and self.M <= ROWS_DOT_MAX_ROWS and native.usable(x.dtype)
+        streamed = (not self.transpose and self.M in ROWS_DOT_ROWS and native.usable(x.dtype)
                     and hasattr(native.kernels, "rows_dot"))
 
         def chunk(k):
