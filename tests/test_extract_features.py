@@ -30,6 +30,18 @@ def float_datum_bytes(values, channels, height, width):
     return out + b"".join(b"\x35" + struct.pack("<f", v) for v in values)
 
 
+def assert_float_datums(records, rows, channels, height, width):
+    """records [(key, Datum bytes)] are rows (keyed %010d from 0) as float_datum_bytes writes them: keys,
+    shape and field layout to the byte, the floats to float32 rounding (the product's order of
+    additions is the BLAS's, or at a small batch netspec's own, not numpy's)."""
+    assert [key for key, _ in records] == [b"%010d" % k for k in range(len(rows))]
+    for (_, got), row in zip(records, rows):
+        want = float_datum_bytes(row, channels, height, width)
+        assert len(got) == len(want) and got[:6] == want[:6] and got[6::5] == want[6::5]   # headers, tags
+        values = [struct.unpack("<f", got[i + 1:i + 5])[0] for i in range(6, len(got), 5)]
+        np.testing.assert_allclose(values, row, rtol=1e-6, atol=1e-6)
+
+
 @pytest.fixture
 def setup(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 1, 2, 2), dtype=np.uint8)
@@ -53,8 +65,7 @@ def test_features_are_float_datums_in_order(setup):
     order = [0, 1, 2, 3, 4, 0]                                        # 3 batches of 2 wrap the 5 records
     flat = images.reshape(5, 4).astype(np.float32)
     ip = flat @ w.T + b
-    assert read_all(tmp / "ip_db") == [(b"%010d" % k, float_datum_bytes(ip[i], 3, 1, 1))
-                                        for k, i in enumerate(order)]
+    assert_float_datums(read_all(tmp / "ip_db"), ip[order], 3, 1, 1)
     assert read_all(tmp / "data_db") == [(b"%010d" % k, float_datum_bytes(flat[i], 1, 2, 2))
                                           for k, i in enumerate(order)]
 
@@ -69,7 +80,7 @@ def test_cli_with_leveldb_and_bad_blob(setup):
     assert "Successfully extracted the features!" in done.stderr
     act = np.maximum(images.reshape(5, 4).astype(np.float32) @ w.T + b, 0)
     db = plyvel.DB(str(tmp / "act_ldb"))
-    assert list(db.iterator()) == [(b"%010d" % i, float_datum_bytes(act[i], 3, 1, 1)) for i in range(4)]
+    assert_float_datums(list(db.iterator()), act[:4], 3, 1, 1)
     db.close()
     bad = subprocess.run(base + ["ip,nope", f"{tmp}/a,{tmp}/b", "1", "--backend=lmdb"], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
