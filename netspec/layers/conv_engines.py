@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..threads import parallel_for, spans
+from ..threads import even_count, parallel_for, spans
 from . import native
 from .base import scratch
 from .im2col import add_weight_grad
@@ -362,7 +362,7 @@ def row_blocks(layer):
         return [(slice(a, b), slice(None)) for a, b in spans(group, CHUNKS)]
     most = min(-(-CHUNKS // group), rows // MIN_CHUNK_ROWS)
     # A power of two, so that two (or four) threads get equal shares.
-    per_group = max(1, min(2, rows // HALF_CHUNK_ROWS), 1 << (most.bit_length() - 1) if most else 0)
+    per_group = max(min(2, rows // HALF_CHUNK_ROWS), even_count(most))
     return [(slice(gi, gi + 1), slice(a, b)) for gi in range(group) for a, b in spans(rows, per_group)]
 
 
