@@ -138,7 +138,9 @@ class WinogradConv(StackedConv):
         """U (16, K, C / groups), from the weights as they are now (a script may have changed them),
         by blocks of output channels among the threads."""
         k, c = self.layer.num_output, self.geom.channels // self.layer.group
-        u = scratch(None, "winograd_u", (16, k, c), dtype)
+        # In the calling thread's im2col buffer: nothing builds columns while this layer runs, and
+        # the net then holds no separate buffer for U (GoogLeNet's largest: 4.5 MB).
+        u = scratch(None, "conv_cols", (16, k, c), dtype)
         w = self.layer.blobs[0].data
         parts = spans(k, min(CHUNKS, max(1, k * c >> 14)))
         parallel_for(len(parts), lambda i: transform_weights(w[slice(*parts[i])], u[:, slice(*parts[i])]))
