@@ -364,6 +364,45 @@ static PyObject *py_channel_affine(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* lrn_across(x, y, scale, outer, channels, inner, n0, n1, p0, p1, size, coeff, k, beta): see
+ * _native_body.h; scale may be None. */
+static PyObject *py_lrn_across(PyObject *self, PyObject *args)
+{
+    static const ArraySpec spec[3] = {{"bottom", 0, 0, 0}, {"top", 0, 1, 0}, {"scale", 0, 1, 0}};
+    PyObject *obj[3];
+    long outer, channels, inner, n0, n1, p0, p1, size;
+    double coeff, k, beta;
+    int kind;
+    Py_buffer v[3];
+    if (!PyArg_ParseTuple(args, "OOOllllllllddd", &obj[0], &obj[1], &obj[2], &outer, &channels, &inner, &n0, &n1,
+                          &p0, &p1, &size, &coeff, &k, &beta))
+        return NULL;
+    if (n0 < 0 || n1 < n0 || n1 > outer || p0 < 0 || p1 < p0 || p1 > inner || size < 1 || size % 2 == 0) {
+        PyErr_SetString(PyExc_ValueError, "bad lrn_across range or size");
+        return NULL;
+    }
+    const int with_scale = obj[2] != Py_None;
+    if (channel_buffers(obj, spec, with_scale ? 3 : 2, outer, channels, inner, &kind, v) < 0)
+        return NULL;
+    const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
+    void *ring = PyMem_RawMalloc(size * 256 * elem);
+    if (!ring) {
+        release_all(v, with_scale ? 3 : 2);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        PICK(lrn_across_f64)(v[0].buf, v[1].buf, with_scale ? v[2].buf : NULL, channels, inner, n0, n1, p0, p1, size,
+                             coeff, k, beta, ring);
+    else
+        PICK(lrn_across_f32)(v[0].buf, v[1].buf, with_scale ? v[2].buf : NULL, channels, inner, n0, n1, p0, p1, size,
+                             (float)coeff, (float)k, (float)beta, ring);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ring);
+    release_all(v, with_scale ? 3 : 2);
+    Py_RETURN_NONE;
+}
+
 /* channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner): float64 sums, see _native_body.h. */
 static PyObject *py_channel_sums(PyObject *self, PyObject *args)
 {
@@ -779,6 +818,8 @@ static PyMethodDef methods[] = {
     {"channel_sums", py_channel_sums, METH_VARARGS, "channel_sums(dy, x, sum_dy, sum_dyx, outer, channels, inner)"},
     {"batch_norm_grad", py_batch_norm_grad, METH_VARARGS,
      "batch_norm_grad(dy, y, mean_dy, mean_dyy, std, dx, outer, channels, inner)"},
+    {"lrn_across", py_lrn_across, METH_VARARGS,
+     "lrn_across(x, y, scale, outer, channels, inner, n0, n1, p0, p1, size, coeff, k, beta)"},
     {"channel_affine", py_channel_affine, METH_VARARGS, "channel_affine(x, y, a, b, outer, channels, inner, standardise)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(image, cols, geom, n0, n1, ld, nstride)"},
     {"col2im", py_col2im, METH_VARARGS, "col2im(cols, image, geom, n0, n1, ld, nstride)"},

@@ -563,3 +563,59 @@ static void NAME(rows_dot)(const T *x, const T *w, T *y, long M, long K, long ld
 #undef LANES
 #undef VLOAD
 #undef ROWS_DOT_CHUNK
+
+/* LRN across channels (Caffe's ACROSS_CHANNELS) for samples [n0, n1) of x (N, channels, inner),
+ * positions [p0, p1) of each plane: y = x * s^-beta with s = k + coeff * (sum of x^2 over the
+ * `size` channels centred on each, zero past the ends), written to `scale` too unless it is NULL
+ * (backward reads it). Each s is summed afresh in channel order (no running sum to drift), from
+ * a ring of the squares of a block of positions; beta 0.75 (every model-zoo LRN) as
+ * 1 / (sqrt(s) * sqrt(sqrt(s))), which vectorises, where pow does not. `ring`: size x 256. */
+#ifndef LRN_SQRT
+#define LRN_SQRT(v) (sizeof(T) == 4 ? sqrtf(v) : sqrt(v))     /* in the element's own precision */
+#endif
+static void NAME(lrn_across)(const T *x, T *y, T *scale, long channels, long inner, long n0, long n1, long p0,
+                             long p1, long size, T coeff, T k, T beta, T *ring)
+{
+    enum { BLOCK = 256 };
+    const long half = (size - 1) / 2;
+    const int three_quarters = beta == (T)0.75;
+    for (long n = n0; n < n1; n++) {
+        const T *xs = x + n * channels * inner;
+        T *ys = y + n * channels * inner, *ss = scale ? scale + n * channels * inner : NULL;
+        for (long q0 = p0; q0 < p1; q0 += BLOCK) {
+            const long w = p1 - q0 < BLOCK ? p1 - q0 : BLOCK;
+            /* ring row (c mod size) holds the squares of channel c, once c is read */
+            for (long c = 0; c < half && c < channels; c++) {
+                const T *xc = xs + c * inner + q0;
+                T *sq = ring + (c % size) * BLOCK;
+                for (long i = 0; i < w; i++) sq[i] = xc[i] * xc[i];
+            }
+            for (long c = 0; c < channels; c++) {
+                const long lo = c - half > 0 ? c - half : 0, hi = c + half < channels - 1 ? c + half : channels - 1;
+                if (c + half < channels) {
+                    const T *xc = xs + (c + half) * inner + q0;
+                    T *sq = ring + ((c + half) % size) * BLOCK;
+                    for (long i = 0; i < w; i++) sq[i] = xc[i] * xc[i];
+                }
+                T s[BLOCK];
+                for (long i = 0; i < w; i++) s[i] = 0;
+                for (long j = lo; j <= hi; j++) {
+                    const T *sq = ring + (j % size) * BLOCK;
+                    for (long i = 0; i < w; i++) s[i] += sq[i];
+                }
+                const T *xc = xs + c * inner + q0;
+                T *yc = ys + c * inner + q0;
+                for (long i = 0; i < w; i++) s[i] = k + coeff * s[i];
+                if (ss)
+                    for (long i = 0; i < w; i++) ss[c * inner + q0 + i] = s[i];
+                if (three_quarters)
+                    for (long i = 0; i < w; i++) {
+                        const T r = LRN_SQRT(s[i]);
+                        yc[i] = xc[i] / (r * LRN_SQRT(r));
+                    }
+                else
+                    for (long i = 0; i < w; i++) yc[i] = xc[i] * (T)(sizeof(T) == 4 ? powf(s[i], -beta) : pow(s[i], -beta));
+            }
+        }
+    }
+}

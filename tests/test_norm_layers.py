@@ -392,3 +392,62 @@ def test_lrn_window_sum_gives_the_padded_cumsum_bytes(shape, dtype):
     for axis in (1, 2, 3):
         for size in (1, 3, 5, 9, 25, 31):          # windows wider than the axis too
             assert _window_sum(a, axis, size).tobytes() == _padded_window_sum(a, axis, size).tobytes()
+
+
+# The compiled LRN (ACROSS_CHANNELS, _native_body.h lrn_across) on shapes that reach its edges:
+# fewer channels than the window, one channel, plane sizes past and not a multiple of its
+# 256-position blocks, and beta 0.75 (its square-root form) beside another beta (pow).
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 3, 3), (2, 9, 17, 19), (1, 12, 1, 600)])
+@pytest.mark.parametrize("beta", [0.75, 0.625])
+def test_compiled_lrn_across_channels_against_the_definition(kernels, shape, beta):
+    if kernels != "native" or not native.has_lrn():
+        pytest.skip("the compiled LRN")
+    x = np.random.default_rng(5).standard_normal(shape)
+    for size in (1, 3, 5, 7):
+        y, scale = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        n, c, h, w = shape
+        native.kernels.lrn_across(x, y, scale, n, c, h * w, 0, n, 0, h * w, size, 0.5 / size, 2.0, beta)
+        want = lrn_reference(x, size, 0.5, beta, 2.0, False)
+        assert np.allclose(y, want, rtol=1e-14, atol=0)
+        assert np.allclose(scale, (x / want) ** (1 / beta), rtol=1e-12)
+
+
+def test_compiled_lrn_runs_in_the_layer_and_any_cut_gives_the_same_bits(kernels):
+    if kernels != "native" or not native.has_lrn():
+        pytest.skip("the compiled LRN")
+    x = np.random.default_rng(6).standard_normal((3, 10, 7, 40)).astype(np.float32)
+    n, c, h, w = x.shape
+    whole = np.empty_like(x)
+    native.kernels.lrn_across(x, whole, None, n, c, h * w, 0, n, 0, h * w, 5, 0.1, 1.0, 0.75)
+    pieces = np.full_like(x, np.nan)
+    for n0, n1, p0, p1 in [(0, 1, 0, 280), (1, 3, 0, 13), (1, 3, 13, 271), (1, 3, 271, 280)]:
+        native.kernels.lrn_across(x, pieces, None, n, c, h * w, n0, n1, p0, p1, 5, 0.1, 1.0, 0.75)
+    np.testing.assert_array_equal(pieces, whole)
+    layer, bottom, top = build('type: "LRN" lrn_param { local_size: 5 alpha: 0.5 }', [x])
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, whole)      # the layer runs the kernel
+    assert np.allclose(whole, lrn_reference(x.astype(np.float64), 5, 0.5, 0.75, 1.0, False), rtol=1e-6)
+
+
+def test_compiled_lrn_gives_the_same_bits_on_every_instruction_set(kernels):
+    if kernels != "native" or not native.has_lrn():
+        pytest.skip("the compiled LRN")
+    from isa import on_every_isa
+    x = np.random.default_rng(7).standard_normal((2, 8, 9, 31)).astype(np.float32)
+
+    def run():
+        y = np.empty_like(x)
+        native.kernels.lrn_across(x, y, None, 2, 8, 9 * 31, 0, 2, 0, 9 * 31, 5, 0.2, 1.0, 0.75)
+        return y.tobytes()
+
+    results = on_every_isa(run)
+    assert len(set(results)) == 1 and len(results) >= 1
+
+
+def test_compiled_lrn_refuses_bad_ranges(kernels):
+    if kernels != "native" or not native.has_lrn():
+        pytest.skip("the compiled LRN")
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    for args in [(0, 3, 0, 16, 5), (0, 2, 0, 17, 5), (1, 0, 0, 16, 5), (0, 2, 0, 16, 4)]:
+        with pytest.raises(ValueError):
+            native.kernels.lrn_across(x, np.empty_like(x), None, 2, 3, 16, *args, 0.1, 1.0, 0.75)

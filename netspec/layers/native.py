@@ -53,6 +53,11 @@ def has_winograd():
     return hasattr(kernels, "winograd_input")
 
 
+def has_lrn():
+    """Whether the build has the LRN kernel (a build from older sources may not)."""
+    return hasattr(kernels, "lrn_across")
+
+
 def window_geometry(channels, size, kernel, stride, pad, dilation, out):
     """The geometry tuple the kernels take: (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)."""
     return tuple(int(v) for v in (channels, *size, *kernel, *stride, *pad, *dilation, *out))
