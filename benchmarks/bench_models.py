@@ -23,9 +23,11 @@ exactly the products the net's Convolution, Deconvolution and InnerProduct layer
 batch: forward W (M/g x K) @ col (K x N*Ho*Wo) per group g; backward the weight gradient
 dtop (M/g x N*Ho*Wo) @ col^T and, where the net propagates to the bottom, the data gradient
 W^T (K x M/g) @ dtop. Biases, im2col/col2im and every other layer are left out, so floor/iteration
-says how far the net is from pure BLAS. Peak RSS is the child's ru_maxrss after the timed
-iterations (before the floor's own matrices are allocated); "base" is the RSS of the interpreter
-with numpy and netspec imported, before the net is built.
+says how far the net is from pure BLAS.
+
+Peak RSS is the child's ru_maxrss after the timed iterations (before the floor's own matrices are
+allocated); "base" is the RSS of the interpreter with numpy and netspec imported, before the net
+is built.
 """
 import argparse
 import datetime
@@ -67,48 +69,67 @@ def gemm_shapes(net):
     runs backward on (dgrad only where the bottom gets a gradient). Geometry comes from the built
     net's blobs (weight and top shapes), not from the layers' internals.
     """
+    return [shape for record in net.records for shape in layer_gemms(record)]
+
+
+def layer_gemms(record):
+    """gemm_shapes' entries for one layer record: its im2col (or InnerProduct) products; [] for other layers."""
+    name, layer = record.name, record.layer
+    kind = layer.type
+    if kind not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
+        return []
     out = []
-    for record in net.records:
-        name, layer = record.name, record.layer
-        kind = layer.type
-        if kind not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
-            continue
-        w = layer.blobs[0].shape
-        back = record.need_backward
-        for j, (bottom, top) in enumerate(zip(record.bottoms, record.tops)):
-            dgrad = back and record.bottom_need_backward[j]
-            if kind == "InnerProduct":
-                p = layer.layer_param.inner_product_param
-                n_out, k = (w[1], w[0]) if p.transpose else (w[0], w[1])
-                m = bottom.count // k
-                gemms = [("fwd", 1, m, k, n_out)]
-                if back:
-                    gemms.append(("wgrad", 1, n_out, m, k))
-                if dgrad:
-                    gemms.append(("dgrad", 1, m, n_out, k))
+    w = layer.blobs[0].shape
+    back = record.need_backward
+    for j, (bottom, top) in enumerate(zip(record.bottoms, record.tops)):
+        dgrad = back and record.bottom_need_backward[j]
+        if kind == "InnerProduct":
+            p = layer.layer_param.inner_product_param
+            n_out, k = (w[1], w[0]) if p.transpose else (w[0], w[1])
+            m = bottom.count // k
+            gemms = [("fwd", 1, m, k, n_out)]
+            if back:
+                gemms.append(("wgrad", 1, n_out, m, k))
+            if dgrad:
+                gemms.append(("dgrad", 1, m, n_out, k))
+        else:
+            p = layer.layer_param.convolution_param
+            axis = p.axis % len(bottom.shape) if p.HasField("axis") else 1
+            g = p.group
+            kk = 1
+            for d in w[1:]:
+                kk *= d
+            if kind == "Convolution":
+                # weight (M, C/g, kh, kw); columns over the output positions of the whole batch.
+                m, k, src = w[0] // g, kk, top
             else:
-                p = layer.layer_param.convolution_param
-                axis = p.axis % len(bottom.shape) if p.HasField("axis") else 1
-                g = p.group
-                kk = 1
-                for d in w[1:]:
-                    kk *= d
-                if kind == "Convolution":
-                    # weight (M, C/g, kh, kw); columns over the output positions of the whole batch.
-                    m, k, src = w[0] // g, kk, top
-                else:
-                    # Deconvolution: weight (C, M/g, kh, kw); its forward is W^T @ x over the input positions.
-                    m, k, src = kk, w[0] // g, bottom
-                cols = 1
-                for d in src.shape[:axis] + src.shape[axis + 1:]:
-                    cols *= d
-                gemms = [("fwd", g, m, k, cols)]
-                if back:
-                    gemms.append(("wgrad", g, m, cols, k))
-                if dgrad:
-                    gemms.append(("dgrad", g, k, m, cols))
-            out += [(name, role, g, m, k, n) for role, g, m, k, n in gemms]
+                # Deconvolution: weight (C, M/g, kh, kw); its forward is W^T @ x over the input positions.
+                m, k, src = kk, w[0] // g, bottom
+            cols = 1
+            for d in src.shape[:axis] + src.shape[axis + 1:]:
+                cols *= d
+            gemms = [("fwd", g, m, k, cols)]
+            if back:
+                gemms.append(("wgrad", g, m, cols, k))
+            if dgrad:
+                gemms.append(("dgrad", g, k, m, cols))
+        out += [(name, role, g, m, k, n) for role, g, m, k, n in gemms]
     return out
+
+
+def best_ms(call, repeats=2):
+    """Best-of-`repeats` ms of one `call()`, after a warm-up call: the floors' repetition rule."""
+    t = time.perf_counter()
+    call()
+    # Small products take microseconds: average enough calls per sample that the clock's cost vanishes.
+    calls = max(1, min(100, int(0.002 / max(time.perf_counter() - t, 1e-7))))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best * 1e3
 
 
 def time_gemm(g, m, k, n, repeats=2, seed=0):
@@ -119,33 +140,34 @@ def time_gemm(g, m, k, n, repeats=2, seed=0):
     a = rng.standard_normal(shape(g, m, k), dtype=np.float32)
     b = rng.standard_normal(shape(g, k, n), dtype=np.float32)
     c = np.empty(shape(g, m, n), np.float32)
-    t = time.perf_counter()
-    np.matmul(a, b, out=c)
-    # Small products take microseconds: average enough calls per sample that the clock's cost vanishes.
-    calls = max(1, min(100, int(0.002 / max(time.perf_counter() - t, 1e-7))))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            np.matmul(a, b, out=c)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best * 1e3
+    return best_ms(lambda: np.matmul(a, b, out=c), repeats)
 
 
-def gemm_floor(shapes, passes=3):
+def best_times(keys, passes=3, best=None):
+    """{(g, m, k, n): best ms} over `passes` sweeps of the distinct keys, each keeping its best,
+    added to `best` (keys already there are timed again and keep the lower figure).
+
+    Samples are spread over sweeps because on a shared machine a multi-threaded GEMM can stall for
+    a whole time slice when one of its threads is descheduled, and such stalls come in bursts, so
+    samples spread over time find the undisturbed figure sooner.
+    """
+    best = {} if best is None else best
+    for _ in range(passes):
+        for key in dict.fromkeys(keys):
+            best[key] = min(best.get(key, float("inf")), time_gemm(*key))
+    return best
+
+
+def gemm_floor(shapes, passes=3, best=None):
     """{"fwd_ms", "bwd_ms", "gflop_fwd", "gflop_bwd", "grouped_ms"}: each distinct shape's best time, summed.
 
     grouped_ms is the part spent in products with group > 1 (CaffeNet's two halves, MobileNet's
     depthwise convolutions, where g = channels and each product is a tiny (1 x 9) @ (9 x N*H*W)).
-
-    The distinct shapes are timed in `passes` sweeps and each keeps its best: on a shared machine a
-    multi-threaded GEMM can stall for a whole time slice when one of its threads is descheduled, and
-    such stalls come in bursts, so samples spread over time find the undisturbed figure sooner.
+    The shapes are timed by best_times (`passes` sweeps) unless `best` already holds them all.
     """
-    best = {}
-    for _ in range(passes):
-        for key in dict.fromkeys((g, m, k, n) for _, _, g, m, k, n in shapes):
-            best[key] = min(best.get(key, float("inf")), time_gemm(*key))
+    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes]
+    if best is None or any(key not in best for key in keys):
+        best = best_times(keys, passes, best)
     total = {"fwd_ms": 0.0, "bwd_ms": 0.0, "gflop_fwd": 0.0, "gflop_bwd": 0.0, "grouped_ms": 0.0}
     for _, role, g, m, k, n in shapes:
         side = "fwd" if role == "fwd" else "bwd"
