@@ -25,6 +25,14 @@ dtop (M/g x N*Ho*Wo) @ col^T and, where the net propagates to the bottom, the da
 W^T (K x M/g) @ dtop. Biases, im2col/col2im and every other layer are left out, so floor/iteration
 says how far the net is from pure BLAS.
 
+floors() adds the algorithm floor (bench_peers' forward table shows it): the products of the engine
+netspec's reshape picks for each convolution instead of im2col's. A WinogradConv layer (3x3,
+stride 1, in nets that run no backward) counts F(2x2, 3x3)'s 16 x g products of U (M/g x C/g) by
+V (C/g x tiles), tiles = N x ceil(Ho/2) x ceil(Wo/2); a DepthwiseConv layer counts no GEMM, and its
+direct kernel is timed apart (depthwise_fwd_ms: netspec's forward of the layer alone, not floor
+work); other engines and InnerProduct count their im2col products as above. The Winograd weight
+transform netspec redoes on every forward is timed apart too (winograd_weights_ms).
+
 Peak RSS is the child's ru_maxrss after the timed iterations (before the floor's own matrices are
 allocated); "base" is the RSS of the interpreter with numpy and netspec imported, before the net
 is built.
@@ -176,6 +184,108 @@ def gemm_floor(shapes, passes=3, best=None):
             total["grouped_ms"] += best[(g, m, k, n)]
         total[f"gflop_{side}"] += 2.0 * g * m * k * n / 1e9
     return total
+
+
+# ------------------------------------------------------------------ algorithm floor
+# Engines (netspec/layers/conv*.py) whose products are gemm_shapes' im2col GEMMs, up to how they
+# cut them into blocks: their floor is the GEMM floor's.
+IM2COL_ENGINES = ("StackedConv", "PointwiseConv", "ColumnConv", "BatchInnerConv")
+# F(2x2, 3x3): each 2x2 output tile is 16 products of transformed 4x4 input patches (conv_winograd.py).
+WINOGRAD_POINTS = 16
+
+
+def engine_name(record):
+    """The class name of the engine the layer's reshape picked (Convolution only), else None."""
+    engine = getattr(record.layer, "engine", None)
+    return None if engine is None else type(engine).__name__
+
+
+def winograd_tiles(top_shape):
+    """F(2x2, 3x3)'s 2x2 output tiles over the batch, from the top's (N, K, Ho, Wo):
+    N x ceil(Ho / 2) x ceil(Wo / 2) (a map of odd size has a half-empty last tile)."""
+    num, _, oh, ow = top_shape
+    return num * ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+def winograd_gemms(record):
+    """The Winograd engine's products for one layer, as gemm_shapes' entries: per group, 16 GEMMs
+    of the transformed weights U (K/G x C/G) by the transformed tiles V (C/G x tiles), so
+    16 x G stacked products over the batch's tiles."""
+    k, c_per_group = record.layer.blobs[0].shape[:2]
+    group = record.layer.layer_param.convolution_param.group
+    return [(record.name, "fwd", WINOGRAD_POINTS * group, k // group, c_per_group, winograd_tiles(top.shape))
+            for top in record.tops]
+
+
+def winograd_weight_transforms(record):
+    """The Winograd engine's weight transform, one per bottom on every forward, as a product:
+    the 16 x 9 map (G g G^T of each kernel's taps) by the taps (9 x K*C/G)."""
+    k, c_per_group = record.layer.blobs[0].shape[:2]
+    return [(record.name, "fwd", 1, WINOGRAD_POINTS, 9, k * c_per_group) for _ in record.tops]
+
+
+def algorithm_work(net):
+    """What the algorithm floor counts, per the engine each convolution runs: the one its reshape
+    picks for the net's shapes (net.reshape() first: the engines built with the net are chosen
+    before the net knows which layers run backward, and forward reshapes again):
+
+    {"gemms": gemm_shapes-style entries: Winograd layers' 16 x G products on their real tile count,
+               the im2col products of every other GEMM layer (the im2col engines, InnerProduct);
+     "weight_transforms": the Winograd layers' per-forward weight-transform products (not floor work:
+               a runner transforms deploy weights once; netspec does it on every forward);
+     "depthwise": the records run by the direct depthwise engine, no GEMM (their kernel is timed apart);
+     "unmodelled": names of layers whose engine this file does not know (counted as im2col GEMMs)}.
+    """
+    net.reshape()
+    work = {"gemms": [], "weight_transforms": [], "depthwise": [], "unmodelled": []}
+    for record in net.records:
+        engine = engine_name(record)
+        if engine == "WinogradConv":
+            work["gemms"] += winograd_gemms(record)
+            work["weight_transforms"] += winograd_weight_transforms(record)
+        elif engine == "DepthwiseConv":
+            work["depthwise"].append(record)
+        else:
+            if engine is not None and engine not in IM2COL_ENGINES:
+                work["unmodelled"].append(record.name)
+            work["gemms"] += layer_gemms(record)
+    return work
+
+
+def direct_forward(record, seed=0):
+    """A call running the record's layer forward alone on fresh blobs of its bottoms' and tops'
+    shapes (random bottoms), so the net's own blobs, which may share memory, are left alone."""
+    import numpy as np
+    from netspec.blob import Blob
+    rng = np.random.default_rng(seed)
+    bottoms, tops = [Blob(b.shape) for b in record.bottoms], [Blob(t.shape) for t in record.tops]
+    for b in bottoms:
+        b.data[...] = rng.standard_normal(b.shape)
+    record.layer.reshape(bottoms, tops)      # the same shapes: the engine the net picked stays
+    return lambda: record.layer.forward(bottoms, tops)
+
+
+def floors(net, passes=3):
+    """Both floors of the built (reshaped) net, its GEMMs timed once for both: gemm_floor's keys,
+    and the algorithm floor's as alg_fwd_ms, alg_bwd_ms, alg_gflop_fwd, alg_gflop_bwd, plus
+    depthwise_fwd_ms (the direct depthwise layers' forward, netspec's kernel at netspec's threads,
+    best of the same repetition rule), winograd_weights_ms (the weight transforms), and the layer
+    counts. Each sweep times every GEMM shape and every depthwise layer, `passes` sweeps."""
+    shapes, work = gemm_shapes(net), algorithm_work(net)
+    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes + work["gemms"] + work["weight_transforms"]]
+    calls = [direct_forward(record) for record in work["depthwise"]]
+    best, direct = {}, [float("inf")] * len(calls)
+    for _ in range(passes):
+        best_times(keys, 1, best)
+        direct = [min(t, best_ms(call)) for t, call in zip(direct, calls)]
+    out = gemm_floor(shapes, best=best)
+    alg = gemm_floor(work["gemms"], best=best)
+    out.update({"alg_fwd_ms": alg["fwd_ms"], "alg_bwd_ms": alg["bwd_ms"], "alg_gflop_fwd": alg["gflop_fwd"],
+                "alg_gflop_bwd": alg["gflop_bwd"], "depthwise_fwd_ms": sum(direct, 0.0),
+                "winograd_weights_ms": gemm_floor(work["weight_transforms"], best=best)["fwd_ms"],
+                "winograd_layers": len({entry[0] for entry in work["weight_transforms"]}), "depthwise_layers": len(calls),
+                "unmodelled": work["unmodelled"]})
+    return out
 
 
 # ------------------------------------------------------------------ one net, in this process
