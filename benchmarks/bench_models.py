@@ -23,9 +23,19 @@ exactly the products the net's Convolution, Deconvolution and InnerProduct layer
 batch: forward W (M/g x K) @ col (K x N*Ho*Wo) per group g; backward the weight gradient
 dtop (M/g x N*Ho*Wo) @ col^T and, where the net propagates to the bottom, the data gradient
 W^T (K x M/g) @ dtop. Biases, im2col/col2im and every other layer are left out, so floor/iteration
-says how far the net is from pure BLAS. Peak RSS is the child's ru_maxrss after the timed
-iterations (before the floor's own matrices are allocated); "base" is the RSS of the interpreter
-with numpy and netspec imported, before the net is built.
+says how far the net is from pure BLAS.
+
+floors() adds the algorithm floor (bench_peers' forward table shows it): the products of the engine
+netspec's reshape picks for each convolution instead of im2col's. A WinogradConv layer (3x3,
+stride 1, in nets that run no backward) counts F(2x2, 3x3)'s 16 x g products of U (M/g x C/g) by
+V (C/g x tiles), tiles = N x ceil(Ho/2) x ceil(Wo/2); a DepthwiseConv layer counts no GEMM, and its
+direct kernel is timed apart (depthwise_fwd_ms: netspec's forward of the layer alone, not floor
+work); other engines and InnerProduct count their im2col products as above. The Winograd weight
+transform netspec redoes on every forward is timed apart too (winograd_weights_ms).
+
+Peak RSS is the child's ru_maxrss after the timed iterations (before the floor's own matrices are
+allocated); "base" is the RSS of the interpreter with numpy and netspec imported, before the net
+is built.
 """
 import argparse
 import datetime
@@ -67,48 +77,67 @@ def gemm_shapes(net):
     runs backward on (dgrad only where the bottom gets a gradient). Geometry comes from the built
     net's blobs (weight and top shapes), not from the layers' internals.
     """
+    return [shape for record in net.records for shape in layer_gemms(record)]
+
+
+def layer_gemms(record):
+    """gemm_shapes' entries for one layer record: its im2col (or InnerProduct) products; [] for other layers."""
+    name, layer = record.name, record.layer
+    kind = layer.type
+    if kind not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
+        return []
     out = []
-    for record in net.records:
-        name, layer = record.name, record.layer
-        kind = layer.type
-        if kind not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
-            continue
-        w = layer.blobs[0].shape
-        back = record.need_backward
-        for j, (bottom, top) in enumerate(zip(record.bottoms, record.tops)):
-            dgrad = back and record.bottom_need_backward[j]
-            if kind == "InnerProduct":
-                p = layer.layer_param.inner_product_param
-                n_out, k = (w[1], w[0]) if p.transpose else (w[0], w[1])
-                m = bottom.count // k
-                gemms = [("fwd", 1, m, k, n_out)]
-                if back:
-                    gemms.append(("wgrad", 1, n_out, m, k))
-                if dgrad:
-                    gemms.append(("dgrad", 1, m, n_out, k))
+    w = layer.blobs[0].shape
+    back = record.need_backward
+    for j, (bottom, top) in enumerate(zip(record.bottoms, record.tops)):
+        dgrad = back and record.bottom_need_backward[j]
+        if kind == "InnerProduct":
+            p = layer.layer_param.inner_product_param
+            n_out, k = (w[1], w[0]) if p.transpose else (w[0], w[1])
+            m = bottom.count // k
+            gemms = [("fwd", 1, m, k, n_out)]
+            if back:
+                gemms.append(("wgrad", 1, n_out, m, k))
+            if dgrad:
+                gemms.append(("dgrad", 1, m, n_out, k))
+        else:
+            p = layer.layer_param.convolution_param
+            axis = p.axis % len(bottom.shape) if p.HasField("axis") else 1
+            g = p.group
+            kk = 1
+            for d in w[1:]:
+                kk *= d
+            if kind == "Convolution":
+                # weight (M, C/g, kh, kw); columns over the output positions of the whole batch.
+                m, k, src = w[0] // g, kk, top
             else:
-                p = layer.layer_param.convolution_param
-                axis = p.axis % len(bottom.shape) if p.HasField("axis") else 1
-                g = p.group
-                kk = 1
-                for d in w[1:]:
-                    kk *= d
-                if kind == "Convolution":
-                    # weight (M, C/g, kh, kw); columns over the output positions of the whole batch.
-                    m, k, src = w[0] // g, kk, top
-                else:
-                    # Deconvolution: weight (C, M/g, kh, kw); its forward is W^T @ x over the input positions.
-                    m, k, src = kk, w[0] // g, bottom
-                cols = 1
-                for d in src.shape[:axis] + src.shape[axis + 1:]:
-                    cols *= d
-                gemms = [("fwd", g, m, k, cols)]
-                if back:
-                    gemms.append(("wgrad", g, m, cols, k))
-                if dgrad:
-                    gemms.append(("dgrad", g, k, m, cols))
-            out += [(name, role, g, m, k, n) for role, g, m, k, n in gemms]
+                # Deconvolution: weight (C, M/g, kh, kw); its forward is W^T @ x over the input positions.
+                m, k, src = kk, w[0] // g, bottom
+            cols = 1
+            for d in src.shape[:axis] + src.shape[axis + 1:]:
+                cols *= d
+            gemms = [("fwd", g, m, k, cols)]
+            if back:
+                gemms.append(("wgrad", g, m, cols, k))
+            if dgrad:
+                gemms.append(("dgrad", g, k, m, cols))
+        out += [(name, role, g, m, k, n) for role, g, m, k, n in gemms]
     return out
+
+
+def best_ms(call, repeats=2):
+    """Best-of-`repeats` ms of one `call()`, after a warm-up call: the floors' repetition rule."""
+    t = time.perf_counter()
+    call()
+    # Small products take microseconds: average enough calls per sample that the clock's cost vanishes.
+    calls = max(1, min(100, int(0.002 / max(time.perf_counter() - t, 1e-7))))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best * 1e3
 
 
 def time_gemm(g, m, k, n, repeats=2, seed=0):
@@ -119,33 +148,34 @@ def time_gemm(g, m, k, n, repeats=2, seed=0):
     a = rng.standard_normal(shape(g, m, k), dtype=np.float32)
     b = rng.standard_normal(shape(g, k, n), dtype=np.float32)
     c = np.empty(shape(g, m, n), np.float32)
-    t = time.perf_counter()
-    np.matmul(a, b, out=c)
-    # Small products take microseconds: average enough calls per sample that the clock's cost vanishes.
-    calls = max(1, min(100, int(0.002 / max(time.perf_counter() - t, 1e-7))))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            np.matmul(a, b, out=c)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best * 1e3
+    return best_ms(lambda: np.matmul(a, b, out=c), repeats)
 
 
-def gemm_floor(shapes, passes=3):
+def best_times(keys, passes=3, best=None):
+    """{(g, m, k, n): best ms} over `passes` sweeps of the distinct keys, each keeping its best,
+    added to `best` (keys already there are timed again and keep the lower figure).
+
+    Samples are spread over sweeps because on a shared machine a multi-threaded GEMM can stall for
+    a whole time slice when one of its threads is descheduled, and such stalls come in bursts, so
+    samples spread over time find the undisturbed figure sooner.
+    """
+    best = {} if best is None else best
+    for _ in range(passes):
+        for key in dict.fromkeys(keys):
+            best[key] = min(best.get(key, float("inf")), time_gemm(*key))
+    return best
+
+
+def gemm_floor(shapes, passes=3, best=None):
     """{"fwd_ms", "bwd_ms", "gflop_fwd", "gflop_bwd", "grouped_ms"}: each distinct shape's best time, summed.
 
     grouped_ms is the part spent in products with group > 1 (CaffeNet's two halves, MobileNet's
     depthwise convolutions, where g = channels and each product is a tiny (1 x 9) @ (9 x N*H*W)).
-
-    The distinct shapes are timed in `passes` sweeps and each keeps its best: on a shared machine a
-    multi-threaded GEMM can stall for a whole time slice when one of its threads is descheduled, and
-    such stalls come in bursts, so samples spread over time find the undisturbed figure sooner.
+    The shapes are timed by best_times (`passes` sweeps) unless `best` already holds them all.
     """
-    best = {}
-    for _ in range(passes):
-        for key in dict.fromkeys((g, m, k, n) for _, _, g, m, k, n in shapes):
-            best[key] = min(best.get(key, float("inf")), time_gemm(*key))
+    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes]
+    if best is None or any(key not in best for key in keys):
+        best = best_times(keys, passes, best)
     total = {"fwd_ms": 0.0, "bwd_ms": 0.0, "gflop_fwd": 0.0, "gflop_bwd": 0.0, "grouped_ms": 0.0}
     for _, role, g, m, k, n in shapes:
         side = "fwd" if role == "fwd" else "bwd"
@@ -154,6 +184,108 @@ def gemm_floor(shapes, passes=3):
             total["grouped_ms"] += best[(g, m, k, n)]
         total[f"gflop_{side}"] += 2.0 * g * m * k * n / 1e9
     return total
+
+
+# ------------------------------------------------------------------ algorithm floor
+# Engines (netspec/layers/conv*.py) whose products are gemm_shapes' im2col GEMMs, up to how they
+# cut them into blocks: their floor is the GEMM floor's.
+IM2COL_ENGINES = ("StackedConv", "PointwiseConv", "ColumnConv", "BatchInnerConv")
+# F(2x2, 3x3): each 2x2 output tile is 16 products of transformed 4x4 input patches (conv_winograd.py).
+WINOGRAD_POINTS = 16
+
+
+def engine_name(record):
+    """The class name of the engine the layer's reshape picked (Convolution only), else None."""
+    engine = getattr(record.layer, "engine", None)
+    return None if engine is None else type(engine).__name__
+
+
+def winograd_tiles(top_shape):
+    """F(2x2, 3x3)'s 2x2 output tiles over the batch, from the top's (N, K, Ho, Wo):
+    N x ceil(Ho / 2) x ceil(Wo / 2) (a map of odd size has a half-empty last tile)."""
+    num, _, oh, ow = top_shape
+    return num * ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+def winograd_gemms(record):
+    """The Winograd engine's products for one layer, as gemm_shapes' entries: per group, 16 GEMMs
+    of the transformed weights U (K/G x C/G) by the transformed tiles V (C/G x tiles), so
+    16 x G stacked products over the batch's tiles."""
+    k, c_per_group = record.layer.blobs[0].shape[:2]
+    group = record.layer.layer_param.convolution_param.group
+    return [(record.name, "fwd", WINOGRAD_POINTS * group, k // group, c_per_group, winograd_tiles(top.shape))
+            for top in record.tops]
+
+
+def winograd_weight_transforms(record):
+    """The Winograd engine's weight transform, one per bottom on every forward, as a product:
+    the 16 x 9 map (G g G^T of each kernel's taps) by the taps (9 x K*C/G)."""
+    k, c_per_group = record.layer.blobs[0].shape[:2]
+    return [(record.name, "fwd", 1, WINOGRAD_POINTS, 9, k * c_per_group) for _ in record.tops]
+
+
+def algorithm_work(net):
+    """What the algorithm floor counts, per the engine each convolution runs: the one its reshape
+    picks for the net's shapes (net.reshape() first: the engines built with the net are chosen
+    before the net knows which layers run backward, and forward reshapes again):
+
+    {"gemms": gemm_shapes-style entries: Winograd layers' 16 x G products on their real tile count,
+               the im2col products of every other GEMM layer (the im2col engines, InnerProduct);
+     "weight_transforms": the Winograd layers' per-forward weight-transform products (not floor work:
+               a runner transforms deploy weights once; netspec does it on every forward);
+     "depthwise": the records run by the direct depthwise engine, no GEMM (their kernel is timed apart);
+     "unmodelled": names of layers whose engine this file does not know (counted as im2col GEMMs)}.
+    """
+    net.reshape()
+    work = {"gemms": [], "weight_transforms": [], "depthwise": [], "unmodelled": []}
+    for record in net.records:
+        engine = engine_name(record)
+        if engine == "WinogradConv":
+            work["gemms"] += winograd_gemms(record)
+            work["weight_transforms"] += winograd_weight_transforms(record)
+        elif engine == "DepthwiseConv":
+            work["depthwise"].append(record)
+        else:
+            if engine is not None and engine not in IM2COL_ENGINES:
+                work["unmodelled"].append(record.name)
+            work["gemms"] += layer_gemms(record)
+    return work
+
+
+def direct_forward(record, seed=0):
+    """A call running the record's layer forward alone on fresh blobs of its bottoms' and tops'
+    shapes (random bottoms), so the net's own blobs, which may share memory, are left alone."""
+    import numpy as np
+    from netspec.blob import Blob
+    rng = np.random.default_rng(seed)
+    bottoms, tops = [Blob(b.shape) for b in record.bottoms], [Blob(t.shape) for t in record.tops]
+    for b in bottoms:
+        b.data[...] = rng.standard_normal(b.shape)
+    record.layer.reshape(bottoms, tops)      # the same shapes: the engine the net picked stays
+    return lambda: record.layer.forward(bottoms, tops)
+
+
+def floors(net, passes=3):
+    """Both floors of the built (reshaped) net, its GEMMs timed once for both: gemm_floor's keys,
+    and the algorithm floor's as alg_fwd_ms, alg_bwd_ms, alg_gflop_fwd, alg_gflop_bwd, plus
+    depthwise_fwd_ms (the direct depthwise layers' forward, netspec's kernel at netspec's threads,
+    best of the same repetition rule), winograd_weights_ms (the weight transforms), and the layer
+    counts. Each sweep times every GEMM shape and every depthwise layer, `passes` sweeps."""
+    shapes, work = gemm_shapes(net), algorithm_work(net)
+    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes + work["gemms"] + work["weight_transforms"]]
+    calls = [direct_forward(record) for record in work["depthwise"]]
+    best, direct = {}, [float("inf")] * len(calls)
+    for _ in range(passes):
+        best_times(keys, 1, best)
+        direct = [min(t, best_ms(call)) for t, call in zip(direct, calls)]
+    out = gemm_floor(shapes, best=best)
+    alg = gemm_floor(work["gemms"], best=best)
+    out.update({"alg_fwd_ms": alg["fwd_ms"], "alg_bwd_ms": alg["bwd_ms"], "alg_gflop_fwd": alg["gflop_fwd"],
+                "alg_gflop_bwd": alg["gflop_bwd"], "depthwise_fwd_ms": sum(direct, 0.0),
+                "winograd_weights_ms": gemm_floor(work["weight_transforms"], best=best)["fwd_ms"],
+                "winograd_layers": len({entry[0] for entry in work["weight_transforms"]}), "depthwise_layers": len(calls),
+                "unmodelled": work["unmodelled"]})
+    return out
 
 
 # ------------------------------------------------------------------ one net, in this process

@@ -36,8 +36,24 @@ What is timed, per net (LeNet at batch 64, the five deploy nets of bench_models.
   netspec / peer come from the same run.
 - Contention: the default settings, timed alternately without and with one competing busy
   process (a Python spin loop); slowdown = busy median / quiet median.
-- GEMM floor: bench_models.gemm_floor on the net's GEMMs (forward; forward + backward for
-  training), timed in netspec's process at its thread count.
+- Floors (bench_models.floors), timed in netspec's process after its rounds, the BLAS at the
+  row's thread count, each product np.matmul alone on float32 operands (best_ms's rule: a warm-up
+  call, then the best of 2 samples of enough calls to fill 2 ms, over 3 sweeps of all shapes):
+  - GEMM floor: the im2col GEMM of every Convolution (W (M/G x C/G*kh*kw) by the columns
+    (C/G*kh*kw x N*Ho*Wo), per group) and the GEMM of every InnerProduct, as Caffe runs them
+    (forward; forward + backward for training). Depthwise layers count as C stacked (1 x 9)
+    products, which numpy runs far below BLAS speed.
+  - Algorithm floor (forward table): the products of the engine netspec picks for each layer
+    (layer.engine after net.reshape()). WinogradConv: F(2x2, 3x3)'s 16 x G products of the
+    transformed weights U (M/G x C/G) by the transformed tiles V (C/G x tiles) on the layer's
+    real tile count N x ceil(Ho/2) x ceil(Wo/2), as one product per point and group where netspec
+    runs blocks of up to 128 tiles. DepthwiseConv: no GEMM; its direct kernel (netspec's forward
+    of each such layer alone, on fresh blobs, at netspec's threads, same rule) is reported as
+    "direct depthwise ms" beside the floor, not in it, since it times netspec's own kernel and
+    bounds nothing. Every other engine (stacked, pointwise, column layouts) and InnerProduct: the
+    im2col products, as in the GEMM floor. Neither floor counts biases, im2col, the Winograd input
+    and output transforms, or other layers; the Winograd weight transform netspec redoes on every
+    forward (16 x 9 by 9 x M*C/G) is timed and reported under the table, outside both floors.
 - --profile: per layer type, netspec's per-layer forward times (netspec.timing.time_net, as
   `netspec time --phase TEST` prints them) against ONNX Runtime's own profiler
   (SessionOptions.enable_profiling), whose node names start with the Caffe layer's name.
@@ -267,16 +283,17 @@ def _netspec_threads(threads):
 
 
 def _floor(net, threads):
-    """bench_models' GEMM floor of `net` with the BLAS at `threads` threads (the cores when None):
-    netspec holds its BLAS to one thread and threads the layers itself, but the floor is the
-    machine's GEMM peak at that many cores."""
-    from bench_models import gemm_floor, gemm_shapes
+    """bench_models' two floors of `net` (bench_models.floors: the GEMM floor and the algorithm
+    floor) with the BLAS at `threads` threads (the cores when None): netspec holds its BLAS to one
+    thread and threads the layers itself, but the floor is the machine's GEMM peak at that many
+    cores. The direct depthwise layers run on netspec's own threads, as in its forward."""
+    from bench_models import floors
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return gemm_floor(gemm_shapes(net))
+        return floors(net)
     with threadpool_limits(limits=threads or len(os.sched_getaffinity(0)), user_api="blas"):
-        return gemm_floor(gemm_shapes(net))
+        return floors(net)
 
 
 class NetspecInfer:
@@ -661,21 +678,62 @@ def _cell(samples, status, key, ref):
     return f"{ms:.1f}{ratio}"
 
 
+def _ratio(a, b):
+    return _fmt(a / b if a and b else None, ".2f") + "x"
+
+
 def forward_table(rows):
     lines = ["| net | batch | threads | netspec ms | ONNX Runtime ms (netspec/ORT) | OpenCV ms (netspec/OpenCV) "
-             "| Caffe ms (netspec/Caffe) | GEMM floor ms | netspec / floor | ORT / floor | check: ORT, OpenCV |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| Caffe ms (netspec/Caffe) | GEMM floor ms | netspec / floor | ORT / floor "
+             "| algorithm floor ms | direct depthwise ms | netspec / alg. floor | ORT / alg. floor "
+             "| check: ORT, OpenCV |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key, batch, res in rows:
         smp, st = res["samples"], res["status"]
         ns = _ms(smp, "netspec")
-        floor = res["floor"]["fwd_ms"] if res.get("floor") and "fwd_ms" in res["floor"] else None
+        f = res.get("floor") or {}
+        floor, alg = f.get("fwd_ms"), f.get("alg_fwd_ms")
+        depthwise = f.get("depthwise_fwd_ms") if f.get("depthwise_layers") else None
         ort = _ms(smp, "ort")
         checks = ", ".join(_fmt(st.get(p, {}).get("diff"), ".0e") for p in ("ort", "opencv"))
         caffe = _cell(smp, st, "caffe", ns) + (" unchecked" if _ms(smp, "caffe") else "")
         lines.append(f"| {key} | {batch} | {res['threads']} | {_fmt(ns)} | {_cell(smp, st, 'ort', ns)} | "
-                     f"{_cell(smp, st, 'opencv', ns)} | {caffe} | {_fmt(floor)} | "
-                     f"{_fmt(ns / floor if ns and floor else None, '.2f')}x | "
-                     f"{_fmt(ort / floor if ort and floor else None, '.2f')}x | {checks} |")
+                     f"{_cell(smp, st, 'opencv', ns)} | {caffe} | {_fmt(floor)} | {_ratio(ns, floor)} | "
+                     f"{_ratio(ort, floor)} | {_fmt(alg)} | {_fmt(depthwise)} | {_ratio(ns, alg)} | "
+                     f"{_ratio(ort, alg)} | {checks} |")
+    return lines
+
+
+FLOORS_TEXT = (
+    "Both floors are np.matmul alone on float32 operands (bench_models.best_ms: after a warm-up call, the best "
+    "of 2 samples of enough calls to fill 2 ms, over 3 sweeps of all shapes), the BLAS at the row's thread "
+    "count, in netspec's process. GEMM floor: every Convolution's im2col "
+    "GEMM (W (M/G x C/G*kh*kw) by columns (C/G*kh*kw x N*Ho*Wo), G groups) and every InnerProduct's "
+    "GEMM, as Caffe runs them; MobileNet's depthwise layers count as C stacked (1 x 9) products. "
+    "Algorithm floor: the products of the engine netspec picks for each layer (layer.engine after "
+    "net.reshape()): a WinogradConv layer (3x3, stride 1) counts its F(2x2, 3x3) GEMMs, 16 x G "
+    "products of U (M/G x C/G) by V (C/G x tiles), tiles = N x ceil(Ho/2) x ceil(Wo/2) (2.25x fewer "
+    "operations); a DepthwiseConv layer counts no GEMM, and its direct kernel's time (netspec's own "
+    "forward of the layer alone, at netspec's threads) is the 'direct depthwise' column, outside the "
+    "floor: it measures netspec, it bounds nothing; every other layer counts its im2col GEMM as above. "
+    "Neither floor counts bias, im2col, the Winograd input and output transforms, or any other layer.")
+
+
+def floor_notes(rows):
+    """The floors' definition and, per row, what lies outside them: the Winograd weight transforms
+    (a GEMM netspec runs on every forward) and any layer whose engine bench_models does not model."""
+    lines = [FLOORS_TEXT]
+    transforms = [f"{k} {b}/{r['threads']}T {r['floor']['winograd_weights_ms']:.1f} ms "
+                  f"({r['floor']['winograd_layers']} layers)" for k, b, r in rows
+                  if (r.get("floor") or {}).get("winograd_layers")]
+    if transforms:
+        lines += ["", "Outside both floors, netspec's Winograd weight transform (16 x 9 by 9 x M*C/G per layer, "
+                  "redone on every forward; a runner could keep U), timed the same way: " + "; ".join(transforms)
+                  + "."]
+    unmodelled = sorted({n for _, _, r in rows for n in (r.get("floor") or {}).get("unmodelled", [])})
+    if unmodelled:
+        lines += ["", "Engines bench_models does not model (counted as im2col GEMMs in the algorithm floor): "
+                  + ", ".join(unmodelled) + "."]
     return lines
 
 
@@ -989,7 +1047,7 @@ def timing_sections(args, found, desc_for, batches, raw):
           "max |netspec| over the outputs and the pre-Softmax scores; a peer above "
           f"{args.tolerance:g} is not timed.", ""]
     if forward_rows:
-        md += ["## Forward (TEST phase)", ""] + forward_table(forward_rows) + [""]
+        md += ["## Forward (TEST phase)", ""] + forward_table(forward_rows) + [""] + floor_notes(forward_rows) + [""]
     if train_rows:
         md += ["## Training iteration (forward + backward + SGD update)", "",
                "PyTorch runs peer_torch.build_module(net): the same layers and weights (checked in eval mode); "

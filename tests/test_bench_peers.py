@@ -106,3 +106,17 @@ def test_torch_twin_computes_the_nets_forward(tmp_path):
     assert bench_peers.relative_difference(got, net.blobs["prob"].data) < 1e-5
     # The other output blob (Eltwise's, which nothing reads) too.
     assert bench_peers.relative_difference(out["sum"].numpy(), net.blobs["sum"].data) < 1e-5
+
+
+def test_forward_table_divides_by_both_floors():
+    floor = {"fwd_ms": 40.0, "alg_fwd_ms": 20.0, "depthwise_fwd_ms": 5.0, "depthwise_layers": 13,
+             "winograd_weights_ms": 1.5, "winograd_layers": 3, "unmodelled": []}
+    res = {"threads": 2, "samples": {"netspec": [30.0], "ort": [10.0]}, "status": {"ort": {"diff": 1e-7}},
+           "floor": floor, "rss": {}}
+    row = bench_peers.forward_table([("mobilenet", 10, res)])[2].split(" | ")
+    # GEMM floor, netspec / it, ORT / it; algorithm floor, direct depthwise, netspec / it, ORT / it.
+    assert row[7:14] == ["40.0", "0.75x", "0.25x", "20.0", "5.0", "1.50x", "0.50x"]
+    without = dict(floor, depthwise_layers=0, depthwise_fwd_ms=0.0)
+    assert bench_peers.forward_table([("resnet50", 1, dict(res, floor=without))])[2].split(" | ")[11] == "—"
+    notes = " ".join(bench_peers.floor_notes([("caffenet", 10, res)]))
+    assert "caffenet 10/2T 1.5 ms (3 layers)" in notes

@@ -77,3 +77,62 @@ def test_deploy_net_seeds_output_diff_and_backward_reaches_every_layer(tmp_path)
     r = bench_models.bench_net(str(path), 2, iterations=1, warmup=0, floor_passes=1)
     assert r["finite"] and r["backward_ms"] > 0
     assert read_net(str(path)).layer[0].input_param.shape[0].dim[0] == 1   # the file itself is untouched
+
+
+# A 3x3 stride-1 layer Winograd takes (2 groups of 32 channels, 9x9 maps: 2 x 5 x 5 = 50 tiles, from
+# MIN_TILES), a depthwise layer, a 1x1 layer and an InnerProduct; TEST phase, so nothing runs backward.
+ALGORITHM_NET = """name: "algo" layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 64 dim: 9 dim: 9 } } }
+layer { name: "wino" type: "Convolution" bottom: "data" top: "wino"
+        convolution_param { num_output: 32 kernel_size: 3 pad: 1 group: 2 } }
+layer { name: "dw" type: "Convolution" bottom: "wino" top: "dw"
+        convolution_param { num_output: 32 kernel_size: 3 pad: 1 stride: 2 group: 32 } }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pw" top: "ip" inner_product_param { num_output: 10 } }
+"""
+
+
+@pytest.fixture
+def algorithm_net(tmp_path):
+    from netspec.layers import native
+    from netspec.net import Net
+    from netspec.proto import caffe_pb2
+    if not (native.usable(np.float32) and native.has_winograd() and native.has_depthwise()):
+        pytest.skip("the compiled Winograd and depthwise kernels are not built")
+    path = tmp_path / "algo.prototxt"
+    path.write_text(ALGORITHM_NET)
+    return Net(str(path), caffe_pb2.TEST)
+
+
+def test_algorithm_floor_counts_the_engines_products(algorithm_net):
+    net = algorithm_net
+    work = bench_models.algorithm_work(net)
+    engines = {r.name: bench_models.engine_name(r) for r in net.records if bench_models.engine_name(r)}
+    assert engines["wino"] == "WinogradConv" and engines["dw"] == "DepthwiseConv"
+    # By hand: wino's 9x9 output is 5 x 5 tiles of 2x2 per image, 50 over the batch; 16 points x 2
+    # groups of (16 x 32) @ (32 x 50). dw: no GEMM. pw: 8 x 32 over 2 x 5 x 5 positions. ip: 2 x 200 -> 10.
+    assert work["gemms"] == [("wino", "fwd", 32, 16, 32, 50), ("pw", "fwd", 1, 8, 32, 50),
+                             ("ip", "fwd", 1, 2, 200, 10)]
+    assert work["weight_transforms"] == [("wino", "fwd", 1, 16, 9, 32 * 32)]
+    assert [r.name for r in work["depthwise"]] == ["dw"] and work["unmodelled"] == []
+    # What the engines themselves hold: Winograd's tile count and its U (16, groups, M/G, C/G).
+    wino = net.layer_dict["wino"].engine
+    assert wino.total == 50 and sum(t1 - t0 for t0, t1 in wino.blocks) == 50
+    assert wino.transformed_weights(np.float32).reshape(16, 2, 16, -1).shape == (16, 2, 16, 32)
+    # The GEMM floor keeps im2col's products: 288-row columns over 2 x 81 positions, dw's 32 (1 x 9).
+    assert [s for s in bench_models.gemm_shapes(net) if s[0] in ("wino", "dw")] == [
+        ("wino", "fwd", 2, 16, 288, 162), ("dw", "fwd", 32, 1, 9, 50)]
+
+
+def test_winograd_tiles_round_odd_maps_up():
+    assert bench_models.winograd_tiles((3, 8, 7, 4)) == 3 * 4 * 2
+    assert bench_models.winograd_tiles((1, 8, 1, 1)) == 1
+
+
+def test_floors_report_both_floors_and_the_depthwise_kernel(algorithm_net):
+    f = bench_models.floors(algorithm_net, passes=1)
+    assert f["winograd_layers"] == 1 and f["depthwise_layers"] == 1 and f["unmodelled"] == []
+    assert np.isclose(f["alg_gflop_fwd"], 2 * (32 * 16 * 32 * 50 + 8 * 32 * 50 + 2 * 200 * 10) / 1e9)
+    assert np.isclose(f["gflop_fwd"], 2 * (2 * 16 * 288 * 162 + 32 * 9 * 50 + 8 * 32 * 50 + 2 * 200 * 10) / 1e9)
+    for key in ("fwd_ms", "alg_fwd_ms", "depthwise_fwd_ms", "winograd_weights_ms"):
+        assert f[key] > 0, key
