@@ -804,6 +804,35 @@ static PyObject *py_rows_dot(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* sgd_step(data, diff, history, scale, decay, rate, momentum): see _native_body.h; the three
+ * arrays of one size and type. */
+static PyObject *py_sgd_step(PyObject *self, PyObject *args)
+{
+    PyObject *obj[3];
+    double scale, decay, rate, momentum;
+    if (!PyArg_ParseTuple(args, "OOOdddd", &obj[0], &obj[1], &obj[2], &scale, &decay, &rate, &momentum))
+        return NULL;
+    int kind;
+    if (float_kind(obj[0], &kind) < 0)
+        return NULL;
+    static const char *names[3] = {"data", "diff", "history"};
+    Py_buffer v[3];
+    for (int i = 0; i < 3; i++)
+        if (get_buffer(obj[i], &v[i], 1, kind, i ? v[0].len / v[0].itemsize : 0, names[i]) < 0) {
+            release_all(v, i);
+            return NULL;
+        }
+    const Py_ssize_t n = v[0].len / v[0].itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        PICK(sgd_step_f64)(v[0].buf, v[1].buf, v[2].buf, n, scale, decay, rate, momentum);
+    else
+        PICK(sgd_step_f32)(v[0].buf, v[1].buf, v[2].buf, n, (float)scale, (float)decay, (float)rate, (float)momentum);
+    Py_END_ALLOW_THREADS
+    release_all(v, 3);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the kernels run on, 'avx2' or 'baseline'"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): run the 'baseline' or 'avx2' copy of the kernels"},
@@ -830,6 +859,7 @@ static PyMethodDef methods[] = {
     {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
     {"winograd_input", py_winograd_input, METH_VARARGS, "winograd_input(x, V, geom, num, t0, t1)"},
     {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
+    {"sgd_step", py_sgd_step, METH_VARARGS, "sgd_step(data, diff, history, scale, decay, rate, momentum)"},
     {"rows_dot", py_rows_dot, METH_VARARGS, "rows_dot(x, w, y, M, K, ldy, n0, n1)"},
     {NULL, NULL, 0, NULL},
 };

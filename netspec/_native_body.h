@@ -619,3 +619,22 @@ static void NAME(lrn_across)(const T *x, T *y, T *scale, long channels, long inn
         }
     }
 }
+
+/* One step of SGD with momentum and L2 weight decay over n parameters, in place (Caffe's
+ * Regularize, ComputeUpdateValue and Update): g = diff * scale + data * decay, then
+ * history = history * momentum + g * rate, diff = history, data -= history. Each operation
+ * rounds to T as the numpy steps it replaces (solver.py's _update_run, updates.SGD) do, in their
+ * order; scale 1 and decay 0 leave their steps out, as there. */
+static void NAME(sgd_step)(T *data, T *diff, T *history, long n, T scale, T decay, T rate, T momentum)
+{
+    const int scaled = scale != 1, decayed = decay != 0;
+    for (long i = 0; i < n; i++) {
+        T g = diff[i];
+        if (scaled) g = g * scale;
+        if (decayed) g = g + data[i] * decay;
+        const T h = history[i] * momentum + g * rate;
+        history[i] = h;
+        diff[i] = h;
+        data[i] = data[i] - h;
+    }
+}

@@ -225,3 +225,39 @@ def test_depthwise_forward_is_the_bits_of_the_numpy_sum_over_taps(dtype, shape, 
             kernels.set_isa(default)
         _same_bits(y, want)
         _same_bits(y_bias, want_bias)
+
+
+@pytest.mark.skipif(not hasattr(kernels, "sgd_step"), reason="build without the SGD step")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale, decay, momentum", [(1.0, 5e-4, 0.9), (0.5, 0.0, 0.9), (1 / 3, 1e-3, 0.0)])
+def test_sgd_step_rounds_as_numpy_steps(dtype, scale, decay, momentum):
+    # 1003 elements: vector tails on both copies. The expected values are the solver's numpy
+    # steps, each operation rounded to `dtype` (scalars cast to it first, as numpy 2 does).
+    rng = np.random.default_rng(7)
+    data, diff, history = (rng.standard_normal(1003).astype(dtype) for _ in range(3))
+    rate = 0.01 * 1.7
+    t = dtype
+    g = diff * t(scale) if scale != 1 else diff.copy()
+    if decay:
+        g = g + data * t(decay)
+    h = history * t(momentum) + g * t(rate)
+    expected = (data - h, h)
+
+    def run():
+        d, g_, hist = data.copy(), diff.copy(), history.copy()
+        kernels.sgd_step(d, g_, hist, scale, decay, rate, momentum)
+        np.testing.assert_array_equal(g_, hist)      # the step left in diff is the new history
+        return d, hist
+
+    for got in on_every_isa(run):
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.skipif(not hasattr(kernels, "sgd_step"), reason="build without the SGD step")
+def test_sgd_step_refuses_mismatched_arrays():
+    a, b = np.zeros(8, np.float32), np.zeros(7, np.float32)
+    with pytest.raises(ValueError, match="need 8"):
+        kernels.sgd_step(a, a.copy(), b, 1.0, 0.0, 0.1, 0.9)
+    with pytest.raises(TypeError, match="element type"):
+        kernels.sgd_step(a, a.copy(), np.zeros(8), 1.0, 0.0, 0.1, 0.9)

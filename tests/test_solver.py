@@ -292,3 +292,20 @@ def test_log_parses_with_caffes_regular_expressions(tmp_path, mnist_subset):
     assert rates[1][1] == pytest.approx(0.05 * (1 + 0.0001 * 10) ** -0.75, rel=1e-5)
     assert [(i, n) for i, n, _ in train] == [(i, "loss") for i in (0, 10, 20, 30)]
     assert [(i, n) for i, n, _ in test] == [(i, n) for i in (0, 20, 40) for n in ("accuracy", "loss")]
+
+
+@pytest.mark.parametrize("extra", ['weight_decay: 0.01 momentum: 0.9', 'iter_size: 2 momentum: 0.5',
+                                   'weight_decay: 0.002 type: "Nesterov" momentum: 0.9'])
+def test_compiled_sgd_step_follows_the_numpy_steps_bit_for_bit(tmp_path, monkeypatch, extra):
+    from netspec.layers import native
+    if not native.has_sgd_step(np.float32):
+        pytest.skip("compiled kernels not built")
+    compiled = tiny(tmp_path, extra)
+    compiled.step(4)
+    monkeypatch.setattr(native, "has_sgd_step", lambda dtype: False)
+    plain = tiny(tmp_path, extra, name="plain.prototxt")
+    plain.step(4)
+    for a, b in zip(compiled.net.params["ip"], plain.net.params["ip"]):
+        np.testing.assert_array_equal(a.data, b.data)
+    for a, b in zip(compiled._histories, plain._histories):
+        np.testing.assert_array_equal(a[0], b[0])

@@ -53,6 +53,11 @@ def has_winograd():
     return hasattr(kernels, "winograd_input")
 
 
+def has_sgd_step(dtype):
+    """Whether the compiled SGD step serves parameters of `dtype` (a build from older sources may lack it)."""
+    return usable(dtype) and hasattr(kernels, "sgd_step")
+
+
 def has_lrn():
     """Whether the build has the LRN kernel (a build from older sources may not)."""
     return hasattr(kernels, "lrn_across")
