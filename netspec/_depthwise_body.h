@@ -217,29 +217,38 @@ static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, con
     }
 }
 
-/* In-place per-channel chains of inference (TEST, no backward): over x viewed as (outer, channels,
- * inner), planes [start, stop) of the outer * channels: y = x, then if standardise y = (y - m[c]) / s[c]
+/* In-place per-channel chains (fusion.py): over x viewed as (outer, channels, inner), planes
+ * [start, stop) of the outer * channels: y = x, then if standardise y = (y - m[c]) / s[c]
  * (BatchNorm's stored statistics), then if scale y = y * a[c] + b[c] (Scale with a bias), then if relu
- * y = max(y, 0), in one pass with the roundings of the separate layers (y may be x). NaN stays NaN. */
-static void NAME(channel_chain)(const T *x, T *y, const T *m, const T *s, const T *a, const T *b,
+ * y = max(y, 0), in one pass with the roundings of the separate layers (y may be x). NaN stays NaN.
+ * keep (NULL when nothing runs backward) gets the value Scale is given, as Scale keeps it when it
+ * runs in place in training. */
+static void NAME(channel_chain)(const T *x, T *y, const T *m, const T *s, const T *a, const T *b, T *keep,
                                 long channels, long inner, int standardise, int scale, int relu,
                                 long start, long stop)
 {
     for (long p = start; p < stop; p++) {
         const long c = p % channels;
         const T *in = x + p * inner;
-        T *out = y + p * inner;
+        T *out = y + p * inner, *kept = keep ? keep + p * inner : NULL;
         const T mc = standardise ? m[c] : 0, sc = standardise ? s[c] : 1;
         const T ac = scale ? a[c] : 1, bc = scale ? b[c] : 0;
-        if (standardise && scale && relu)
+        if (standardise && scale && relu && !kept)
             for (long k = 0; k < inner; k++) {
                 const T v = (in[k] - mc) / sc * ac + bc;
+                out[k] = v < 0 ? 0 : v;
+            }
+        else if (standardise && scale && relu)
+            for (long k = 0; k < inner; k++) {
+                const T u = (in[k] - mc) / sc, v = u * ac + bc;
+                kept[k] = u;
                 out[k] = v < 0 ? 0 : v;
             }
         else
             for (long k = 0; k < inner; k++) {
                 T v = in[k];
                 if (standardise) v = (v - mc) / sc;
+                if (kept) kept[k] = v;
                 if (scale) v = v * ac + bc;
                 if (relu) v = v < 0 ? 0 : v;
                 out[k] = v;

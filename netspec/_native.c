@@ -16,7 +16,7 @@
 #include <string.h>
 
 /* Bumped when a kernel's arguments change, so a stale build is not used. */
-#define NATIVE_ABI 4
+#define NATIVE_ABI 5
 
 /* One window geometry: an image of `channels` x h x w seen by a kh x kw kernel. */
 typedef struct {
@@ -449,6 +449,33 @@ static PyObject *py_batch_norm_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, outer, channels, inner, relu, standardise): see
+ * _native_body.h; std may be None when not standardise. */
+static PyObject *py_chain_backward(PyObject *self, PyObject *args)
+{
+    static const ArraySpec spec[8] = {{"dy", 0, 0, 0}, {"y", 0, 0, 0}, {"x", 0, 0, 0}, {"a", 1, 0, 0},
+                                      {"dx", 0, 1, 0}, {"sum_g", 1, 1, 1}, {"sum_gx", 1, 1, 1}, {"std", 1, 0, 0}};
+    PyObject *obj[8];
+    long outer, channels, inner;
+    int relu, standardise, kind;
+    Py_buffer v[8];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOlllpp", &obj[0], &obj[1], &obj[2], &obj[3], &obj[7], &obj[4], &obj[5],
+                          &obj[6], &outer, &channels, &inner, &relu, &standardise)
+        || channel_buffers(obj, spec, standardise ? 8 : 7, outer, channels, inner, &kind, v) < 0)
+        return NULL;
+    const void *s = standardise ? v[7].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64)
+        PICK(chain_backward_f64)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, outer,
+                                 channels, inner, relu, standardise);
+    else
+        PICK(chain_backward_f32)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, outer,
+                                 channels, inner, relu, standardise);
+    Py_END_ALLOW_THREADS
+    release_all(v, standardise ? 8 : 7);
+    Py_RETURN_NONE;
+}
+
 /* roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w): see _native_body.h. */
 static PyObject *py_roi_pool(PyObject *self, PyObject *args)
 {
@@ -608,11 +635,11 @@ static PyObject *py_depthwise_weights(PyObject *self, PyObject *args) { return d
  * see _depthwise_body.h; m and s are read only when standardise, a and b only when scale (else None). */
 static PyObject *py_channel_chain(PyObject *self, PyObject *args)
 {
-    PyObject *obj[6];
+    PyObject *obj[7];
     long outer, channels, inner, start, stop;
     int flags[3], kind;
-    if (!PyArg_ParseTuple(args, "OOOOOOlllppp(ll)", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &outer,
-                          &channels, &inner, &flags[0], &flags[1], &flags[2], &start, &stop))
+    if (!PyArg_ParseTuple(args, "OOOOOOOlllppp(ll)", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6],
+                          &outer, &channels, &inner, &flags[0], &flags[1], &flags[2], &start, &stop))
         return NULL;
     if (outer < 0 || channels <= 0 || inner < 0 || start < 0 || stop < start || stop > outer * channels) {
         PyErr_SetString(PyExc_ValueError, "bad shape or plane range");
@@ -620,33 +647,37 @@ static PyObject *py_channel_chain(PyObject *self, PyObject *args)
     }
     if (float_kind(obj[0], &kind) < 0)
         return NULL;
-    static const char *names[6] = {"bottom", "top", "mean", "std", "scale", "bias"};
-    Py_buffer v[6];
-    int held[6] = {0};
-    for (int i = 0; i < 6; i++) {
+    static const char *names[7] = {"bottom", "top", "mean", "std", "scale", "bias", "keep"};
+    Py_buffer v[7];
+    int held[7] = {0};
+    for (int i = 0; i < 7; i++) {
         if ((i == 2 || i == 3) && !flags[0])
             continue;
         if ((i == 4 || i == 5) && !flags[1])
             continue;
-        if (get_buffer(obj[i], &v[i], i == 1, kind, i < 2 ? outer * channels * inner : channels, names[i]) < 0) {
+        if (i == 6 && obj[6] == Py_None)
+            continue;
+        const int whole = i < 2 || i == 6;
+        if (get_buffer(obj[i], &v[i], i == 1 || i == 6, kind, whole ? outer * channels * inner : channels,
+                       names[i]) < 0) {
             for (int k = 0; k < i; k++)
                 if (held[k]) PyBuffer_Release(&v[k]);
             return NULL;
         }
         held[i] = 1;
     }
-    const void *p[6];
-    for (int i = 0; i < 6; i++)
+    const void *p[7];
+    for (int i = 0; i < 7; i++)
         p[i] = held[i] ? v[i].buf : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64)
-        PICK(channel_chain_f64)(p[0], (double *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
-                          flags[2], start, stop);
+        PICK(channel_chain_f64)(p[0], (double *)p[1], p[2], p[3], p[4], p[5], (double *)p[6], channels, inner,
+                                flags[0], flags[1], flags[2], start, stop);
     else
-        PICK(channel_chain_f32)(p[0], (float *)p[1], p[2], p[3], p[4], p[5], channels, inner, flags[0], flags[1],
-                          flags[2], start, stop);
+        PICK(channel_chain_f32)(p[0], (float *)p[1], p[2], p[3], p[4], p[5], (float *)p[6], channels, inner,
+                                flags[0], flags[1], flags[2], start, stop);
     Py_END_ALLOW_THREADS
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < 7; k++)
         if (held[k]) PyBuffer_Release(&v[k]);
     Py_RETURN_NONE;
 }
@@ -837,7 +868,9 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the kernels run on, 'avx2' or 'baseline'"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): run the 'baseline' or 'avx2' copy of the kernels"},
     {"channel_chain", py_channel_chain, METH_VARARGS,
-     "channel_chain(x, y, m, s, a, b, outer, channels, inner, standardise, scale, relu, (start, stop))"},
+     "channel_chain(x, y, m, s, a, b, keep, outer, channels, inner, standardise, scale, relu, (start, stop))"},
+    {"chain_backward", py_chain_backward, METH_VARARGS,
+     "chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, outer, channels, inner, relu, standardise)"},
     {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
      "depthwise_forward(x, w, bias, y, geom, multiplier, num, start, stop)"},
     {"depthwise_backward_data", py_depthwise_data, METH_VARARGS,

@@ -433,6 +433,48 @@ static void NAME(channel_sums)(const T *dy, const T *x, double *sum_dy, double *
         }
 }
 
+/* The backward of a training chain (fusion.py) over (outer, channels, inner): g = dy * (y > 0) if
+ * relu else dy (ReLU's gradient, read off its top y); sum_g[c] and sum_gx[c], the sums of g and of
+ * g * x (Scale's parameter gradients, x the value Scale was given), summed exactly as channel_sums
+ * does; dx = g * a[c] (Scale), then / s[c] if standardise (BatchNorm with stored statistics). One
+ * pass, the roundings of the separate layers; dx may be dy. */
+static void NAME(chain_backward)(const T *dy, const T *y, const T *x, const T *a, const T *s, T *dx,
+                                 double *sum_g, double *sum_gx, long outer, long channels, long inner,
+                                 int relu, int standardise)
+{
+    for (long c = 0; c < channels; c++)
+        sum_g[c] = sum_gx[c] = 0;
+    for (long o = 0; o < outer; o++)
+        for (long c = 0; c < channels; c++, dy += inner, y += inner, x += inner, dx += inner) {
+            const T ac = a[c], sc = standardise ? s[c] : 1;
+            double total = 0, total_x = 0;
+            for (long b = 0; b < inner; b += 512) {
+                const long end = b + 512 < inner ? b + 512 : inner;
+                T p[8] = {0}, px[8] = {0};
+                long k = b;
+                for (; k + 8 <= end; k += 8)
+                    for (int l = 0; l < 8; l++) {
+                        const T g = relu ? dy[k + l] * (T)(y[k + l] > 0) : dy[k + l];
+                        p[l] += g;
+                        px[l] += g * x[k + l];
+                        dx[k + l] = standardise ? g * ac / sc : g * ac;
+                    }
+                for (; k < end; k++) {
+                    const T g = relu ? dy[k] * (T)(y[k] > 0) : dy[k];
+                    p[0] += g;
+                    px[0] += g * x[k];
+                    dx[k] = standardise ? g * ac / sc : g * ac;
+                }
+                for (int l = 0; l < 8; l++) {
+                    total += p[l];
+                    total_x += px[l];
+                }
+            }
+            sum_g[c] += total;
+            sum_gx[c] += total_x;
+        }
+}
+
 /* BatchNorm's batch-statistics gradient: dx = (dy - mean_dy[c] - y * mean_dyy[c]) / std[c],
  * rounded step by step as the numpy expression is; dx may be dy. */
 static void NAME(batch_norm_grad)(const T *dy, const T *y, const T *mean_dy, const T *mean_dyy, const T *std,

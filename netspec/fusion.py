@@ -11,7 +11,14 @@ holds all of it and no per-layer hooks or debug output want to see the layers on
 Right after a convolution, on its top, the chain (a lone ReLU too) goes further: the convolution
 runs it on each block of output planes as soon as its GEMM has written them, while they are still
 in cache (find_epilogues, Convolution.epilogue), instead of one more pass over the whole top.
+
+In training the same chains run forward as one pass too, writing beside the top what the layers'
+backward would read (Scale's input, which in place it otherwise copies); and backward as one
+pass (Chain.backward): ReLU's mask, Scale's parameter sums and its and BatchNorm's divisions
+together, with the layers' roundings and Scale's sums summed as its own backward sums them.
 """
+import numpy as np
+
 from .layers import native
 from .threads import parallel_for, spans
 
@@ -33,17 +40,19 @@ def _is_relu(layer):
 
 def _members_at(records, i):
     """[(kind, record)]: the BatchNorm?, Scale?, ReLU? run starting at record i, each past the
-    first in place on the run's blob, none running backward."""
+    first in place on the run's blob, either none running backward or all of them (training)."""
     members, j = [], i
     for kind, test in (("bn", lambda r: _is_bn(r.layer)), ("scale", lambda r: _is_scale(r.layer, r.bottoms)),
                        ("relu", lambda r: _is_relu(r.layer))):
         if j >= len(records):
             break
         r = records[j]
-        if not test(r) or len(r.bottoms) != 1 or len(r.tops) != 1 or r.need_backward or r.loss_weights:
+        if not test(r) or len(r.bottoms) != 1 or len(r.tops) != 1 or r.loss_weights:
             continue
         if members and not (r.bottoms[0] is r.tops[0] is members[-1][1].tops[0]):
             break      # past the first, each works in place on the chain's blob
+        if members and r.need_backward != members[0][1].need_backward:
+            break
         members.append((kind, r))
         j += 1
     return members
@@ -70,7 +79,8 @@ def find_epilogues(records):
     found = {}
     for i, r in enumerate(records[:-1]):
         # Convolution and its forks' subclasses (ConvolutionDepthwise), and Eltwise, take an epilogue.
-        if not hasattr(r.layer, "epilogue") or len(r.tops) != 1 or r.need_backward:
+        # The layer's backward reads its bottoms, never its top, so training is no obstacle.
+        if not hasattr(r.layer, "epilogue") or len(r.tops) != 1:
             continue
         members = _members_at(records, i + 1)
         if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0]:
@@ -86,6 +96,10 @@ class Chain:
         self.records = list(members.values())
         self.last = first + len(self.records) - 1
         self.applied = False        # as a layer's epilogue: whether its last forward ran it
+        self.trains = self.records[0].need_backward
+        scale = members.get("scale")
+        # In training an in-place Scale keeps its input for backward: the pass writes it there.
+        self.keeps_scale_input = self.trains and scale is not None and scale.bottoms[0] is scale.tops[0]
 
     def prepare(self, outer=None, channels=None):
         """Reshape the chain's layers and set up the compiled pass: False when it cannot run
@@ -115,8 +129,14 @@ class Chain:
             b = scale.layer.blobs[scale.layer.bias_index].data.reshape(-1)
             if a.dtype != x.dtype:
                 return False
+        keep = None
+        if self.keeps_scale_input:
+            kept = scale.layer._x
+            if kept is None or kept.size != x.size or kept.dtype != x.dtype:
+                kept = np.empty((outer, channels, inner), x.dtype)
+            scale.layer._x = keep = kept.reshape(outer, channels, inner)
         self.planes = outer * channels
-        self.args = (x, y, mean, std, a, b, outer, channels, inner, bn is not None, scale is not None,
+        self.args = (x, y, mean, std, a, b, keep, outer, channels, inner, bn is not None, scale is not None,
                      "relu" in self.members)
         return True
 
@@ -135,3 +155,35 @@ class Chain:
         """The whole pass, shared among the threads (after prepare)."""
         parts = spans(self.planes, min(64, max(1, self.args[0].size // CHUNK_ELEMENTS)))
         parallel_for(len(parts), lambda k: self.planes_pass(*parts[k]))
+
+    def backward(self):
+        """The chain's backward as one pass; False (nothing run) where the compiled kernel cannot:
+        a head out of place, a member whose bottom needs no gradient, another dtype, no kernel."""
+        head, top = self.records[0], self.records[-1].tops[0]
+        # Out of place, the head's top diff would be left as the layers after it leave it, which
+        # the one pass does not write.
+        if not self.trains or not hasattr(native.kernels, "chain_backward") or head.bottoms[0] is not top or \
+                not all(r.bottom_need_backward[0] for r in self.records):
+            return False
+        bn, scale = self.members.get("bn"), self.members.get("scale")
+        if not native.usable(top.diff.dtype):
+            return False
+        if scale is not None:
+            view = scale.layer.view
+            x = scale.layer._x if self.keeps_scale_input else scale.bottoms[0].data.reshape(view)
+            a = scale.layer.operand(scale.bottoms)
+            if x is None or a.dtype != top.diff.dtype or (bn is not None and tuple(bn.layer.view[:2]) != view[:2]):
+                return False
+        else:
+            view = bn.layer.view
+            a = np.ones(view[1], top.diff.dtype)        # g * 1 rounds to g: BatchNorm's division alone
+        shape = (view[0], view[1], -1)
+        dy, y = top.diff.reshape(shape), top.data.reshape(shape)
+        sums = native.chain_backward(dy, y, x if scale is not None else y, a, None if bn is None else bn.layer.std,
+                                     head.bottoms[0].diff.reshape(shape), "relu" in self.members)
+        if scale is not None:       # Scale's parameter gradients, as its backward adds them
+            sum_g, sum_gx = sums.astype(dy.dtype)
+            bias = scale.layer.blobs[scale.layer.bias_index]
+            bias.diff += sum_g.reshape(bias.shape)
+            scale.layer.blobs[0].diff += sum_gx.reshape(scale.layer.blobs[0].shape)
+        return True

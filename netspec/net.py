@@ -159,6 +159,8 @@ class Net:
             self.copy_from(weights)
         self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
         self._epilogues = find_epilogues(self.records)     # such runs right after a convolution
+        # In training, each chain's backward as one pass too, found by its last record.
+        self._backward_chains = {c.last: c for c in self._chains.values() if c.trains}
         self._reuse = None
         if reuse_memory and not any(record.need_backward for record in self.records):
             try:
@@ -552,7 +554,13 @@ class Net:
         start = len(self.records) - 1 if start is None else start
         try:
             before, after = self._hooks["before_backward"], self._hooks["after_backward"]
-            for i in range(start, end - 1, -1):
+            chains = {} if before or after or self.debug_info else self._backward_chains
+            i = start
+            while i >= end:
+                chain = chains.get(i)
+                if chain is not None and chain.first >= end and chain.backward():
+                    i = chain.first - 1
+                    continue
                 for hook in before:
                     hook(i)
                 record = self.records[i]
@@ -562,6 +570,7 @@ class Net:
                         self._debug(record, "Backward")
                 for hook in after:
                     hook(i)
+                i -= 1
         except NetspecError as e:
             raise self._located(e) from e
 

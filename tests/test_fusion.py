@@ -33,9 +33,9 @@ layer {{ name: "r4" type: "ReLU" bottom: "c3" top: "c3" relu_param {{ negative_s
 """
 
 
-def build(text=NET):
+def build(text=NET, phase=caffe_pb2.TEST):
     rng.set_seed(11)
-    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
     r = np.random.default_rng(2)
     for layer in net.layers:
         if layer.type == "BatchNorm":       # stored sums and a factor that is not 1
@@ -79,9 +79,7 @@ def test_fused_chains_give_the_bytes_of_the_separate_layers(dtype):
     assert (fused.blobs["c1"].data == 0).any() and (fused.blobs["c1"].data > 0).any()
 
 
-def test_no_chain_where_backward_runs_or_a_range_cuts_it():
-    net = build("force_backward: true\n" + NET)
-    assert net._chains == {}
+def test_no_chain_where_a_range_cuts_it():
     fused, plain = build(), build()
     plain.after_forward(lambda i: None)
     start = [r.name for r in fused.records].index("s1")     # from the middle of the first chain
@@ -153,9 +151,9 @@ def test_convolution_epilogue_engines_are_the_ones_named():
                      "depthwise": ("DepthwiseConv", None), "winograd": ("WinogradConv", True)}
 
 
-def test_no_epilogue_where_backward_runs_a_range_cuts_it_or_the_chain_is_out_of_place():
+def test_no_epilogue_where_a_range_cuts_it_or_the_chain_is_out_of_place():
     text = conv_net(*ENGINES["stacked by samples"], [RELU])
-    assert build("force_backward: true\n" + text)._epilogues == {}
+    assert [c.trains for c in build("force_backward: true\n" + text)._epilogues.values()] == [True]
     assert build(text.replace('bottom: "c" top: "c" type: "ReLU"', 'bottom: "c" top: "r" type: "ReLU"')
                  .replace('bottom: "c" top: "d"', 'bottom: "r" top: "d"'))._epilogues == {}
     fused, plain = build(text), build(text)
@@ -204,3 +202,118 @@ def test_eltwise_epilogue_gives_the_bytes_of_the_separate_layers(eltwise):
     for name in ("s", "d"):
         np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
     assert (fused.blobs["s"].data == 0).any() and (fused.blobs["s"].data > 0).any()
+
+
+# Training: the same chains, every layer running backward (BatchNorm on stored statistics, as when
+# fine-tuning a ResNet; with batch statistics BatchNorm stays out and Scale-ReLU chains remain).
+TRAINED = "force_backward: true\n" + NET.replace('type: "BatchNorm"', 'type: "BatchNorm" batch_norm_param { use_global_stats: true }')
+
+
+def test_training_chains_found_and_kept_apart_from_inference_ones():
+    net = build(TRAINED, caffe_pb2.TRAIN)
+    assert chain_kinds(net) == chain_kinds(build()) and all(c.trains for c in net._chains.values())
+    assert sorted(net.records[c.last].name for c in net._backward_chains.values()) == ["r1", "r2", "r3", "s4"]
+    assert not any(c.trains for c in build()._chains.values()) and build()._backward_chains == {}
+    batch = build("force_backward: true\n" + NET, caffe_pb2.TRAIN)      # batch statistics
+    assert chain_kinds(batch) == [("scale", "relu")] * 2     # s1-r1 and s3-r3
+
+
+def train_once(net, seed=3):
+    net.forward()
+    r = np.random.default_rng(seed)
+    top = net.blobs["c3"]
+    top.diff[...] = r.standard_normal(top.shape)
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.diff[...] = 0
+    net.backward()
+
+
+@NATIVE
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_chains_give_the_bytes_of_the_separate_layers(dtype):
+    with precision(dtype):
+        fused, plain = build(TRAINED, caffe_pb2.TRAIN), build(TRAINED, caffe_pb2.TRAIN)
+    plain.after_forward(lambda i: None)
+    plain.after_backward(lambda i: None)
+    ran = []
+
+    def counted(original, name):
+        def backward():
+            done = original()
+            if done:
+                ran.append(name)
+            return done
+        return backward
+
+    for chain in fused._backward_chains.values():
+        chain.backward = counted(chain.backward, fused.records[chain.first].name)
+    for _ in range(2):       # the second time on the buffers the first left
+        train_once(fused)
+        train_once(plain)
+    # bn2-r2 runs layer by layer: out of place, b2's diff must hold ReLU's gradient.
+    assert sorted(ran) == ["bn1", "bn1", "bn4", "bn4", "s3", "s3"]
+    for name in ("data", "c1", "c2", "b2", "c3"):
+        np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
+        np.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff)
+    for a, b in zip(fused.layers, plain.layers):
+        for pa, pb in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(pa.diff, pb.diff)
+    assert (fused.blobs["data"].diff != 0).all()
+    assert (fused.layers[3].blobs[0].diff != 0).all()       # s1's scale gradient
+
+
+@NATIVE
+def test_training_chain_backward_against_finite_differences():
+    # conv -> BatchNorm (stored statistics) -> Scale -> ReLU as one pass, forward and backward, float64.
+    text = "force_backward: true\n" + conv_net(2, 3, 5, "num_output: 3 kernel_size: 3 pad: 1", [
+        'type: "BatchNorm" batch_norm_param { use_global_stats: true }', SCALE, RELU])
+    with precision(np.float64):
+        net = build(text, caffe_pb2.TRAIN)
+    assert [tuple(c.members) for c in net._backward_chains.values()] == [("bn", "scale", "relu")]
+    r = np.random.default_rng(5)
+    weights = r.standard_normal(net.blobs["d"].shape)
+
+    def loss():
+        net.forward()
+        return float((net.blobs["d"].data * weights).sum())
+
+    loss()
+    net.blobs["d"].diff[...] = weights
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.diff[...] = 0
+    net.backward()
+    scale = net.layers[3]
+    for blob in (net.blobs["data"], scale.blobs[0], scale.blobs[1]):
+        grad, flat = blob.diff.copy().reshape(-1), blob.data.reshape(-1)
+        for k in range(0, flat.size, max(1, flat.size // 7)):
+            keep = flat[k]
+            flat[k] = keep + 1e-6
+            up = loss()
+            flat[k] = keep - 1e-6
+            down = loss()
+            flat[k] = keep
+            assert abs((up - down) / 2e-6 - grad[k]) < 1e-5 * max(1, abs(grad[k]))
+
+
+@NATIVE
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("after", ["bn+scale+relu", "scale+relu", "relu"])
+def test_training_epilogue_and_chain_backward_give_the_bytes_of_the_separate_layers(engine, after):
+    layers = [t.replace(BN, BN + " batch_norm_param { use_global_stats: true }") for t in AFTER[after]]
+    text = "force_backward: true\n" + conv_net(*ENGINES[engine], layers)
+    fused, plain = build(text, caffe_pb2.TRAIN), build(text, caffe_pb2.TRAIN)
+    plain.after_forward(lambda i: None)
+    plain.after_backward(lambda i: None)
+    for net in (fused, plain):
+        net.forward()
+        net.blobs["d"].diff[...] = np.random.default_rng(4).standard_normal(net.blobs["d"].shape)
+        net.backward()
+    assert fused._epilogues[1].applied
+    for name in ("data", "c", "d"):
+        np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
+        np.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff)
+    for a, b in zip(fused.layers, plain.layers):
+        for pa, pb in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(pa.diff, pb.diff)

@@ -20,7 +20,7 @@ CHUNKS = 8
 
 try:
     from .. import _native as kernels
-    if getattr(kernels, "ABI", None) != 4:     # a stale build from older sources
+    if getattr(kernels, "ABI", None) != 5:     # a stale build from older sources
         kernels = None
 except ImportError:
     kernels = None
@@ -92,18 +92,36 @@ def channel_affine(x, y, a, b, standardise):
 
 
 def channel_sums(dy, x):
-    """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays.
+    """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays."""
+    return _summed_by_chunks(dy.shape, lambda o, c, sums: kernels.channel_sums(dy[o, c], x[o, c], *sums,
+                                                                              *dy[o, c].shape))
+
+
+def chain_backward(dy, y, x, a, std, dx, relu):
+    """A training chain's backward (fusion.py) over (outer, C, inner) arrays: dx from dy (dx may be
+    dy), and the per-channel (sum of g, sum of g * x) of g, ReLU's gradient, as channel_sums gives
+    them. std None: no BatchNorm in the chain."""
+    a = a.reshape(-1)
+
+    def chunk(o, c, sums):
+        d = dy[o, c]
+        kernels.chain_backward(d, y[o, c], x[o, c], a[c], None if std is None else std.reshape(-1)[c], dx[o, c],
+                               *sums, *d.shape, relu, std is not None)
+    return _summed_by_chunks(dy.shape, chunk)
+
+
+def _summed_by_chunks(shape, run):
+    """Per-channel float64 sums (2, C) from run(outer slice, channel slice, (row, row)) over the chunks.
 
     With several samples each chunk of them sums into its own row, and the rows are added in
     chunk order: the same bytes whatever the thread count."""
-    outer, channels, inner = dy.shape
+    outer, channels, inner = shape
     chunks = _outer_chunks(outer, channels, inner)
     parts = np.empty((len(chunks), 2, channels))
 
     def chunk(k):
         o, c = chunks[k]
-        d = dy[o, c]
-        kernels.channel_sums(d, x[o, c], parts[k, 0, c], parts[k, 1, c], *d.shape)
+        run(o, c, (parts[k, 0, c], parts[k, 1, c]))
 
     parallel_for(len(chunks), chunk)
     if outer <= 1:      # chunks by channel: each row holds its channels' sums alone
