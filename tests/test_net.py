@@ -100,6 +100,18 @@ layer { name: "loss"''')
         check_net_gradients(net, [net.blobs["x"]] + net.params["ip1"])
 
 
+def test_three_way_split_sums_all_three_gradients():
+    extra = "".join(f'''
+layer {{ name: "ip{k}" type: "InnerProduct" bottom: "h" top: "out{k}"
+        inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" std: 0.5 }} }} }}
+layer {{ name: "loss{k}" type: "EuclideanLoss" bottom: "out{k}" bottom: "y" top: "loss{k}" }}''' for k in (3, 4))
+    text = MLP.replace('layer { name: "loss"', extra + '\nlayer { name: "loss"')
+    with precision(np.float64):
+        net = filled(net_from(text))
+        assert [len(r.tops) for r in net.records if r.name == "h_act_0_split"] == [3]
+        check_net_gradients(net, [net.blobs["x"]] + net.params["ip1"])
+
+
 def test_shared_params_by_name_accumulate_both_gradients():
     text = """
     force_backward: true

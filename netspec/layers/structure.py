@@ -34,8 +34,11 @@ class Split(Layer):
 
     @staticmethod
     def _sum(diff, *top_diffs):
-        np.copyto(diff, top_diffs[0])
-        for d in top_diffs[1:]:
+        if len(top_diffs) == 1:
+            np.copyto(diff, top_diffs[0])
+            return
+        np.add(top_diffs[0], top_diffs[1], out=diff)    # the copy and the first add in one pass
+        for d in top_diffs[2:]:
             diff += d
 
 
