@@ -145,15 +145,23 @@ def test_per_channel_kernels_are_the_same_bits_on_every_isa(dtype, outer, channe
             kernels.channel_affine(x, y, m, s, outer, channels, inner, standardise)
             out.append(y)
         for flags in [(1, 1, 1), (1, 0, 1), (0, 1, 1), (1, 1, 0), (0, 0, 1)]:
-            y = np.empty_like(x)
-            kernels.channel_chain(x, y, m, s, a, b, outer, channels, inner, *map(bool, flags),
-                                  (0, outer * channels))
-            out.append(y)
+            for keep in (None, np.empty_like(x)):
+                y = np.empty_like(x)
+                kernels.channel_chain(x, y, m, s, a, b, keep, outer, channels, inner, *map(bool, flags),
+                                      (0, outer * channels))
+                out += [y] if keep is None else [y, keep]
         sums, sums_x = np.empty(channels), np.empty(channels)
         kernels.channel_sums(dy, x, sums, sums_x, outer, channels, inner)
         dx = np.empty_like(x)
         kernels.batch_norm_grad(dy, x, m, a, s, dx, outer, channels, inner)
-        return out + [sums, sums_x, dx]
+        out += [sums, sums_x, dx]
+        if hasattr(kernels, "chain_backward"):
+            for relu, standardise in ((1, 1), (0, 1), (1, 0)):
+                dx, g, gx = np.empty_like(x), np.empty(channels), np.empty(channels)
+                kernels.chain_backward(dy, x - a.mean(), dy * 0.5, a, s, dx, g, gx, outer, channels, inner,
+                                       relu, standardise)
+                out += [dx, g, gx]
+        return out
 
     _on_every_isa(run)
 
