@@ -449,30 +449,44 @@ static PyObject *py_batch_norm_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, outer, channels, inner, relu, standardise): see
- * _native_body.h; std may be None when not standardise. */
+/* chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, sum_a, sum_ax, outer, channels, inner, relu,
+ * standardise): see _native_body.h; std may be None when not standardise, sum_a and sum_ax both None. */
 static PyObject *py_chain_backward(PyObject *self, PyObject *args)
 {
-    static const ArraySpec spec[8] = {{"dy", 0, 0, 0}, {"y", 0, 0, 0}, {"x", 0, 0, 0}, {"a", 1, 0, 0},
-                                      {"dx", 0, 1, 0}, {"sum_g", 1, 1, 1}, {"sum_gx", 1, 1, 1}, {"std", 1, 0, 0}};
-    PyObject *obj[8];
+    static const ArraySpec spec[10] = {{"dy", 0, 0, 0}, {"y", 0, 0, 0}, {"x", 0, 0, 0}, {"a", 1, 0, 0},
+                                       {"dx", 0, 1, 0}, {"sum_g", 1, 1, 1}, {"sum_gx", 1, 1, 1},
+                                       {"std", 1, 0, 0}, {"sum_a", 1, 1, 1}, {"sum_ax", 1, 1, 1}};
+    PyObject *obj[10];
     long outer, channels, inner;
     int relu, standardise, kind;
-    Py_buffer v[8];
-    if (!PyArg_ParseTuple(args, "OOOOOOOOlllpp", &obj[0], &obj[1], &obj[2], &obj[3], &obj[7], &obj[4], &obj[5],
-                          &obj[6], &outer, &channels, &inner, &relu, &standardise)
-        || channel_buffers(obj, spec, standardise ? 8 : 7, outer, channels, inner, &kind, v) < 0)
+    Py_buffer v[10];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOlllpp", &obj[0], &obj[1], &obj[2], &obj[3], &obj[7], &obj[4], &obj[5],
+                          &obj[6], &obj[8], &obj[9], &outer, &channels, &inner, &relu, &standardise)
+        || channel_buffers(obj, spec, 7, outer, channels, inner, &kind, v) < 0)
         return NULL;
+    /* The optional ones: std when standardising, the two BatchNorm sums when given. */
+    const int with_sums = obj[8] != Py_None;
+    int held = 7;
+    for (int i = 7; i < 10; i++) {
+        if ((i == 7 && !standardise) || (i > 7 && !with_sums))
+            continue;
+        if (get_buffer(obj[i], &v[held], spec[i].writable, spec[i].f64 ? KIND_F64 : kind, channels, spec[i].what) < 0) {
+            release_all(v, held);
+            return NULL;
+        }
+        held++;
+    }
     const void *s = standardise ? v[7].buf : NULL;
+    double *sa = with_sums ? v[held - 2].buf : NULL, *sax = with_sums ? v[held - 1].buf : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (kind == KIND_F64)
-        PICK(chain_backward_f64)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, outer,
-                                 channels, inner, relu, standardise);
+        PICK(chain_backward_f64)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, sa, sax,
+                                 outer, channels, inner, relu, standardise);
     else
-        PICK(chain_backward_f32)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, outer,
-                                 channels, inner, relu, standardise);
+        PICK(chain_backward_f32)(v[0].buf, v[1].buf, v[2].buf, v[3].buf, s, v[4].buf, v[5].buf, v[6].buf, sa, sax,
+                                 outer, channels, inner, relu, standardise);
     Py_END_ALLOW_THREADS
-    release_all(v, standardise ? 8 : 7);
+    release_all(v, held);
     Py_RETURN_NONE;
 }
 
@@ -870,7 +884,7 @@ static PyMethodDef methods[] = {
     {"channel_chain", py_channel_chain, METH_VARARGS,
      "channel_chain(x, y, m, s, a, b, keep, outer, channels, inner, standardise, scale, relu, (start, stop))"},
     {"chain_backward", py_chain_backward, METH_VARARGS,
-     "chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, outer, channels, inner, relu, standardise)"},
+     "chain_backward(dy, y, x, a, std, dx, sum_g, sum_gx, sum_a, sum_ax, outer, channels, inner, relu, standardise)"},
     {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
      "depthwise_forward(x, w, bias, y, geom, multiplier, num, start, stop)"},
     {"depthwise_backward_data", py_depthwise_data, METH_VARARGS,

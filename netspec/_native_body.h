@@ -436,42 +436,58 @@ static void NAME(channel_sums)(const T *dy, const T *x, double *sum_dy, double *
 /* The backward of a training chain (fusion.py) over (outer, channels, inner): g = dy * (y > 0) if
  * relu else dy (ReLU's gradient, read off its top y); sum_g[c] and sum_gx[c], the sums of g and of
  * g * x (Scale's parameter gradients, x the value Scale was given), summed exactly as channel_sums
- * does; dx = g * a[c] (Scale), then / s[c] if standardise (BatchNorm with stored statistics). One
- * pass, the roundings of the separate layers; dx may be dy. */
+ * does; dx = g * a[c] (Scale), then / s[c] if standardise (BatchNorm with stored statistics).
+ * sum_a and sum_ax (unless NULL) get the sums of g * a[c] and of that times x, as channel_sums would
+ * give them from Scale's dx (BatchNorm's batch-statistics gradient, finished by batch_norm_grad).
+ * One pass, the roundings of the separate layers; dx may be dy. */
 static void NAME(chain_backward)(const T *dy, const T *y, const T *x, const T *a, const T *s, T *dx,
-                                 double *sum_g, double *sum_gx, long outer, long channels, long inner,
-                                 int relu, int standardise)
+                                 double *sum_g, double *sum_gx, double *sum_a, double *sum_ax, long outer,
+                                 long channels, long inner, int relu, int standardise)
 {
-    for (long c = 0; c < channels; c++)
+    for (long c = 0; c < channels; c++) {
         sum_g[c] = sum_gx[c] = 0;
+        if (sum_a) sum_a[c] = sum_ax[c] = 0;
+    }
     for (long o = 0; o < outer; o++)
         for (long c = 0; c < channels; c++, dy += inner, y += inner, x += inner, dx += inner) {
             const T ac = a[c], sc = standardise ? s[c] : 1;
-            double total = 0, total_x = 0;
+            double total = 0, total_x = 0, total_a = 0, total_ax = 0;
             for (long b = 0; b < inner; b += 512) {
                 const long end = b + 512 < inner ? b + 512 : inner;
-                T p[8] = {0}, px[8] = {0};
+                T p[8] = {0}, px[8] = {0}, pa[8] = {0}, pax[8] = {0};
                 long k = b;
                 for (; k + 8 <= end; k += 8)
                     for (int l = 0; l < 8; l++) {
                         const T g = relu ? dy[k + l] * (T)(y[k + l] > 0) : dy[k + l];
+                        const T ga = g * ac;
                         p[l] += g;
                         px[l] += g * x[k + l];
-                        dx[k + l] = standardise ? g * ac / sc : g * ac;
+                        pa[l] += ga;
+                        pax[l] += ga * x[k + l];
+                        dx[k + l] = standardise ? ga / sc : ga;
                     }
                 for (; k < end; k++) {
                     const T g = relu ? dy[k] * (T)(y[k] > 0) : dy[k];
+                    const T ga = g * ac;
                     p[0] += g;
                     px[0] += g * x[k];
-                    dx[k] = standardise ? g * ac / sc : g * ac;
+                    pa[0] += ga;
+                    pax[0] += ga * x[k];
+                    dx[k] = standardise ? ga / sc : ga;
                 }
                 for (int l = 0; l < 8; l++) {
                     total += p[l];
                     total_x += px[l];
+                    total_a += pa[l];
+                    total_ax += pax[l];
                 }
             }
             sum_g[c] += total;
             sum_gx[c] += total_x;
+            if (sum_a) {
+                sum_a[c] += total_a;
+                sum_ax[c] += total_ax;
+            }
         }
 }
 

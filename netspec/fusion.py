@@ -1,21 +1,23 @@
-"""Inference chains: BatchNorm (stored statistics), Scale (with a bias) and ReLU on one blob, in one pass.
+"""BatchNorm/Scale/ReLU chains on one blob, run as one pass forward (and in training backward).
 
 ResNet's and MobileNet's every convolution is followed by BatchNorm, Scale and ReLU, each in place
-on the convolution's top and each a pass over it that only streams memory. When none of them runs
-backward (nothing is kept for it), one compiled pass computes what the three would, with their
-roundings: ((x - mean) / std) * gamma + beta, then max(., 0). The chain's layers are consecutive
-and all but the first in place, so no other blob sees an intermediate value, and the blob holds
-the same bytes as after the separate layers. The Net runs a chain only when the forward range
-holds all of it and no per-layer hooks or debug output want to see the layers one by one.
+on the convolution's top and each a pass over it that only streams memory. One compiled pass
+computes what the three would, with their roundings: ((x - mean) / std) * gamma + beta, then
+max(., 0). The chain's layers are consecutive and all but the first in place, so no other blob
+sees an intermediate value, and the blob holds the same bytes as after the separate layers. The
+Net runs a chain only when the forward range holds all of it and no per-layer hooks or debug
+output want to see the layers one by one.
 
 Right after a convolution, on its top, the chain (a lone ReLU too) goes further: the convolution
 runs it on each block of output planes as soon as its GEMM has written them, while they are still
-in cache (find_epilogues, Convolution.epilogue), instead of one more pass over the whole top.
+in cache (find_epilogues, Convolution.epilogue), instead of one more pass over the whole top;
+not where BatchNorm normalises by the batch's statistics, which need the whole top first.
 
-In training the same chains run forward as one pass too, writing beside the top what the layers'
-backward would read (Scale's input, which in place it otherwise copies); and backward as one
-pass (Chain.backward): ReLU's mask, Scale's parameter sums and its and BatchNorm's divisions
-together, with the layers' roundings and Scale's sums summed as its own backward sums them.
+In training the pass also writes, beside the top, what the layers' backward reads (Scale's
+input, which in place it otherwise copies, and BatchNorm's normalised output: the same values,
+kept once); and backward is one pass (Chain.backward): ReLU's mask, Scale's parameter sums and
+its and BatchNorm's divisions together (with batch statistics, one more pass for BatchNorm's
+gradient), with the layers' roundings, every sum summed as the layer's own backward sums it.
 """
 import numpy as np
 
@@ -27,7 +29,13 @@ CHUNK_ELEMENTS = 1 << 18
 
 
 def _is_bn(layer):
-    return layer.type == "BatchNorm" and layer.use_global_stats and hasattr(layer, "stored_statistics")
+    return layer.type == "BatchNorm" and hasattr(layer, "statistics")
+
+
+def _batch_statistics(members):
+    """Whether the chain's BatchNorm (if any) normalises by the batch's own statistics."""
+    bn = dict(members).get("bn")
+    return bn is not None and not bn.layer.use_global_stats
 
 
 def _is_scale(layer, bottoms):
@@ -83,7 +91,9 @@ def find_epilogues(records):
         if not hasattr(r.layer, "epilogue") or len(r.tops) != 1:
             continue
         members = _members_at(records, i + 1)
-        if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0]:
+        # Batch statistics need the whole top first: such a chain runs after the layer instead.
+        if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0] and \
+                not _batch_statistics(members):
             found[i] = Chain(i + 1, dict(members))
     return found
 
@@ -98,8 +108,11 @@ class Chain:
         self.applied = False        # as a layer's epilogue: whether its last forward ran it
         self.trains = self.records[0].need_backward
         scale = members.get("scale")
-        # In training an in-place Scale keeps its input for backward: the pass writes it there.
+        self.batch_statistics = _batch_statistics(members.items())
+        # In training an in-place Scale keeps its input, and BatchNorm on batch statistics its
+        # output (the same values, where both are in the chain): the pass writes them there.
         self.keeps_scale_input = self.trains and scale is not None and scale.bottoms[0] is scale.tops[0]
+        self.keeps = self.keeps_scale_input or (self.trains and self.batch_statistics)
 
     def prepare(self, outer=None, channels=None):
         """Reshape the chain's layers and set up the compiled pass: False when it cannot run
@@ -116,7 +129,6 @@ class Chain:
         mean = std = a = b = None
         if bn is not None:
             outer, channels = bn.layer.view[:2]
-            mean, std = bn.layer.stored_statistics(x.dtype)
         elif scale is not None:
             outer, channels = scale.layer.view[:2]
         if outer is None or not x.size or x.size % (outer * channels):
@@ -129,12 +141,19 @@ class Chain:
             b = scale.layer.blobs[scale.layer.bias_index].data.reshape(-1)
             if a.dtype != x.dtype:
                 return False
+        # Last, once nothing can refuse: batch statistics also go into BatchNorm's stored sums.
+        if bn is not None:
+            mean, std = bn.layer.statistics(x.reshape(outer, channels, inner))
         keep = None
-        if self.keeps_scale_input:
-            kept = scale.layer._x
+        if self.keeps:
+            kept = scale.layer._x if scale is not None else bn.layer._x_norm
             if kept is None or kept.size != x.size or kept.dtype != x.dtype:
                 kept = np.empty((outer, channels, inner), x.dtype)
-            scale.layer._x = keep = kept.reshape(outer, channels, inner)
+            keep = kept.reshape(outer, channels, inner)
+            if self.keeps_scale_input:
+                scale.layer._x = keep
+            if self.batch_statistics:
+                bn.layer._x_norm = keep
         self.planes = outer * channels
         self.args = (x, y, mean, std, a, b, keep, outer, channels, inner, bn is not None, scale is not None,
                      "relu" in self.members)
@@ -176,14 +195,24 @@ class Chain:
                 return False
         else:
             view = bn.layer.view
-            a = np.ones(view[1], top.diff.dtype)        # g * 1 rounds to g: BatchNorm's division alone
+            x = bn.layer._x_norm if self.batch_statistics else None
+            a = np.ones(view[1], top.diff.dtype)        # g * 1 rounds to g: BatchNorm's gradient alone
+        if self.batch_statistics and x is None:
+            return False
         shape = (view[0], view[1], -1)
         dy, y = top.diff.reshape(shape), top.data.reshape(shape)
-        sums = native.chain_backward(dy, y, x if scale is not None else y, a, None if bn is None else bn.layer.std,
-                                     head.bottoms[0].diff.reshape(shape), "relu" in self.members)
+        dx = head.bottoms[0].diff.reshape(shape)
+        # Stored statistics: BatchNorm's division in the pass. Batch statistics: the pass leaves
+        # Scale's dx and the sums BatchNorm's gradient needs, which batch_norm_grad then finishes.
+        divide = bn is not None and not self.batch_statistics
+        sums = native.chain_backward(dy, y, y if x is None else x, a, bn.layer.std if divide else None, dx,
+                                     "relu" in self.members, batch_sums=self.batch_statistics)
         if scale is not None:       # Scale's parameter gradients, as its backward adds them
-            sum_g, sum_gx = sums.astype(dy.dtype)
+            sum_g, sum_gx = sums[:2].astype(dy.dtype)
             bias = scale.layer.blobs[scale.layer.bias_index]
             bias.diff += sum_g.reshape(bias.shape)
             scale.layer.blobs[0].diff += sum_gx.reshape(scale.layer.blobs[0].shape)
+        if self.batch_statistics:   # as BatchNorm's backward: the means of dx and dx * x_norm
+            means = (sums[2:] / (x.shape[0] * x.shape[2])).astype(dy.dtype)
+            native.batch_norm_grad(dx, x, means[0], means[1], bn.layer.std, dx)
         return True

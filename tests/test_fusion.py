@@ -207,6 +207,7 @@ def test_eltwise_epilogue_gives_the_bytes_of_the_separate_layers(eltwise):
 # Training: the same chains, every layer running backward (BatchNorm on stored statistics, as when
 # fine-tuning a ResNet; with batch statistics BatchNorm stays out and Scale-ReLU chains remain).
 TRAINED = "force_backward: true\n" + NET.replace('type: "BatchNorm"', 'type: "BatchNorm" batch_norm_param { use_global_stats: true }')
+BATCH = "force_backward: true\n" + NET         # in TRAIN, BatchNorm normalises by the batch's statistics
 
 
 def test_training_chains_found_and_kept_apart_from_inference_ones():
@@ -214,8 +215,10 @@ def test_training_chains_found_and_kept_apart_from_inference_ones():
     assert chain_kinds(net) == chain_kinds(build()) and all(c.trains for c in net._chains.values())
     assert sorted(net.records[c.last].name for c in net._backward_chains.values()) == ["r1", "r2", "r3", "s4"]
     assert not any(c.trains for c in build()._chains.values()) and build()._backward_chains == {}
-    batch = build("force_backward: true\n" + NET, caffe_pb2.TRAIN)      # batch statistics
-    assert chain_kinds(batch) == [("scale", "relu")] * 2     # s1-r1 and s3-r3
+    batch = build(BATCH, caffe_pb2.TRAIN)      # batch statistics: the same chains, none inside c1 or c3
+    assert chain_kinds(batch) == chain_kinds(net)
+    assert [c.batch_statistics for c in batch._chains.values()] == ["bn" in c.members for c in batch._chains.values()]
+    assert sorted(batch.records[i].name for i in batch._epilogues) == ["c3"]       # s3-r3
 
 
 def train_once(net, seed=3):
@@ -231,9 +234,10 @@ def train_once(net, seed=3):
 
 @NATIVE
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_training_chains_give_the_bytes_of_the_separate_layers(dtype):
+@pytest.mark.parametrize("text", [TRAINED, BATCH], ids=["stored statistics", "batch statistics"])
+def test_training_chains_give_the_bytes_of_the_separate_layers(dtype, text):
     with precision(dtype):
-        fused, plain = build(TRAINED, caffe_pb2.TRAIN), build(TRAINED, caffe_pb2.TRAIN)
+        fused, plain = build(text, caffe_pb2.TRAIN), build(text, caffe_pb2.TRAIN)
     plain.after_forward(lambda i: None)
     plain.after_backward(lambda i: None)
     ran = []
@@ -258,16 +262,18 @@ def test_training_chains_give_the_bytes_of_the_separate_layers(dtype):
         np.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff)
     for a, b in zip(fused.layers, plain.layers):
         for pa, pb in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(pa.data, pb.data)     # BatchNorm's stored sums too
             np.testing.assert_array_equal(pa.diff, pb.diff)
     assert (fused.blobs["data"].diff != 0).all()
     assert (fused.layers[3].blobs[0].diff != 0).all()       # s1's scale gradient
 
 
 @NATIVE
-def test_training_chain_backward_against_finite_differences():
-    # conv -> BatchNorm (stored statistics) -> Scale -> ReLU as one pass, forward and backward, float64.
+@pytest.mark.parametrize("stored", [True, False])
+def test_training_chain_backward_against_finite_differences(stored):
+    # conv -> BatchNorm -> Scale -> ReLU as one pass, forward and backward, float64.
     text = "force_backward: true\n" + conv_net(2, 3, 5, "num_output: 3 kernel_size: 3 pad: 1", [
-        'type: "BatchNorm" batch_norm_param { use_global_stats: true }', SCALE, RELU])
+        f'type: "BatchNorm" batch_norm_param {{ use_global_stats: {str(stored).lower()} }}', SCALE, RELU])
     with precision(np.float64):
         net = build(text, caffe_pb2.TRAIN)
     assert [tuple(c.members) for c in net._backward_chains.values()] == [("bn", "scale", "relu")]
@@ -300,8 +306,12 @@ def test_training_chain_backward_against_finite_differences():
 @NATIVE
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("after", ["bn+scale+relu", "scale+relu", "relu"])
-def test_training_epilogue_and_chain_backward_give_the_bytes_of_the_separate_layers(engine, after):
-    layers = [t.replace(BN, BN + " batch_norm_param { use_global_stats: true }") for t in AFTER[after]]
+@pytest.mark.parametrize("stored", [True, False])
+def test_training_epilogue_and_chain_backward_give_the_bytes_of_the_separate_layers(engine, after, stored):
+    if not stored and "bn" not in after:
+        pytest.skip("no BatchNorm")
+    layers = [t.replace(BN, BN + " batch_norm_param { use_global_stats: true }") if stored else t
+              for t in AFTER[after]]
     text = "force_backward: true\n" + conv_net(*ENGINES[engine], layers)
     fused, plain = build(text, caffe_pb2.TRAIN), build(text, caffe_pb2.TRAIN)
     plain.after_forward(lambda i: None)
@@ -310,10 +320,12 @@ def test_training_epilogue_and_chain_backward_give_the_bytes_of_the_separate_lay
         net.forward()
         net.blobs["d"].diff[...] = np.random.default_rng(4).standard_normal(net.blobs["d"].shape)
         net.backward()
-    assert fused._epilogues[1].applied
+    # Batch statistics: no epilogue, the chain runs after the convolution.
+    assert fused._epilogues[1].applied if stored else (1 not in fused._epilogues and fused._chains)
     for name in ("data", "c", "d"):
         np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data)
         np.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff)
     for a, b in zip(fused.layers, plain.layers):
         for pa, pb in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(pa.data, pb.data)
             np.testing.assert_array_equal(pa.diff, pb.diff)

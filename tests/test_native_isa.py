@@ -156,11 +156,11 @@ def test_per_channel_kernels_are_the_same_bits_on_every_isa(dtype, outer, channe
         kernels.batch_norm_grad(dy, x, m, a, s, dx, outer, channels, inner)
         out += [sums, sums_x, dx]
         if hasattr(kernels, "chain_backward"):
-            for relu, standardise in ((1, 1), (0, 1), (1, 0)):
-                dx, g, gx = np.empty_like(x), np.empty(channels), np.empty(channels)
-                kernels.chain_backward(dy, x - a.mean(), dy * 0.5, a, s, dx, g, gx, outer, channels, inner,
-                                       relu, standardise)
-                out += [dx, g, gx]
+            for relu, standardise, batch in ((1, 1, 0), (0, 1, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)):
+                dx, g, gx, ga, gax = np.empty_like(x), *(np.empty(channels) for _ in range(4))
+                kernels.chain_backward(dy, x - a.mean(), dy * 0.5, a, s, dx, g, gx, *((ga, gax) if batch else
+                                       (None, None)), outer, channels, inner, relu, standardise)
+                out += [dx, g, gx] + ([ga, gax] if batch else [])
         return out
 
     _on_every_isa(run)

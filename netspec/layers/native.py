@@ -93,35 +93,37 @@ def channel_affine(x, y, a, b, standardise):
 
 def channel_sums(dy, x):
     """(sum of dy, sum of dy * x) per channel of (outer, C, inner) arrays, as float64 arrays."""
-    return _summed_by_chunks(dy.shape, lambda o, c, sums: kernels.channel_sums(dy[o, c], x[o, c], *sums,
-                                                                              *dy[o, c].shape))
+    return _summed_by_chunks(dy.shape, 2, lambda o, c, sums: kernels.channel_sums(dy[o, c], x[o, c], *sums,
+                                                                                 *dy[o, c].shape))
 
 
-def chain_backward(dy, y, x, a, std, dx, relu):
+def chain_backward(dy, y, x, a, std, dx, relu, batch_sums=False):
     """A training chain's backward (fusion.py) over (outer, C, inner) arrays: dx from dy (dx may be
-    dy), and the per-channel (sum of g, sum of g * x) of g, ReLU's gradient, as channel_sums gives
-    them. std None: no BatchNorm in the chain."""
+    dy), and per channel the sums of g, ReLU's gradient, and of g * x, as channel_sums gives them
+    (rows 0, 1); with batch_sums also those of g * a and g * a * x (rows 2, 3), as channel_sums
+    gives them from Scale's dx. std None: dx = g * a, no division."""
     a = a.reshape(-1)
 
     def chunk(o, c, sums):
         d = dy[o, c]
         kernels.chain_backward(d, y[o, c], x[o, c], a[c], None if std is None else std.reshape(-1)[c], dx[o, c],
-                               *sums, *d.shape, relu, std is not None)
-    return _summed_by_chunks(dy.shape, chunk)
+                               *sums[:2], *(sums[2:] if batch_sums else (None, None)), *d.shape, relu,
+                               std is not None)
+    return _summed_by_chunks(dy.shape, 4 if batch_sums else 2, chunk)
 
 
-def _summed_by_chunks(shape, run):
-    """Per-channel float64 sums (2, C) from run(outer slice, channel slice, (row, row)) over the chunks.
+def _summed_by_chunks(shape, rows, run):
+    """Per-channel float64 sums (rows, C) from run(outer slice, channel slice, [row] * rows) over the chunks.
 
-    With several samples each chunk of them sums into its own row, and the rows are added in
+    With several samples each chunk of them sums into its own rows, and the rows are added in
     chunk order: the same bytes whatever the thread count."""
     outer, channels, inner = shape
     chunks = _outer_chunks(outer, channels, inner)
-    parts = np.empty((len(chunks), 2, channels))
+    parts = np.empty((len(chunks), rows, channels))
 
     def chunk(k):
         o, c = chunks[k]
-        run(o, c, (parts[k, 0, c], parts[k, 1, c]))
+        run(o, c, [parts[k, r, c] for r in range(rows)])
 
     parallel_for(len(chunks), chunk)
     if outer <= 1:      # chunks by channel: each row holds its channels' sums alone

@@ -74,15 +74,10 @@ class BatchNorm(Layer):
         factor = 0 if factor == 0 else 1 / factor
         return factor * self.blobs[0].data, factor * self.blobs[1].data
 
-    def stored_statistics(self, dtype):
-        """(mean, std) per channel in `dtype`, as forward computes them from the stored statistics
-        (fusion.py runs BatchNorm through them; backward reads self.std)."""
-        mean, var = self._stored_mean_var()
-        self.std = np.sqrt(var + self.eps).astype(dtype)[:, None]
-        return mean.astype(dtype), self.std.reshape(-1)
-
-    def forward(self, bottom, top):
-        x = bottom[0].data.reshape(self.view)
+    def statistics(self, x):
+        """(mean, std) per channel for a forward over x (N, C, inner), in x's dtype: the stored
+        statistics, or the batch's, which also go into the stored sums. Keeps std for backward
+        (fusion.py runs BatchNorm through these too)."""
         if self.use_global_stats:
             mean, var = self._stored_mean_var()
         else:
@@ -93,11 +88,16 @@ class BatchNorm(Layer):
             self.blobs[0].data[...] = f * self.blobs[0].data + mean
             self.blobs[1].data[...] = f * self.blobs[1].data + (m / (m - 1) if m > 1 else 1) * var
         self.std = np.sqrt(var + self.eps).astype(x.dtype)[:, None]
+        return mean.astype(x.dtype), self.std.reshape(-1)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.view)
+        mean, _ = self.statistics(x)
         y = top[0].data.reshape(self.view)
         if self.fused:
-            native.channel_affine(x, y, mean.astype(x.dtype), self.std, standardise=True)
+            native.channel_affine(x, y, mean, self.std, standardise=True)
         else:
-            np.subtract(x, mean.astype(x.dtype)[:, None], out=y)
+            np.subtract(x, mean[:, None], out=y)
             y /= self.std
         # Kept because a later in-place layer (Scale, ReLU) may overwrite the top; the
         # global-statistics backward does not read it.
