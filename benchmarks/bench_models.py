@@ -218,10 +218,20 @@ def winograd_gemms(record):
 
 
 def winograd_weight_transforms(record):
-    """The Winograd engine's weight transform, one per bottom on every forward, as a product:
-    the 16 x 9 map (G g G^T of each kernel's taps) by the taps (9 x K*C/G)."""
+    """The Winograd engine's weight transform, one per bottom on every forward, in gemm_shapes' form:
+    16 entries of U from the 9 taps of each of the K*C/G kernels (G g G^T; netspec's compiled
+    loop does it, timed by weight_transform_call)."""
     k, c_per_group = record.layer.blobs[0].shape[:2]
     return [(record.name, "fwd", 1, WINOGRAD_POINTS, 9, k * c_per_group) for _ in record.tops]
+
+
+def weight_transform_call(kernels, seed=0):
+    """A call running netspec's compiled Winograd weight transform on `kernels` random 3x3 kernels."""
+    import numpy as np
+    from netspec.layers import conv_winograd
+    w = np.random.default_rng(seed).standard_normal((kernels, 1, 3, 3)).astype(np.float32)
+    u = np.empty((16, kernels, 1), np.float32)
+    return lambda: conv_winograd.transform_weights(w, u, 0, kernels)
 
 
 def algorithm_work(net):
@@ -269,20 +279,23 @@ def floors(net, passes=3):
     """Both floors of the built (reshaped) net, its GEMMs timed once for both: gemm_floor's keys,
     and the algorithm floor's as alg_fwd_ms, alg_bwd_ms, alg_gflop_fwd, alg_gflop_bwd, plus
     depthwise_fwd_ms (the direct depthwise layers' forward, netspec's kernel at netspec's threads,
-    best of the same repetition rule), winograd_weights_ms (the weight transforms), and the layer
+    best of the same repetition rule), winograd_weights_ms (the compiled weight transforms, in one
+    thread, same rule), and the layer
     counts. Each sweep times every GEMM shape and every depthwise layer, `passes` sweeps."""
     shapes, work = gemm_shapes(net), algorithm_work(net)
-    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes + work["gemms"] + work["weight_transforms"]]
+    keys = [(g, m, k, n) for _, _, g, m, k, n in shapes + work["gemms"]]
     calls = [direct_forward(record) for record in work["depthwise"]]
-    best, direct = {}, [float("inf")] * len(calls)
+    transforms = [weight_transform_call(entry[5]) for entry in work["weight_transforms"]]
+    best, direct, transform_ms = {}, [float("inf")] * len(calls), [float("inf")] * len(transforms)
     for _ in range(passes):
         best_times(keys, 1, best)
         direct = [min(t, best_ms(call)) for t, call in zip(direct, calls)]
+        transform_ms = [min(t, best_ms(call)) for t, call in zip(transform_ms, transforms)]
     out = gemm_floor(shapes, best=best)
     alg = gemm_floor(work["gemms"], best=best)
     out.update({"alg_fwd_ms": alg["fwd_ms"], "alg_bwd_ms": alg["bwd_ms"], "alg_gflop_fwd": alg["gflop_fwd"],
                 "alg_gflop_bwd": alg["gflop_bwd"], "depthwise_fwd_ms": sum(direct, 0.0),
-                "winograd_weights_ms": gemm_floor(work["weight_transforms"], best=best)["fwd_ms"],
+                "winograd_weights_ms": sum(transform_ms, 0.0),
                 "winograd_layers": len({entry[0] for entry in work["weight_transforms"]}), "depthwise_layers": len(calls),
                 "unmodelled": work["unmodelled"]})
     return out

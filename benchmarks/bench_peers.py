@@ -53,7 +53,8 @@ What is timed, per net (LeNet at batch 64, the five deploy nets of bench_models.
     bounds nothing. Every other engine (stacked, pointwise, column layouts) and InnerProduct: the
     im2col products, as in the GEMM floor. Neither floor counts biases, im2col, the Winograd input
     and output transforms, or other layers; the Winograd weight transform netspec redoes on every
-    forward (16 x 9 by 9 x M*C/G) is timed and reported under the table, outside both floors.
+    forward (its compiled G g G^T of each of the M*C/G kernels) is timed and reported under the
+    table, outside both floors.
 - --profile: per layer type, netspec's per-layer forward times (netspec.timing.time_net, as
   `netspec time --phase TEST` prints them) against ONNX Runtime's own profiler
   (SessionOptions.enable_profiling), whose node names start with the Caffe layer's name.
@@ -727,8 +728,9 @@ def floor_notes(rows):
                   f"({r['floor']['winograd_layers']} layers)" for k, b, r in rows
                   if (r.get("floor") or {}).get("winograd_layers")]
     if transforms:
-        lines += ["", "Outside both floors, netspec's Winograd weight transform (16 x 9 by 9 x M*C/G per layer, "
-                  "redone on every forward; a runner could keep U), timed the same way: " + "; ".join(transforms)
+        lines += ["", "Outside both floors, netspec's Winograd weight transform (its compiled G g G^T of the "
+                  "M*C/G kernels of each layer, redone on every forward; a runner could keep U), timed the same "
+                  "way in one thread: " + "; ".join(transforms)
                   + "."]
     unmodelled = sorted({n for _, _, r in rows for n in (r.get("floor") or {}).get("unmodelled", [])})
     if unmodelled:

@@ -750,6 +750,36 @@ static PyObject *py_winograd_input(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* winograd_weights(w, U, q0, q1): kernels [q0, q1) of w (count, 3, 3) -> U (16, count). */
+static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
+{
+    PyObject *w_obj, *u_obj;
+    long q0, q1;
+    if (!PyArg_ParseTuple(args, "OOll", &w_obj, &u_obj, &q0, &q1))
+        return NULL;
+    int kind;
+    if (float_kind(w_obj, &kind) < 0)
+        return NULL;
+    Py_buffer w, u;
+    if (get_buffer(w_obj, &w, 0, kind, 0, "weights") < 0)
+        return NULL;
+    const long count = (long)(w.len / w.itemsize / 9);
+    if (w.len / w.itemsize != 9 * count || q0 < 0 || q1 < q0 || q1 > count
+        || get_buffer(u_obj, &u, 1, kind, 16 * count, "transformed weights") < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "weights: not whole 3x3 kernels, or a bad kernel range");
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == KIND_F64) PICK(winograd_weights_f64)(w.buf, u.buf, count, q0, q1);
+    else PICK(winograd_weights_f32)(w.buf, u.buf, count, q0, q1);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&u);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_winograd_output(PyObject *self, PyObject *args)
 {
     PyObject *m_obj, *y_obj, *b_obj;
@@ -906,6 +936,7 @@ static PyMethodDef methods[] = {
     {"roi_pool", py_roi_pool, METH_VARARGS, "roi_pool(x, top, argmax, bins, rois, channels, h, w, pooled_h, pooled_w)"},
     {"winograd_input", py_winograd_input, METH_VARARGS, "winograd_input(x, V, geom, num, t0, t1)"},
     {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
+    {"winograd_weights", py_winograd_weights, METH_VARARGS, "winograd_weights(w, U, q0, q1)"},
     {"sgd_step", py_sgd_step, METH_VARARGS, "sgd_step(data, diff, history, scale, decay, rate, momentum)"},
     {"rows_dot", py_rows_dot, METH_VARARGS, "rows_dot(x, w, y, M, K, ldy, n0, n1)"},
     {NULL, NULL, 0, NULL},

@@ -8,7 +8,7 @@
  *         [ 0  1  1  0 ]          [ 0 1 -1 -1 ]  [ 1/2 -1/2  1/2 ]
  *         [ 0 -1  1  0 ]                         [  0    0    1 ]
  *         [ 0  1  0 -1 ]
- * U is one small GEMM in numpy (conv_winograd.transform_weights).
+ * U is winograd_weights' (below).
  * Summed over input channels, the 16 elementwise products become 16 GEMMs, done in numpy:
  * M[e] = U[e] (K x C) . V[e] (C x tiles), e = 4 * i + j the entry of the 4x4 transform.
  *
@@ -16,6 +16,39 @@
  * takes tiles [t0, t1), whose V or M columns are t - t0, the work of one block. The tiles past
  * an odd output size read zero padding and their extra outputs are dropped.
  */
+
+/* Kernels [q0, q1) of w (count, 3, 3) -> U (16, count) planes: U[e][q] = (G g_q G^T)[e], as G's
+ * halved row sums of g, then the same on the columns of G g. A chunk of kernels at a time into
+ * `buf`, then its 16 rows copied out, one plane after another: a loop that stored each kernel's
+ * 16 entries straight into the 16 planes, each a plane (K * C entries) from the last, ran at
+ * 2.8x the time of numpy's GEMM by the 16 x 9 map; this one at 0.4x (256 x 256 kernels). */
+#define WINO_WEIGHT_CHUNK 256
+static void NAME(winograd_weights)(const T *restrict w, T *restrict U, long count, long q0, long q1)
+{
+    T buf[16][WINO_WEIGHT_CHUNK];
+    for (long q = q0; q < q1; q += WINO_WEIGHT_CHUNK) {
+        const long n = q1 - q < WINO_WEIGHT_CHUNK ? q1 - q : WINO_WEIGHT_CHUNK;
+        const T *restrict g = w + 9 * q;
+        for (long i = 0; i < n; i++) {
+            const T *restrict k = g + 9 * i;
+            T h[4][3];          /* G g: tap row 0, the halved sums of rows (0 + 1 + 2) and (0 - 1 + 2), row 2 */
+            for (int j = 0; j < 3; j++) {
+                h[0][j] = k[j];
+                h[1][j] = (k[j] + k[3 + j] + k[6 + j]) * (T)0.5;
+                h[2][j] = (k[j] - k[3 + j] + k[6 + j]) * (T)0.5;
+                h[3][j] = k[6 + j];
+            }
+            for (int r = 0; r < 4; r++) {     /* (G g) G^T: the same on each row's three columns */
+                buf[4 * r][i] = h[r][0];
+                buf[4 * r + 1][i] = (h[r][0] + h[r][1] + h[r][2]) * (T)0.5;
+                buf[4 * r + 2][i] = (h[r][0] - h[r][1] + h[r][2]) * (T)0.5;
+                buf[4 * r + 3][i] = h[r][2];
+            }
+        }
+        for (int e = 0; e < 16; e++)
+            memcpy(U + e * count + q, buf[e], n * sizeof(T));
+    }
+}
 
 /* e[k] = row[2k - pw] and o[k] = row[2k + 1 - pw] for k in [k0, k1], zero off the row (NULL: all). */
 static void NAME(wino_split_row)(const T *row, long w, long pw, long k0, long k1, T *e, T *o)

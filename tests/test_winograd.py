@@ -35,8 +35,8 @@ def winograd(x, w, bias, pad, cuts):
     tiles = ((oh + 1) // 2, (ow + 1) // 2)
     geom = (c, h, wd, pad[0], pad[1], oh, ow) + tiles
     u = np.empty((16, k, c), x.dtype)
-    conv_winograd.transform_weights(w[:k // 2], u[:, :k // 2])      # by output channel blocks, as the engine
-    conv_winograd.transform_weights(w[k // 2:], u[:, k // 2:])
+    conv_winograd.transform_weights(w, u, 0, k // 2)      # by output channel blocks, as the engine
+    conv_winograd.transform_weights(w, u, k // 2, k)
     y = np.full((n, k, oh, ow), np.nan, x.dtype)
     t0 = 0
     for t1 in cuts:
@@ -64,6 +64,33 @@ def test_kernels_match_direct_correlation(n, c, h, w, k, pad, cuts):
     got = winograd(x, wt, b, pad, cuts)
     want = correlate3x3(x, wt, b, pad)
     assert np.abs(got - want).max() < 1e-12 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-15), (np.float32, 1e-6)])
+def test_weight_transform_is_g_g_gt_on_its_output_channels_only(dtype, tolerance):
+    r = np.random.default_rng(1)
+    k, c = 7, 5
+    w = r.standard_normal((k, c, 3, 3)).astype(dtype)
+    u = np.full((16, k, c), np.nan, dtype)
+    conv_winograd.transform_weights(w, u, 2, 6)
+    want = (conv_winograd.WEIGHT_MAP @ w.astype(np.float64).reshape(-1, 9).T).reshape(16, k, c)
+    assert np.isnan(u[:, :2]).all() and np.isnan(u[:, 6:]).all()       # the other channels untouched
+    assert np.abs(u[:, 2:6] - want[:, 2:6]).max() < tolerance * np.abs(want).max()
+    big = r.standard_normal((300, 2, 3, 3)).astype(dtype)            # more kernels than one chunk
+    u = np.empty((16, 300, 2), dtype)
+    conv_winograd.transform_weights(big, u, 0, 300)
+    want = (conv_winograd.WEIGHT_MAP @ big.astype(np.float64).reshape(-1, 9).T).reshape(16, 300, 2)
+    assert np.abs(u - want).max() < tolerance * np.abs(want).max()
+
+
+def test_weight_transform_refuses_bad_ranges():
+    w, u = np.zeros((4, 2, 3, 3), np.float32), np.zeros((16, 4, 2), np.float32)
+    with pytest.raises(ValueError):
+        native.kernels.winograd_weights(w, u, 0, 9)          # past the 8 kernels
+    with pytest.raises(ValueError):
+        native.kernels.winograd_weights(w, u[:8], 0, 8)      # U too small
+    with pytest.raises(ValueError):
+        native.kernels.winograd_weights(w.reshape(-1)[:70], u, 0, 7)       # not whole kernels
 
 
 def test_kernels_refuse_bad_geometry():
@@ -204,4 +231,81 @@ layer { name: "c" type: "Convolution" bottom: "data" top: "c"
     w, b = layer.blobs[0].data.astype(np.float64), layer.blobs[1].data.astype(np.float64)
     want = np.concatenate([correlate3x3(x[:, 32 * g:32 * g + 32], w[3 * g:3 * g + 3], b[3 * g:3 * g + 3], (1, 1))
                            for g in range(2)], axis=1)
+    assert np.abs(net.blobs["c"].data - want).max() < 1e-5 * np.abs(want).max()
+
+
+ONE_LAYER = """
+name: "one"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: {c} dim: 14 dim: 13 }} }} }}
+layer {{ name: "c" type: "Convolution" bottom: "data" top: "c"
+  convolution_param {{ num_output: {k} group: {group} kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.3 }}
+                       bias_filler {{ type: "gaussian" std: 0.3 }} }} }}
+layer {{ name: "r" type: "ReLU" bottom: "c" top: "c" }}
+"""
+
+
+def one_layer(c, k, group):
+    """A deploy net of one 3x3 convolution (and its ReLU) at batch 1 on a 14x13 map: 49 tiles, one block."""
+    rng.set_seed(7)
+    net = Net(text_format.Parse(ONE_LAYER.format(c=c, k=k, group=group), caffe_pb2.NetParameter()), caffe_pb2.TEST)
+    net.blobs["data"].data[...] = np.random.default_rng(8).standard_normal(net.blobs["data"].shape)
+    return net
+
+
+def one_layer_reference(net, group):
+    layer = net.layer_dict["c"]
+    x = net.blobs["data"].data.astype(np.float64)
+    w, b = layer.blobs[0].data.astype(np.float64), layer.blobs[1].data.astype(np.float64)
+    c, k = x.shape[1] // group, w.shape[0] // group
+    y = np.concatenate([correlate3x3(x[:, c * g:c * (g + 1)], w[k * g:k * (g + 1)], b[k * g:k * (g + 1)], (1, 1))
+                        for g in range(group)], axis=1)
+    return np.maximum(y, 0)
+
+
+@pytest.mark.parametrize("c, k, group", [(32, 32, 1), (64, 96, 1), (48, 160, 1), (32, 256, 1), (64, 128, 2)])
+def test_batch_one_splits_one_tile_block_by_output_channels(c, k, group):
+    before = netspec.get_threads()
+    tops = {}
+    try:
+        for threads in (1, 2):
+            netspec.set_threads(threads)
+            for by_channels in (True, False):
+                net = one_layer(c, k, group)
+                net.reshape()
+                engine = net.layer_dict["c"].engine
+                assert isinstance(engine, conv_winograd.WinogradConv) and len(engine.blocks) == 1
+                assert engine.by_channels
+                engine.by_channels = by_channels        # False: the tile blocks' path, to compare with
+                net.forward()
+                tops[threads, by_channels] = net.blobs["c"].data.copy()
+    finally:
+        netspec.set_threads(before)
+    blocks = conv_winograd.channel_blocks(k, group)
+    assert len(blocks) == group * {32: 1, 48: 1, 64: 2, 96: 2, 128: 4, 160: 4, 256: 4}[k // group]   # powers of two
+    assert [b[1:] for b in blocks] == [(k * j // len(blocks), k * (j + 1) // len(blocks)) for j in range(len(blocks))]
+    assert np.array_equal(tops[1, True], tops[2, True])      # the same bytes for any thread count
+    assert np.array_equal(tops[1, False], tops[2, False])
+    want = one_layer_reference(net, group)
+    scale = np.abs(want).max()
+    assert np.abs(tops[1, True] - tops[1, False]).max() < 1e-6 * scale     # the GEMMs' rounding alone
+    assert np.abs(tops[1, True] - want).max() < 1e-5 * scale
+
+
+def test_batch_one_follows_weights_changed_in_place():
+    # Each channel block transforms its own weights on every forward: nothing is cached.
+    net = one_layer(32, 128, 1)
+    net.forward()
+    assert net.layer_dict["c"].engine.by_channels
+    net.layer_dict["c"].blobs[0].data[64:] *= -2
+    net.forward()
+    want = one_layer_reference(net, 1)
+    assert np.abs(net.blobs["c"].data - want).max() < 1e-5 * np.abs(want).max()
+
+
+def test_batch_one_without_the_kernels_keeps_numpys_path(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)       # as NETSPEC_NATIVE=0
+    net = one_layer(32, 64, 1)
+    net.forward()
+    assert not isinstance(net.layer_dict["c"].engine, conv_winograd.WinogradConv)
+    want = one_layer_reference(net, 1)
     assert np.abs(net.blobs["c"].data - want).max() < 1e-5 * np.abs(want).max()

@@ -50,7 +50,7 @@ def has_depthwise():
 
 def has_winograd():
     """Whether the build has the Winograd transforms (a build from older sources may not)."""
-    return hasattr(kernels, "winograd_input")
+    return hasattr(kernels, "winograd_input") and hasattr(kernels, "winograd_weights")
 
 
 def has_sgd_step(dtype):
