@@ -272,3 +272,49 @@ def test_inner_product_blocks_are_a_power_of_two_of_at_least_min_block():
         assert len(blocks) & (len(blocks) - 1) == 0 and len(blocks) <= common.CHUNKS
         assert len(blocks) == 1 or min(b - a for a, b in blocks) >= common.MIN_BLOCK
         assert 2 * len(blocks) > min(common.CHUNKS, outputs // common.MIN_BLOCK)   # as many as allowed
+
+
+BATCH_ONE_POINTWISE = """
+name: "pointwise"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 64 dim: 24 dim: 24 } } }
+layer { name: "big" type: "Convolution" bottom: "data" top: "big"
+        convolution_param { num_output: 256 kernel_size: 1 weight_filler { type: "gaussian" std: 0.1 }
+                            bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "big" top: "big" }
+layer { name: "small" type: "Convolution" bottom: "data" top: "small"
+        convolution_param { num_output: 64 kernel_size: 1 weight_filler { type: "gaussian" std: 0.1 } } }
+"""
+
+
+def test_batch_one_cuts_only_products_that_pay_for_the_hand_off(monkeypatch, restore_threads):
+    """At batch 1 the GEMM of 256 x 64 x 576 (9.4M multiply-adds) is cut by rows, the one of
+    64 x 64 x 576 (2.4M), which row_blocks would cut in two, runs whole: the same bytes at 1, 2 and
+    3 threads, and the float64 products' values."""
+    import numpy as np
+    import netspec
+    from netspec.layers import conv_engines
+    from netspec.proto import caffe_pb2
+    from netspec.schema import parse_prototxt
+    chunks = []
+    real = conv_engines.parallel_for
+    monkeypatch.setattr(conv_engines, "parallel_for", lambda n, fn: (chunks.append(n), real(n, fn)))
+    tops = []
+    for n in (1, 2, 3):
+        netspec.set_threads(n)
+        netspec.set_random_seed(4)
+        net = netspec.Net(parse_prototxt(BATCH_ONE_POINTWISE, caffe_pb2.NetParameter()), netspec.TEST)
+        net.blobs["data"].data[...] = np.random.default_rng(2).standard_normal(net.blobs["data"].shape)
+        del chunks[:]
+        net.forward()
+        tops.append((net.blobs["big"].data.tobytes(), net.blobs["small"].data.tobytes()))
+        assert [type(net.layer_dict[name].engine).__name__ for name in ("big", "small")] == ["PointwiseConv"] * 2
+        assert net.layer_dict["big"].engine.by_rows()
+        assert chunks == [len(conv_engines.row_blocks(net.layer_dict["big"])), 1] and chunks[0] > 1
+        assert len(conv_engines.row_blocks(net.layer_dict["small"])) == 2
+    assert tops[1] == tops[0] and tops[2] == tops[0]
+    x = net.blobs["data"].data.astype(np.float64).reshape(64, -1)
+    big, small = net.layer_dict["big"], net.layer_dict["small"]
+    y = np.maximum(big.blobs[0].data.reshape(256, 64) @ x + big.blobs[1].data[:, None], 0)
+    z = small.blobs[0].data.reshape(64, 64) @ x + small.blobs[1].data[:, None]
+    assert np.abs(net.blobs["big"].data.reshape(256, -1) - y).max() < 1e-5 * np.abs(y).max()
+    assert np.abs(net.blobs["small"].data.reshape(64, -1) - z).max() < 1e-5 * np.abs(z).max()

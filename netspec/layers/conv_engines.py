@@ -41,6 +41,11 @@ CHUNKS = 8
 # rows is still cut in two, so that two cores share it.
 MIN_CHUNK_ROWS = 128
 HALF_CHUNK_ROWS = 32
+# Fewest multiply-adds in one sample's forward product for the threads to cut it by rows: handing
+# a chunk to a worker (its wake-up, the GIL passed back and forth) costs 30-50 us on the 2-core
+# machine, a product of about 2M multiply-adds at one thread. SqueezeNet's expand1x1 layers at
+# batch 1 (1.5-3.2M) ran 0.10-0.14 ms at 1 thread and 0.14-0.21 ms at 2, cut in two.
+MIN_CUT_PRODUCT = 1 << 22
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4
 
@@ -245,7 +250,8 @@ class StackedConv(ConvEngine):
 
     def forward_by_rows(self, b, w, bias, y, col):
         g, group = self.geom, self.layer.group
-        blocks = row_blocks(self.layer)
+        # A sample's product too small to pay for a hand-off among the threads stays whole.
+        blocks = row_blocks(self.layer) if w.size * g.out_count >= MIN_CUT_PRODUCT else [(slice(0, group), slice(None))]
         rows_per_group = self.layer.num_output // group
         for part in g.sample_parts():
             cols_g = g.grouped(self.part_columns(b, part, col, y.dtype, build=True), group)
