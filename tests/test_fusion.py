@@ -111,10 +111,10 @@ BN, RELU = 'type: "BatchNorm"', 'type: "ReLU"'
 ENGINES = {
     "stacked by samples": (10, 3, 20, "num_output: 80 kernel_size: 5 pad: 2"),
     "stacked by rows": (1, 8, 24, "num_output: 80 kernel_size: 5 pad: 2"),
-    "stacked by rows, groups": (2, 32, 20, "num_output: 96 kernel_size: 3 group: 2"),
+    "stacked by rows, groups": (2, 32, 28, "num_output: 96 kernel_size: 3 group: 2"),
     "columns side by side": (6, 3, 5, "num_output: 70 kernel_size: 3 pad: 1 stride: 2"),
     "pointwise": (5, 6, 13, "num_output: 70 kernel_size: 1"),
-    "pointwise by rows": (1, 96, 28, "num_output: 80 kernel_size: 1"),
+    "pointwise by rows": (1, 128, 28, "num_output: 96 kernel_size: 1"),
     "depthwise": (3, 8, 9, "num_output: 8 kernel_size: 3 pad: 1 group: 8"),
     "winograd": (3, 32, 12, "num_output: 40 kernel_size: 3 pad: 1"),
 }

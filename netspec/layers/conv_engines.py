@@ -43,9 +43,10 @@ MIN_CHUNK_ROWS = 128
 HALF_CHUNK_ROWS = 32
 # Fewest multiply-adds in one sample's forward product for the threads to cut it by rows: handing
 # a chunk to a worker (its wake-up, the GIL passed back and forth) costs 30-50 us on the 2-core
-# machine, a product of about 2M multiply-adds at one thread. SqueezeNet's expand1x1 layers at
-# batch 1 (1.5-3.2M) ran 0.10-0.14 ms at 1 thread and 0.14-0.21 ms at 2, cut in two.
-MIN_CUT_PRODUCT = 1 << 22
+# machine, and two threads only gained from about 8M (batch-1 GEMMs at 2 threads cut in two, over
+# one thread whole: 64 x 480 x 196 0.135 / 0.126 ms, 96 x 192 x 784 0.224 / 0.283 ms). SqueezeNet's
+# expand1x1 layers (1.5-3.2M) had run 0.10-0.14 ms at 1 thread and 0.14-0.21 ms at 2.
+MIN_CUT_PRODUCT = 1 << 23
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4
 
