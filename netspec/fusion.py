@@ -33,8 +33,8 @@ def _is_bn(layer):
 
 
 def _batch_statistics(members):
-    """Whether the chain's BatchNorm (if any) normalises by the batch's own statistics."""
-    bn = dict(members).get("bn")
+    """Whether the chain's BatchNorm (if any) normalises by the batch's own statistics; members: {kind: record}."""
+    bn = members.get("bn")
     return bn is not None and not bn.layer.use_global_stats
 
 
@@ -93,7 +93,7 @@ def find_epilogues(records):
         members = _members_at(records, i + 1)
         # Batch statistics need the whole top first: such a chain runs after the layer instead.
         if members and members[0][1].bottoms[0] is members[0][1].tops[0] is r.tops[0] and \
-                not _batch_statistics(members):
+                not _batch_statistics(dict(members)):
             found[i] = Chain(i + 1, dict(members))
     return found
 
@@ -108,7 +108,7 @@ class Chain:
         self.applied = False        # as a layer's epilogue: whether its last forward ran it
         self.trains = self.records[0].need_backward
         scale = members.get("scale")
-        self.batch_statistics = _batch_statistics(members.items())
+        self.batch_statistics = _batch_statistics(members)
         # In training an in-place Scale keeps its input, and BatchNorm on batch statistics its
         # output (the same values, where both are in the chain): the pass writes them there.
         self.keeps_scale_input = self.trains and scale is not None and scale.bottoms[0] is scale.tops[0]

@@ -157,7 +157,7 @@ class Net:
                 gc.enable()
         if weights:
             self.copy_from(weights)
-        self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs that need no backward
+        self._chains = find_chains(self.records)     # BatchNorm/Scale/ReLU runs on one blob
         self._epilogues = find_epilogues(self.records)     # such runs right after a convolution
         # In training, each chain's backward as one pass too, found by its last record.
         self._backward_chains = {c.last: c for c in self._chains.values() if c.trains}
