@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <time.h>
 
 /* Bumped when a kernel's arguments change, so a stale build is not used. */
 #define NATIVE_ABI 5
@@ -908,6 +910,48 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* spin_wait(word, value, microseconds, until): without the GIL, wait until the int32 in `word` (a
+ * writable buffer) equals `value` (until true) or differs from it (until false), for at most
+ * `microseconds`; returns whether it came. threads.py's pool waits here a little before it sleeps
+ * on a lock: a thread asleep in the kernel takes 20-50 us to wake on this machine, one that is
+ * spinning a few. Each turn yields the core, so that on a busy machine another process gets it. */
+static PyObject *py_spin_wait(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    long value;
+    double limit_us;
+    int until;
+    if (!PyArg_ParseTuple(args, "Oldp", &obj, &value, &limit_us, &until))
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (b.len < (Py_ssize_t)sizeof(int32_t)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "spin_wait needs a buffer of at least one int32");
+        return NULL;
+    }
+    const int32_t *word = b.buf;
+    int came = 0;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        if ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == (int32_t)value) == until) {
+            came = 1;
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1e6 + (t.tv_nsec - t0.tv_nsec) * 1e-3 >= limit_us)
+            break;
+        sched_yield();
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(came);
+}
+
 static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the kernels run on, 'avx2' or 'baseline'"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): run the 'baseline' or 'avx2' copy of the kernels"},
@@ -938,6 +982,8 @@ static PyMethodDef methods[] = {
     {"winograd_output", py_winograd_output, METH_VARARGS, "winograd_output(M, y, bias, geom, num, t0, t1)"},
     {"winograd_weights", py_winograd_weights, METH_VARARGS, "winograd_weights(w, U, q0, q1)"},
     {"sgd_step", py_sgd_step, METH_VARARGS, "sgd_step(data, diff, history, scale, decay, rate, momentum)"},
+    {"spin_wait", py_spin_wait, METH_VARARGS,
+     "spin_wait(word, value, microseconds, until) -> whether word[0] came to equal (or leave) value"},
     {"rows_dot", py_rows_dot, METH_VARARGS, "rows_dot(x, w, y, M, K, ldy, n0, n1)"},
     {NULL, NULL, 0, NULL},
 };

@@ -318,3 +318,67 @@ def test_batch_one_cuts_only_products_that_pay_for_the_hand_off(monkeypatch, res
     z = small.blobs[0].data.reshape(64, 64) @ x + small.blobs[1].data[:, None]
     assert np.abs(net.blobs["big"].data.reshape(256, -1) - y).max() < 1e-5 * np.abs(y).max()
     assert np.abs(net.blobs["small"].data.reshape(64, -1) - z).max() < 1e-5 * np.abs(z).max()
+
+
+def _fresh_pool(monkeypatch, spin):
+    """A 2-thread pool made after NETSPEC_SPIN_US=spin (the pool reads it when it is made)."""
+    monkeypatch.setenv(threads.SPIN_ENV, spin)
+    threads.set_threads(1)      # closes any pool: the next call at 2 threads makes a new one
+    threads.set_threads(2)
+
+
+@pytest.mark.parametrize("spin", ["0", "200", "5000"])
+def test_pool_gives_every_chunk_once_spinning_or_not(spin, monkeypatch, restore_threads):
+    import time
+    _fresh_pool(monkeypatch, spin)
+    names = set()
+    for k in range(200):
+        seen = []
+
+        def chunk(i):
+            names.add(threading.current_thread().name)
+            seen.append(i)
+            if k % 5 == 0:
+                time.sleep(0.0002)      # lets the worker take some chunks
+
+        threads.parallel_for(2 + k % 5, chunk)
+        assert sorted(seen) == list(range(2 + k % 5))
+        if k % 11 == 0:
+            time.sleep(0.001)           # past a short spin: the worker sleeps on its lock again
+    assert len(names) == 2
+    assert threads._pool.spin_us == (float(spin) if threads._spin_wait else 0.0)
+
+
+def test_spin_setting_is_checked(monkeypatch):
+    monkeypatch.delenv(threads.SPIN_ENV, raising=False)
+    assert threads.spin_microseconds() == threads.DEFAULT_SPIN_US
+    monkeypatch.setenv(threads.SPIN_ENV, " 50 ")
+    assert threads.spin_microseconds() == 50
+    for bad in ("fast", "-1", "inf", "nan"):
+        monkeypatch.setenv(threads.SPIN_ENV, bad)
+        with pytest.raises(NetspecError, match="NETSPEC_SPIN_US"):
+            threads.spin_microseconds()
+
+
+def test_spin_wait_returns_when_the_word_changes_or_the_time_is_up():
+    import time
+    import numpy as np
+    if threads._spin_wait is None:
+        pytest.skip("compiled kernels not built")
+    word = np.zeros(1, np.int32)
+    start = time.perf_counter()
+    assert threads._spin_wait(word, 0, 2000.0, False) is False      # never changed: times out
+    assert threads._spin_wait(word, 5, 2000.0, True) is False
+    assert time.perf_counter() - start >= 0.004
+    assert threads._spin_wait(word, 1, 2000.0, False) is True       # already differs from 1
+    assert threads._spin_wait(word, 0, 2000.0, True) is True        # already equals 0
+    setter = threading.Timer(0.01, lambda: word.__setitem__(0, 7))
+    setter.start()
+    start = time.perf_counter()
+    assert threads._spin_wait(word, 7, 5e6, True) is True           # another thread sets it
+    assert time.perf_counter() - start < 2.0
+    setter.join()
+    with pytest.raises(ValueError, match="int32"):
+        threads._spin_wait(np.zeros(1, np.int8), 0, 1.0, True)
+    with pytest.raises(BufferError):
+        threads._spin_wait(b"abcd", 0, 1.0, True)                    # read-only
