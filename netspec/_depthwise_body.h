@@ -161,59 +161,115 @@ static void NAME(depthwise_backward_data_as_forward)(const T *dy, const T *w, T 
     NAME(depthwise_forward)(dy, flipped, NULL, dx, gt, 1, start, stop, buf);
 }
 
-/* lane[l] += sum over k = l, l + 8, ... below n (a multiple of 8) of d[k] * in[k]: eight sums
- * held in registers, one vector of them. */
-static inline __attribute__((always_inline)) void NAME(lanes_dot)(T *restrict lane, const T *restrict d,
-                                                                  const T *restrict in, long n)
+/* Eight lanes of T in one value (GCC's vector extension): one AVX2 register for float, two
+ * SSE2 ones; each lane rounds as scalar code does. load8 reads any 8 consecutive elements. */
+typedef T NAME(lanes) __attribute__((vector_size(8 * sizeof(T))));
+
+static inline __attribute__((always_inline)) void NAME(load8)(NAME(lanes) *v, const T *p)
 {
-    T s[8];
-    for (int l = 0; l < 8; l++) s[l] = lane[l];
-    for (long k = 0; k < n; k += 8)
-        for (int l = 0; l < 8; l++) s[l] += d[k + l] * in[k + l];
-    for (int l = 0; l < 8; l++) lane[l] = s[l];
+    memcpy(v, p, sizeof *v);
+}
+
+/* acc[t] += s[t]'s eight lanes added pairwise, in double, for t < taps. */
+static inline __attribute__((always_inline)) void NAME(lanes_sum)(double *restrict acc, const NAME(lanes) *s,
+                                                                  long taps)
+{
+    for (long t = 0; t < taps; t++)
+        acc[t] += (double)(((s[t][0] + s[t][1]) + (s[t][2] + s[t][3])) + ((s[t][4] + s[t][5]) + (s[t][6] + s[t][7])));
+}
+
+/* Up to 9 taps of one plane's weight gradient in one pass over dy (oh rows of ow, gs apart, read
+ * in whole vectors): for tap t, lane l sums grad[k] * src[at[t] + k] (rows rstep apart in src)
+ * over the k = l mod 8 of every row in turn, from +0; then lanes_sum. Those are the sums of a pass
+ * per tap, but dy is read once and, inlined with 9 taps, the lanes stay in registers. A row's
+ * last partial vector adds +0 in its lanes past ow (`keep` masks them, whatever src holds there):
+ * a sum begun at +0 is never -0, so that changes no bit. */
+static inline __attribute__((always_inline)) void NAME(taps_plane)(
+    double *restrict acc, const T *restrict grad, const T *restrict src, const long *restrict at, long taps,
+    long oh, long ow, long gs, long rstep)
+{
+    NAME(lanes) s[9] = {{0}}, d, v;
+    const long full = ow / 8 * 8;
+    const NAME(lanes) lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const __typeof__(lane < 0) keep = lane < (T)(ow - full);
+    for (long oy = 0; oy < oh; oy++, grad += gs, src += rstep) {
+        for (long k = 0; k < full; k += 8) {
+            NAME(load8)(&d, grad + k);
+#pragma GCC unroll 9
+            for (long t = 0; t < taps; t++) {
+                NAME(load8)(&v, src + at[t] + k);
+                s[t] += d * v;
+            }
+        }
+        if (full == ow)
+            continue;
+        NAME(load8)(&d, grad + full);
+#pragma GCC unroll 9
+        for (long t = 0; t < taps; t++) {
+            NAME(load8)(&v, src + at[t] + full);
+            s[t] += (NAME(lanes))((__typeof__(keep))(d * v) & keep);
+        }
+    }
+    NAME(lanes_sum)(acc, s, taps);
+}
+
+/* taps_plane with the taps' input elements `step` apart (strides over 2), lane by lane. */
+static void NAME(taps_plane_strided)(double *restrict acc, const T *restrict grad, const T *restrict src,
+                                     const long *restrict at, long taps, long oh, long ow, long rstep, long step)
+{
+    NAME(lanes) s[9] = {{0}};
+    for (long oy = 0; oy < oh; oy++, grad += ow, src += rstep)
+        for (long t = 0; t < taps; t++)
+            for (long k = 0; k < ow; k++) s[t][k & 7] += grad[k] * src[at[t] + k * step];
+    NAME(lanes_sum)(acc, s, taps);
 }
 
 /* Output channels [start, stop) of the C * m: dw[o] += the weight gradient over all `num` samples.
  * Each input plane is copied into `buf` (depthwise_buffer's zeroed scratch) inside a border of
- * zeros, as forward does, so that every tap reads a whole row of ow elements with no edge cases
- * (stride 2: from the split even/odd layout). The products are summed in eight lanes per tap
- * (`lanes`: K * 8 elements of scratch), vectorised over each row, and each plane's lanes are
- * added into `acc` (K doubles) at its end. */
+ * zeros, as forward does, so that every tap reads a whole row of `wide` elements with no edge
+ * cases (stride 2: from the split even/odd layout). Each tap's products are summed in eight lanes
+ * per plane, nine taps at a time (taps_plane), and added into `acc` (9 doubles); a window of more
+ * taps loads each plane once per nine. dy's planes are read as rows of `wide` elements, copied
+ * into `dbuf` (oh * wide, zeroed) unless ow is a whole number of vectors. */
 static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, const Geom *g, long m, long num,
-                                             long start, long stop, double *acc, T *buf, T *lanes)
+                                             long start, long stop, double *acc, T *buf, T *dbuf)
 {
-    const long H = g->h, W = g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    const long H = g->h, W = g->w, OHW = g->oh * g->ow, K = g->kh * g->kw;
     long bh, bw, wide;
     depthwise_buffer(g, &bh, &bw, &wide);
     const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
-    const long rs = g->dh * bw, half = bw / 2, full = OW / 8 * 8;
+    const long rs = g->dh * bw, half = bw / 2, rstep = g->sh * bw;
     const int split = g->sw == 2;
-    for (long o = start; o < stop; o++) {
-        for (long t = 0; t < K; t++) acc[t] = 0;
-        for (long n = 0; n < num; n++) {
-            NAME(depthwise_load)(buf, x + (n * g->channels + o / m) * H * W, W, rows, cols, g->ph, g->pw, bw, split);
-            for (long e = 0; e < K * 8; e++) lanes[e] = 0;
-            const T *grad = dy + (n * g->channels * m + o) * OHW;
-            for (long oy = 0; oy < g->oh; oy++, grad += OW) {
-                const T *src = buf + oy * g->sh * bw;
-                for (long t = 0; t < K; t++) {
-                    const long q = (t % g->kw) * g->dw;     /* the tap's column in the window */
-                    const T *restrict in = src + (t / g->kw) * rs + (split ? (q & 1) * half + q / 2 : q);
-                    const T *restrict d = grad;
-                    const long step = split ? 1 : g->sw;
-                    if (step == 1)
-                        NAME(lanes_dot)(lanes + t * 8, d, in, full);
-                    else
-                        for (long k = 0; k < full; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
-                    for (long k = full; k < OW; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
-                }
-            }
-            for (long t = 0; t < K; t++) {
-                const T *lane = lanes + t * 8;
-                acc[t] += (double)(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
-            }
+    const long step = split ? 1 : g->sw;
+    for (long t0 = 0; t0 < K; t0 += 9) {
+        const long taps = K - t0 < 9 ? K - t0 : 9;
+        long at[9];     /* each tap's first input element in buf */
+        for (long t = 0; t < taps; t++) {
+            const long q = ((t0 + t) % g->kw) * g->dw;     /* the tap's column in the window */
+            at[t] = (t0 + t) / g->kw * rs + (split ? (q & 1) * half + q / 2 : q);
         }
-        for (long t = 0; t < K; t++) dw[o * K + t] += (T)acc[t];
+        for (long o = start; o < stop; o++) {
+            for (long t = 0; t < taps; t++) acc[t] = 0;
+            for (long n = 0; n < num; n++) {
+                NAME(depthwise_load)(buf, x + (n * g->channels + o / m) * H * W, W, rows, cols, g->ph, g->pw, bw,
+                                     split);
+                const T *grad = dy + (n * g->channels * m + o) * OHW;
+                if (step != 1) {
+                    NAME(taps_plane_strided)(acc, grad, buf, at, taps, g->oh, g->ow, rstep, step);
+                    continue;
+                }
+                if (wide != g->ow) {
+                    for (long oy = 0; oy < g->oh; oy++)
+                        for (long k = 0; k < g->ow; k++) dbuf[oy * wide + k] = grad[oy * g->ow + k];
+                    grad = dbuf;
+                }
+                if (taps == 9)
+                    NAME(taps_plane)(acc, grad, buf, at, 9, g->oh, g->ow, wide, rstep);
+                else
+                    NAME(taps_plane)(acc, grad, buf, at, taps, g->oh, g->ow, wide, rstep);
+            }
+            for (long t = 0; t < taps; t++) dw[o * K + t0 + t] += (T)acc[t];
+        }
     }
 }
 

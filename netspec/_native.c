@@ -597,14 +597,15 @@ static PyObject *depthwise(PyObject *args, int mode)
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
     /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
-     * K doubles of sums and K * 8 lanes for the weight gradient. */
+     * K doubles of sums for the weight gradient and before its copy of a top diff plane, oh x wide. */
     Geom gt;
     const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
     const size_t plane_bytes = mode == DW_DATA ? (as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem : 0)
                                                : depthwise_buffer(&g, &bh, &bw, &wide) * elem;
-    const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double) + K * 8 * elem
+    const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
                             : as_forward ? g.channels * K * elem : 0;
-    const size_t scratch_bytes = sums_bytes + plane_bytes + 1;
+    const size_t grad_bytes = mode == DW_WEIGHTS ? g.oh * wide * elem : 0;
+    const size_t scratch_bytes = sums_bytes + plane_bytes + grad_bytes + 1;
     char *acc = PyMem_RawCalloc(scratch_bytes, 1);
     if (!acc) {
         for (int k = 0; k < 4; k++)
@@ -621,8 +622,7 @@ static PyObject *depthwise(PyObject *args, int mode)
                                                          (double *)acc + g.channels * K, (double *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (double *)(acc + K * sizeof(double)) + K * 8,
-                                                  (double *)(acc + K * sizeof(double)));
+                                                  (double *)(acc + sums_bytes), (double *)(acc + sums_bytes + plane_bytes));
     } else {
         if (mode == DW_FORWARD)
             PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (float *)acc);
@@ -631,8 +631,7 @@ static PyObject *depthwise(PyObject *args, int mode)
                                                          (float *)acc + g.channels * K, (float *)acc);
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (float *)(acc + K * sizeof(double)) + K * 8,
-                                                  (float *)(acc + K * sizeof(double)));
+                                                  (float *)(acc + sums_bytes), (float *)(acc + sums_bytes + plane_bytes));
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);
