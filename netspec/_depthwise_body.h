@@ -141,6 +141,75 @@ static void NAME(depthwise_backward_data)(const T *dy, const T *w, T *dx, const 
     }
 }
 
+/* One input row of the stride-2 data gradient (depthwise_backward_data_s2): out[2u + p] = the
+ * sum from +0 over the nr dy rows g[r] (output rows ascending), then over the kernel columns j
+ * ascending with j * dw - pw of parity p, of wr[r][j] * g[r][u - e[j]], for u in [0, n). Inlined
+ * with constant sizes for 3x3 windows, so that the taps unroll into two sums in registers and gcc
+ * vectorises over u, interleaving the two parities as it stores. */
+static inline __attribute__((always_inline)) void NAME(data_row_s2)(T *restrict out, const T *const *g,
+                                                                    const T *const *wr, const long *e, long nr,
+                                                                    long n, long kw, long dw, long pw)
+{
+    for (long u = 0; u < n; u++) {
+        T acc[2] = {0, 0};
+        for (long r = 0; r < nr; r++)
+            for (long j = 0; j < kw; j++) acc[(j * dw + pw) & 1] += wr[r][j] * g[r][u - e[j]];
+        out[2 * u] = acc[0];
+        out[2 * u + 1] = acc[1];
+    }
+}
+
+/* depthwise_backward_data for strides of 2, one output per channel and finite weights (else the
+ * direct kernel): the same sums in the same order, but each input row is gathered (data_row_s2)
+ * from a copy of its dy plane inside a border of zeros (depthwise_data_buffer), so that every row
+ * reads all the taps of its parity with no edge cases. A tap in the border adds w * 0 = 0, which
+ * changes no sum begun at +0 while w is finite. Rows of 2 * pairs elements wider than w go
+ * through the last 2 * pairs elements of buf. `buf`: the zeroed scratch. Windows up to 8 x 8. */
+static void NAME(depthwise_backward_data_s2)(const T *dy, const T *w, T *dx, const Geom *g, long start, long stop,
+                                             T *buf)
+{
+    const long W = g->w, OW = g->ow, K = g->kh * g->kw;
+    for (long e = 0; e < g->channels * K; e++)
+        if (!isfinite(w[e])) {
+            NAME(depthwise_backward_data)(dy, w, dx, g, 1, start, stop);
+            return;
+        }
+    long oy0, k0, rows, bw, pairs, e[8];
+    depthwise_data_buffer(g, &oy0, &k0, &rows, &bw, &pairs);
+    for (long j = 0; j < g->kw; j++) e[j] = half_down(j * g->dw - g->pw);
+    T *row_buf = buf + rows * bw;
+    const int three = g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1, odd = g->pw & 1;
+    for (long p = start; p < stop; p++) {
+        const long c = p % g->channels;
+        for (long oy = 0; oy < g->oh; oy++)
+            for (long k = 0; k < OW; k++) buf[(oy - oy0) * bw + k - k0] = dy[(p * g->oh + oy) * OW + k];
+        for (long iy = 0; iy < g->h; iy++) {
+            const T *gr[8], *wr[8];
+            long nr = 0;
+            for (long i = g->kh - 1; i >= 0; i--) {
+                const long at = iy + g->ph - i * g->dh;     /* twice the output row, when even */
+                if (at % 2)
+                    continue;
+                gr[nr] = buf + (at / 2 - oy0) * bw - k0;
+                wr[nr++] = w + c * K + i * g->kw;
+            }
+            T *out = dx + (p * g->h + iy) * W, *dst = 2 * pairs == W ? out : row_buf;
+            if (three && nr == 2 && odd)
+                NAME(data_row_s2)(dst, gr, wr, e, 2, pairs, 3, 1, 1);
+            else if (three && nr == 1 && odd)
+                NAME(data_row_s2)(dst, gr, wr, e, 1, pairs, 3, 1, 1);
+            else if (three && nr == 2)
+                NAME(data_row_s2)(dst, gr, wr, e, 2, pairs, 3, 1, 0);
+            else if (three && nr == 1)
+                NAME(data_row_s2)(dst, gr, wr, e, 1, pairs, 3, 1, 0);
+            else
+                NAME(data_row_s2)(dst, gr, wr, e, nr, pairs, g->kw, g->dw, g->pw);
+            if (dst != out)
+                for (long k = 0; k < W; k++) out[k] = dst[k];
+        }
+    }
+}
+
 /* depthwise_backward_data where `gt` (transposed_geom) says dx is a forward correlation of dy:
  * stride 1, so dx = depthwise_forward(dy, the kernels turned half a turn) with padding k - 1 - p.
  * That reads dy inside a border of zeros, which adds w * 0 = 0 only while every weight is finite;

@@ -69,6 +69,28 @@ static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
     return *bh * *bw + *wide;
 }
 
+/* x / 2 rounded down, for either sign. */
+static long half_down(long x)
+{
+    return x >= 0 ? x / 2 : -((1 - x) / 2);
+}
+
+/* depthwise_backward_data_s2's scratch (elements): a rows x bw copy of a top diff plane inside a
+ * border of zeros, output row oy at row oy - oy0 and column k at k - k0 (oy0, k0 <= 0), as far as
+ * any input row of `pairs` column pairs (w / 2 rounded up to whole vectors) reads; then a row of
+ * 2 * pairs elements. */
+static long depthwise_data_buffer(const Geom *g, long *oy0, long *k0, long *rows, long *bw, long *pairs)
+{
+    const long top = half_down(g->ph - (g->kh - 1) * g->dh), bottom = half_down(g->h - 1 + g->ph);
+    *pairs = ((g->w + 1) / 2 + 7) / 8 * 8;
+    *oy0 = top < 0 ? top : 0;
+    *rows = (bottom > g->oh - 1 ? bottom : g->oh - 1) - *oy0 + 1;
+    const long left = -half_down((g->kw - 1) * g->dw - g->pw), right = *pairs - 1 - half_down(-g->pw);
+    *k0 = left < 0 ? left : 0;
+    *bw = (right > g->ow - 1 ? right : g->ow - 1) - *k0 + 1;
+    return *rows * *bw + 2 * *pairs;
+}
+
 /* The geometry under which depthwise backward data is a forward correlation of the top diff
  * (_depthwise_body.h, depthwise_backward_data_as_forward): stride 1, no dilation, one output per
  * channel, padding below the kernel size. 0 when the layer is not of that kind. */
@@ -597,11 +619,16 @@ static PyObject *depthwise(PyObject *args, int mode)
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
     /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
-     * K doubles of sums for the weight gradient and before its copy of a top diff plane, oh x wide. */
+     * K doubles of sums for the weight gradient and before its copy of a top diff plane, oh x wide;
+     * the data gradient's, by halves (stride 2) or as a forward correlation (then after its C * K
+     * flipped kernels). */
     Geom gt;
     const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
-    const size_t plane_bytes = mode == DW_DATA ? (as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem : 0)
-                                               : depthwise_buffer(&g, &bh, &bw, &wide) * elem;
+    const int halves = mode == DW_DATA && !as_forward && g.sh == 2 && g.sw == 2 && m == 1 && g.kh <= 8 && g.kw <= 8;
+    long oy0, k0, rows, pairs;
+    const size_t plane_bytes = mode != DW_DATA ? depthwise_buffer(&g, &bh, &bw, &wide) * elem
+                             : as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem
+                             : halves ? depthwise_data_buffer(&g, &oy0, &k0, &rows, &bw, &pairs) * elem : 0;
     const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
                             : as_forward ? g.channels * K * elem : 0;
     const size_t grad_bytes = mode == DW_WEIGHTS ? g.oh * wide * elem : 0;
@@ -620,6 +647,9 @@ static PyObject *depthwise(PyObject *args, int mode)
         else if (as_forward)
             PICK(depthwise_backward_data_as_forward_f64)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
                                                          (double *)acc + g.channels * K, (double *)acc);
+        else if (halves)
+            PICK(depthwise_backward_data_s2_f64)(v[0].buf, v[1].buf, v[3].buf, &g, start, stop,
+                                                 (double *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
                                                   (double *)(acc + sums_bytes), (double *)(acc + sums_bytes + plane_bytes));
@@ -629,6 +659,9 @@ static PyObject *depthwise(PyObject *args, int mode)
         else if (as_forward)
             PICK(depthwise_backward_data_as_forward_f32)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
                                                          (float *)acc + g.channels * K, (float *)acc);
+        else if (halves)
+            PICK(depthwise_backward_data_s2_f32)(v[0].buf, v[1].buf, v[3].buf, &g, start, stop,
+                                                 (float *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
                                                   (float *)(acc + sums_bytes), (float *)(acc + sums_bytes + plane_bytes));
