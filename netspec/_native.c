@@ -619,17 +619,19 @@ static PyObject *depthwise(PyObject *args, int mode)
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
     /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
-     * K doubles of sums for the weight gradient and before its copy of a top diff plane, oh x wide;
+     * K doubles of sums and K tap offsets for the weight gradient and before its copy of a top diff
+     * plane, oh x wide;
      * the data gradient's, by halves (stride 2) or as a forward correlation (then after its C * K
      * flipped kernels). */
     Geom gt;
     const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
-    const int halves = mode == DW_DATA && !as_forward && g.sh == 2 && g.sw == 2 && m == 1 && g.kh <= 8 && g.kw <= 8;
+    const int halves = mode == DW_DATA && g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1
+                       && m == 1;
     long oy0, k0, rows, pairs;
     const size_t plane_bytes = mode != DW_DATA ? depthwise_buffer(&g, &bh, &bw, &wide) * elem
                              : as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem
                              : halves ? depthwise_data_buffer(&g, &oy0, &k0, &rows, &bw, &pairs) * elem : 0;
-    const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double)
+    const size_t sums_bytes = mode == DW_WEIGHTS ? K * (sizeof(double) + sizeof(long))
                             : as_forward ? g.channels * K * elem : 0;
     const size_t grad_bytes = mode == DW_WEIGHTS ? g.oh * wide * elem : 0;
     const size_t scratch_bytes = sums_bytes + plane_bytes + grad_bytes + 1;
@@ -652,7 +654,8 @@ static PyObject *depthwise(PyObject *args, int mode)
                                                  (double *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (double *)(acc + sums_bytes), (double *)(acc + sums_bytes + plane_bytes));
+                                                  (long *)(acc + K * sizeof(double)), (double *)(acc + sums_bytes),
+                                                  (double *)(acc + sums_bytes + plane_bytes));
     } else {
         if (mode == DW_FORWARD)
             PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (float *)acc);
@@ -664,7 +667,8 @@ static PyObject *depthwise(PyObject *args, int mode)
                                                  (float *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (float *)(acc + sums_bytes), (float *)(acc + sums_bytes + plane_bytes));
+                                                  (long *)(acc + K * sizeof(double)), (float *)(acc + sums_bytes),
+                                                  (float *)(acc + sums_bytes + plane_bytes));
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);
