@@ -170,8 +170,8 @@ static void NAME(depthwise_backward_data_s2)(const T *dy, const T *w, T *dx, con
                                              T *buf)
 {
     const long W = g->w, OW = g->ow;
-    for (long e = 0; e < g->channels * 9; e++)
-        if (!isfinite(w[e])) {
+    for (long t = 0; t < g->channels * 9; t++)
+        if (!isfinite(w[t])) {
             NAME(depthwise_backward_data)(dy, w, dx, g, 1, start, stop);
             return;
         }

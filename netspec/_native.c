@@ -618,11 +618,10 @@ static PyObject *depthwise(PyObject *args, int mode)
     }
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
-    /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
-     * K doubles of sums and K tap offsets for the weight gradient and before its copy of a top diff
-     * plane, oh x wide;
-     * the data gradient's, by halves (stride 2) or as a forward correlation (then after its C * K
-     * flipped kernels). */
+    /* Scratch: a zero-bordered plane, forward's and the weight gradient's (depthwise_buffer) or the
+     * data gradient's, by halves (depthwise_data_buffer) or as a forward correlation; before it the
+     * weight gradient's K doubles of sums and K tap offsets, or the correlation's C * K flipped
+     * kernels; after it the weight gradient's copy of a top diff plane, oh x wide. */
     Geom gt;
     const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
     const int halves = mode == DW_DATA && g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1
