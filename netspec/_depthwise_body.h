@@ -141,6 +141,72 @@ static void NAME(depthwise_backward_data)(const T *dy, const T *w, T *dx, const 
     }
 }
 
+/* One input row of the stride-2 data gradient with 3x3 windows (depthwise_backward_data_s2):
+ * out[2u + p] = the sum from +0 over the nr dy rows g[r] (output rows ascending), then over the
+ * kernel columns j ascending with j - pw of parity p, of wr[r][j] * g[r][u - e[j]], u in [0, n).
+ * Inlined with constant nr and pw & 1, so that the taps unroll into two sums in registers and gcc
+ * vectorises over u, interleaving the two parities as it stores. */
+static inline __attribute__((always_inline)) void NAME(data_row_s2)(T *restrict out, const T *const *g,
+                                                                    const T *const *wr, const long *e, long nr,
+                                                                    long n, long pw)
+{
+    for (long u = 0; u < n; u++) {
+        T acc[2] = {0, 0};
+        for (long r = 0; r < nr; r++)
+            for (long j = 0; j < 3; j++) acc[(j + pw) & 1] += wr[r][j] * g[r][u - e[j]];
+        out[2 * u] = acc[0];
+        out[2 * u + 1] = acc[1];
+    }
+}
+
+/* depthwise_backward_data for 3x3 windows, strides of 2, no dilation, one output per channel and
+ * finite weights (else the direct kernel): the same sums in the same order, but each input row is
+ * gathered (data_row_s2) from a copy of its dy plane inside a border of zeros
+ * (depthwise_data_buffer), so that every row reads the two or one kernel rows of its parity with no
+ * edge cases. A tap in the border adds w * 0 = 0, which changes no sum begun at +0 while w is
+ * finite. Rows of 2 * pairs elements wider than w go through the last 2 * pairs elements of buf.
+ * `buf`: the zeroed scratch. */
+static void NAME(depthwise_backward_data_s2)(const T *dy, const T *w, T *dx, const Geom *g, long start, long stop,
+                                             T *buf)
+{
+    const long W = g->w, OW = g->ow;
+    for (long t = 0; t < g->channels * 9; t++)
+        if (!isfinite(w[t])) {
+            NAME(depthwise_backward_data)(dy, w, dx, g, 1, start, stop);
+            return;
+        }
+    long oy0, k0, rows, bw, pairs;
+    depthwise_data_buffer(g, &oy0, &k0, &rows, &bw, &pairs);
+    const long e[3] = {half_down(-g->pw), half_down(1 - g->pw), half_down(2 - g->pw)};
+    T *row_buf = buf + rows * bw;
+    for (long p = start; p < stop; p++) {
+        for (long oy = 0; oy < g->oh; oy++)
+            for (long k = 0; k < OW; k++) buf[(oy - oy0) * bw + k - k0] = dy[(p * g->oh + oy) * OW + k];
+        for (long iy = 0; iy < g->h; iy++) {
+            const T *gr[2], *wr[2];
+            long nr = 0;
+            for (long i = 2; i >= 0; i--) {
+                const long at = iy + g->ph - i;     /* twice the output row, when even */
+                if (at % 2)
+                    continue;
+                gr[nr] = buf + (at / 2 - oy0) * bw - k0;
+                wr[nr++] = w + p % g->channels * 9 + i * 3;
+            }
+            T *out = dx + (p * g->h + iy) * W, *dst = 2 * pairs == W ? out : row_buf;
+            if (nr == 2 && g->pw & 1)
+                NAME(data_row_s2)(dst, gr, wr, e, 2, pairs, 1);
+            else if (nr == 2)
+                NAME(data_row_s2)(dst, gr, wr, e, 2, pairs, 0);
+            else if (g->pw & 1)
+                NAME(data_row_s2)(dst, gr, wr, e, 1, pairs, 1);
+            else
+                NAME(data_row_s2)(dst, gr, wr, e, 1, pairs, 0);
+            if (dst != out)
+                for (long k = 0; k < W; k++) out[k] = dst[k];
+        }
+    }
+}
+
 /* depthwise_backward_data where `gt` (transposed_geom) says dx is a forward correlation of dy:
  * stride 1, so dx = depthwise_forward(dy, the kernels turned half a turn) with padding k - 1 - p.
  * That reads dy inside a border of zeros, which adds w * 0 = 0 only while every weight is finite;
@@ -161,56 +227,132 @@ static void NAME(depthwise_backward_data_as_forward)(const T *dy, const T *w, T 
     NAME(depthwise_forward)(dy, flipped, NULL, dx, gt, 1, start, stop, buf);
 }
 
-/* lane[l] += sum over k = l, l + 8, ... below n (a multiple of 8) of d[k] * in[k]: eight sums
- * held in registers, one vector of them. */
-static inline __attribute__((always_inline)) void NAME(lanes_dot)(T *restrict lane, const T *restrict d,
-                                                                  const T *restrict in, long n)
+/* One register of T (GCC's vector extension: 32 bytes in the AVX2 copy, 16 in the SSE2 one; wider
+ * types compile to poor code); each element rounds as scalar code does. A tap's eight lanes are
+ * LANE_VECS of them. loadv reads any VL consecutive elements. */
+#ifdef __AVX2__
+#define VBYTES 32
+#else
+#define VBYTES 16
+#endif
+typedef T NAME(reg) __attribute__((vector_size(VBYTES)));
+typedef long NAME(bits) __attribute__((vector_size(VBYTES)));
+#define VL ((long)(VBYTES / sizeof(T)))
+#define LANE_VECS (8 / VL)
+
+static inline __attribute__((always_inline)) void NAME(loadv)(NAME(reg) *v, const T *p)
 {
-    T s[8];
-    for (int l = 0; l < 8; l++) s[l] = lane[l];
-    for (long k = 0; k < n; k += 8)
-        for (int l = 0; l < 8; l++) s[l] += d[k + l] * in[k + l];
-    for (int l = 0; l < 8; l++) lane[l] = s[l];
+    memcpy(v, p, sizeof *v);
+}
+
+/* acc[t] += tap t's eight lanes (s[t * LANE_VECS], ...) added pairwise, in double, for t < taps. */
+static inline __attribute__((always_inline)) void NAME(lanes_sum)(double *restrict acc, const NAME(reg) *s,
+                                                                  long taps)
+{
+    for (long t = 0; t < taps; t++) {
+        T l[8];
+        memcpy(l, s + t * LANE_VECS, sizeof l);
+        acc[t] += (double)(((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
+    }
+}
+
+/* Up to nine taps of one plane's weight gradient in one pass over dy (oh rows of ow, gs apart, read
+ * in whole vectors): for tap t, lane l sums grad[k] * src[at[t] + k] (rows rstep apart in src)
+ * over the k = l mod 8 of every row in turn, from +0; then lanes_sum. Those are the sums of a pass
+ * per tap, but dy is read once and, inlined with a constant count, the lanes stay in registers.
+ * A row's last partial vector adds +0 in its lanes past ow (`keep`, ones in the bits of the lanes
+ * below ow % 8, masks the others whatever src holds there): a sum begun at +0 is never -0, so that
+ * changes no bit. */
+static inline __attribute__((always_inline)) void NAME(taps_plane)(
+    double *restrict acc, const T *restrict grad, const T *restrict src, const long *restrict at, long taps,
+    long oh, long ow, long gs, long rstep, const NAME(bits) *keep)
+{
+    NAME(reg) s[9 * LANE_VECS] = {{0}}, d[LANE_VECS], v;
+    const long full = ow / 8 * 8;
+    for (long oy = 0; oy < oh; oy++, grad += gs, src += rstep) {
+        for (long k = 0; k < full; k += 8) {
+            for (long h = 0; h < LANE_VECS; h++) NAME(loadv)(&d[h], grad + k + h * VL);
+#pragma GCC unroll 9
+            for (long t = 0; t < taps; t++)
+                for (long h = 0; h < LANE_VECS; h++) {
+                    NAME(loadv)(&v, src + at[t] + k + h * VL);
+                    s[t * LANE_VECS + h] += d[h] * v;
+                }
+        }
+        if (full == ow)
+            continue;
+        for (long h = 0; h < LANE_VECS; h++) NAME(loadv)(&d[h], grad + full + h * VL);
+#pragma GCC unroll 9
+        for (long t = 0; t < taps; t++)
+            for (long h = 0; h < LANE_VECS; h++) {
+                NAME(loadv)(&v, src + at[t] + full + h * VL);
+                s[t * LANE_VECS + h] += (NAME(reg))((NAME(bits))(d[h] * v) & keep[h]);
+            }
+    }
+    NAME(lanes_sum)(acc, s, taps);
+}
+
+/* taps_plane with the taps' input elements `step` apart (strides over 2), lane by lane. */
+static void NAME(taps_plane_strided)(double *restrict acc, const T *restrict grad, const T *restrict src,
+                                     const long *restrict at, long taps, long oh, long ow, long rstep, long step)
+{
+    T s[9 * 8] = {0};
+    for (long oy = 0; oy < oh; oy++, grad += ow, src += rstep)
+        for (long t = 0; t < taps; t++)
+            for (long k = 0; k < ow; k++) s[t * 8 + (k & 7)] += grad[k] * src[at[t] + k * step];
+    NAME(reg) lanes[9 * LANE_VECS];
+    memcpy(lanes, s, sizeof s);
+    NAME(lanes_sum)(acc, lanes, taps);
 }
 
 /* Output channels [start, stop) of the C * m: dw[o] += the weight gradient over all `num` samples.
  * Each input plane is copied into `buf` (depthwise_buffer's zeroed scratch) inside a border of
- * zeros, as forward does, so that every tap reads a whole row of ow elements with no edge cases
- * (stride 2: from the split even/odd layout). The products are summed in eight lanes per tap
- * (`lanes`: K * 8 elements of scratch), vectorised over each row, and each plane's lanes are
- * added into `acc` (K doubles) at its end. */
+ * zeros, as forward does, so that every tap reads a whole row of `wide` elements with no edge
+ * cases (stride 2: from the split even/odd layout). Each tap's products are summed in eight lanes
+ * per plane, `group` taps a pass over dy (taps_plane), and added into `acc` (K doubles). dy's
+ * planes are read as rows of `wide` elements, copied into `dbuf` (oh * wide, zeroed) unless ow is
+ * a whole number of vectors. `at`: K longs of scratch. */
 static void NAME(depthwise_backward_weights)(const T *dy, const T *x, T *dw, const Geom *g, long m, long num,
-                                             long start, long stop, double *acc, T *buf, T *lanes)
+                                             long start, long stop, double *acc, long *at, T *buf, T *dbuf)
 {
-    const long H = g->h, W = g->w, OW = g->ow, OHW = g->oh * OW, K = g->kh * g->kw;
+    const long H = g->h, W = g->w, OHW = g->oh * g->ow, K = g->kh * g->kw;
     long bh, bw, wide;
     depthwise_buffer(g, &bh, &bw, &wide);
     const long rows = H < bh - g->ph ? H : bh - g->ph, cols = W < bw - g->pw ? W : bw - g->pw;
-    const long rs = g->dh * bw, half = bw / 2, full = OW / 8 * 8;
+    const long rs = g->dh * bw, half = bw / 2, rstep = g->sh * bw;
     const int split = g->sw == 2;
+    const long step = split ? 1 : g->sw;
+    /* Taps per pass: as many as keep their lanes in registers (nine of the sixteen for AVX2's
+     * float; a kernel row's three where each tap's lanes take two registers or more). */
+    const long group = LANE_VECS == 1 ? 9 : 3;
+    unsigned char ones[8 * sizeof(T)] = {0};
+    NAME(bits) keep[LANE_VECS];
+    memset(ones, 0xff, g->ow % 8 * sizeof(T));
+    memcpy(keep, ones, sizeof keep);
+    for (long t = 0; t < K; t++) {
+        const long q = t % g->kw * g->dw;     /* the tap's column in the window */
+        at[t] = t / g->kw * rs + (split ? (q & 1) * half + q / 2 : q);
+    }
     for (long o = start; o < stop; o++) {
         for (long t = 0; t < K; t++) acc[t] = 0;
         for (long n = 0; n < num; n++) {
             NAME(depthwise_load)(buf, x + (n * g->channels + o / m) * H * W, W, rows, cols, g->ph, g->pw, bw, split);
-            for (long e = 0; e < K * 8; e++) lanes[e] = 0;
             const T *grad = dy + (n * g->channels * m + o) * OHW;
-            for (long oy = 0; oy < g->oh; oy++, grad += OW) {
-                const T *src = buf + oy * g->sh * bw;
-                for (long t = 0; t < K; t++) {
-                    const long q = (t % g->kw) * g->dw;     /* the tap's column in the window */
-                    const T *restrict in = src + (t / g->kw) * rs + (split ? (q & 1) * half + q / 2 : q);
-                    const T *restrict d = grad;
-                    const long step = split ? 1 : g->sw;
-                    if (step == 1)
-                        NAME(lanes_dot)(lanes + t * 8, d, in, full);
-                    else
-                        for (long k = 0; k < full; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
-                    for (long k = full; k < OW; k++) lanes[t * 8 + (k & 7)] += d[k] * in[k * step];
-                }
+            if (step == 1 && wide != g->ow) {
+                for (long oy = 0; oy < g->oh; oy++)
+                    for (long k = 0; k < g->ow; k++) dbuf[oy * wide + k] = grad[oy * g->ow + k];
+                grad = dbuf;
             }
-            for (long t = 0; t < K; t++) {
-                const T *lane = lanes + t * 8;
-                acc[t] += (double)(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+            for (long t0 = 0; t0 < K; t0 += group) {
+                const long taps = K - t0 < group ? K - t0 : group;
+                if (step != 1)
+                    NAME(taps_plane_strided)(acc + t0, grad, buf, at + t0, taps, g->oh, g->ow, rstep, step);
+                else if (taps == 9)
+                    NAME(taps_plane)(acc + t0, grad, buf, at + t0, 9, g->oh, g->ow, wide, rstep, keep);
+                else if (taps == 3)
+                    NAME(taps_plane)(acc + t0, grad, buf, at + t0, 3, g->oh, g->ow, wide, rstep, keep);
+                else
+                    NAME(taps_plane)(acc + t0, grad, buf, at + t0, taps, g->oh, g->ow, wide, rstep, keep);
             }
         }
         for (long t = 0; t < K; t++) dw[o * K + t] += (T)acc[t];
@@ -255,3 +397,7 @@ static void NAME(channel_chain)(const T *x, T *y, const T *m, const T *s, const 
             }
     }
 }
+
+#undef VBYTES
+#undef VL
+#undef LANE_VECS

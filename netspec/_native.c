@@ -71,6 +71,28 @@ static long depthwise_buffer(const Geom *g, long *bh, long *bw, long *wide)
     return *bh * *bw + *wide;
 }
 
+/* x / 2 rounded down, for either sign. */
+static long half_down(long x)
+{
+    return x >= 0 ? x / 2 : -((1 - x) / 2);
+}
+
+/* depthwise_backward_data_s2's scratch (elements): a rows x bw copy of a top diff plane inside a
+ * border of zeros, output row oy at row oy - oy0 and column k at k - k0 (oy0, k0 <= 0), as far as
+ * any input row of `pairs` column pairs (w / 2 rounded up to whole vectors) reads; then a row of
+ * 2 * pairs elements. */
+static long depthwise_data_buffer(const Geom *g, long *oy0, long *k0, long *rows, long *bw, long *pairs)
+{
+    const long top = half_down(g->ph - (g->kh - 1) * g->dh), bottom = half_down(g->h - 1 + g->ph);
+    *pairs = ((g->w + 1) / 2 + 7) / 8 * 8;
+    *oy0 = top < 0 ? top : 0;
+    *rows = (bottom > g->oh - 1 ? bottom : g->oh - 1) - *oy0 + 1;
+    const long left = -half_down((g->kw - 1) * g->dw - g->pw), right = *pairs - 1 - half_down(-g->pw);
+    *k0 = left < 0 ? left : 0;
+    *bw = (right > g->ow - 1 ? right : g->ow - 1) - *k0 + 1;
+    return *rows * *bw + 2 * *pairs;
+}
+
 /* The geometry under which depthwise backward data is a forward correlation of the top diff
  * (_depthwise_body.h, depthwise_backward_data_as_forward): stride 1, no dilation, one output per
  * channel, padding below the kernel size. 0 when the layer is not of that kind. */
@@ -598,15 +620,22 @@ static PyObject *depthwise(PyObject *args, int mode)
     }
     const size_t elem = kind == KIND_F64 ? sizeof(double) : sizeof(float);
     long bh, bw, wide;
-    /* Scratch: forward's and the weight gradient's zero-bordered plane (depthwise_buffer), after
-     * K doubles of sums and K * 8 lanes for the weight gradient. */
+    /* Scratch: a zero-bordered plane, forward's and the weight gradient's (depthwise_buffer) or the
+     * data gradient's, by halves (depthwise_data_buffer) or as a forward correlation; before it the
+     * weight gradient's K doubles of sums and K tap offsets, or the correlation's C * K flipped
+     * kernels; after it the weight gradient's copy of a top diff plane, oh x wide. */
     Geom gt;
     const int as_forward = mode == DW_DATA && transposed_geom(&g, m, &gt);
-    const size_t plane_bytes = mode == DW_DATA ? (as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem : 0)
-                                               : depthwise_buffer(&g, &bh, &bw, &wide) * elem;
-    const size_t sums_bytes = mode == DW_WEIGHTS ? K * sizeof(double) + K * 8 * elem
+    const int halves = mode == DW_DATA && g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1
+                       && m == 1;
+    long oy0, k0, rows, pairs;
+    const size_t plane_bytes = mode != DW_DATA ? depthwise_buffer(&g, &bh, &bw, &wide) * elem
+                             : as_forward ? depthwise_buffer(&gt, &bh, &bw, &wide) * elem
+                             : halves ? depthwise_data_buffer(&g, &oy0, &k0, &rows, &bw, &pairs) * elem : 0;
+    const size_t sums_bytes = mode == DW_WEIGHTS ? K * (sizeof(double) + sizeof(long))
                             : as_forward ? g.channels * K * elem : 0;
-    const size_t scratch_bytes = sums_bytes + plane_bytes + 1;
+    const size_t grad_bytes = mode == DW_WEIGHTS ? g.oh * wide * elem : 0;
+    const size_t scratch_bytes = sums_bytes + plane_bytes + grad_bytes + 1;
     char *acc = PyMem_RawCalloc(scratch_bytes, 1);
     if (!acc) {
         for (int k = 0; k < 4; k++)
@@ -621,20 +650,26 @@ static PyObject *depthwise(PyObject *args, int mode)
         else if (as_forward)
             PICK(depthwise_backward_data_as_forward_f64)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
                                                          (double *)acc + g.channels * K, (double *)acc);
+        else if (halves)
+            PICK(depthwise_backward_data_s2_f64)(v[0].buf, v[1].buf, v[3].buf, &g, start, stop,
+                                                 (double *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f64)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (double *)(acc + K * sizeof(double)) + K * 8,
-                                                  (double *)(acc + K * sizeof(double)));
+                                                  (long *)(acc + K * sizeof(double)), (double *)(acc + sums_bytes),
+                                                  (double *)(acc + sums_bytes + plane_bytes));
     } else {
         if (mode == DW_FORWARD)
             PICK(depthwise_forward_f32)(v[0].buf, v[1].buf, bias, v[3].buf, &g, m, start, stop, (float *)acc);
         else if (as_forward)
             PICK(depthwise_backward_data_as_forward_f32)(v[0].buf, v[1].buf, v[3].buf, &g, &gt, start, stop,
                                                          (float *)acc + g.channels * K, (float *)acc);
+        else if (halves)
+            PICK(depthwise_backward_data_s2_f32)(v[0].buf, v[1].buf, v[3].buf, &g, start, stop,
+                                                 (float *)(acc + sums_bytes));
         else if (mode == DW_DATA) PICK(depthwise_backward_data_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, start, stop);
         else PICK(depthwise_backward_weights_f32)(v[0].buf, v[1].buf, v[3].buf, &g, m, num, start, stop, (double *)acc,
-                                                  (float *)(acc + K * sizeof(double)) + K * 8,
-                                                  (float *)(acc + K * sizeof(double)));
+                                                  (long *)(acc + K * sizeof(double)), (float *)(acc + sums_bytes),
+                                                  (float *)(acc + sums_bytes + plane_bytes));
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(acc);

@@ -93,7 +93,11 @@ static void NAME(wino_columns)(const T *restrict e, const T *restrict o, long co
     }
 }
 
-/* Input tiles [t0, t1) of x (N, C, h, w) -> V (16, C, t1 - t0). work: 8 * (tiles_w + 1) T. */
+/* Input tiles [t0, t1) of x (N, C, h, w) -> V (16, C, t1 - t0). work: 8 * (tiles_w + 1) T.
+ * Channel by channel, each channel's tiles row by row: V's 16 rows of a channel are then written
+ * from the block's first tile to its last, where a loop over the channels inside each tile row
+ * wrote 16 short runs per channel and row (0.84-0.98 of the time, blocks of 128 tiles of
+ * ResNet-50's four map sizes at batch 10, 1 thread; the same bits). */
 static void NAME(winograd_input)(const T *x, T *V, const WinoGeom *g, long t0, long t1, T *work)
 {
     const long C = g->channels, tb = t1 - t0, per_image = g->th * g->tw;
@@ -106,11 +110,11 @@ static void NAME(winograd_input)(const T *x, T *V, const WinoGeom *g, long t0, l
         e[i] = work + (2 * i) * (g->tw + 1);
         o[i] = work + (2 * i + 1) * (g->tw + 1);
     }
-    for (long t = t0; t < t1;) {
-        const long n = t / per_image, ty = (t % per_image) / g->tw, tx0 = t % g->tw;
-        const long tx1 = (t1 - t < g->tw - tx0) ? tx0 + (t1 - t) : g->tw;   /* this tile row's part */
-        const long count = tx1 - tx0, col = t - t0;
-        for (long c = 0; c < C; c++) {
+    for (long c = 0; c < C; c++) {
+        for (long t = t0; t < t1;) {
+            const long n = t / per_image, ty = (t % per_image) / g->tw, tx0 = t % g->tw;
+            const long tx1 = (t1 - t < g->tw - tx0) ? tx0 + (t1 - t) : g->tw;   /* this tile row's part */
+            const long count = tx1 - tx0, col = t - t0;
             const T *image = x + (n * C + c) * plane;
             for (int i = 0; i < 4; i++) {
                 const long y = 2 * ty - g->ph + i;
@@ -128,8 +132,8 @@ static void NAME(winograd_input)(const T *x, T *V, const WinoGeom *g, long t0, l
             }
             for (int i = 0; i < 4; i++)
                 NAME(wino_columns)(e[i] + tx0, o[i] + tx0, count, v + 4 * i * ldv, ldv);
+            t += count;
         }
-        t += count;
     }
 }
 

@@ -235,6 +235,125 @@ def test_depthwise_forward_is_the_bits_of_the_numpy_sum_over_taps(dtype, shape, 
         _same_bits(y_bias, want_bias)
 
 
+# Depthwise backward cases: (channels, h, w), kernel, stride, pad, dilation, multiplier. Widths off
+# and on whole vectors of 8 (1, 7, 14, 16, 23, 40), 1xN and Nx1 maps, pad 0-2, strides 1-3, dilation.
+BACKWARD_CASES = [
+    ((3, 7, 9), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((2, 14, 14), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((2, 9, 32), (3, 3), (2, 2), (1, 1), (1, 1), 1),      # rows of whole vectors, written in place
+    ((2, 15, 23), (3, 3), (2, 2), (0, 0), (1, 1), 1),
+    ((1, 16, 16), (3, 3), (2, 2), (2, 2), (1, 1), 2),
+    ((2, 11, 40), (3, 3), (2, 2), (1, 1), (2, 2), 1),
+    ((3, 9, 13), (3, 3), (3, 3), (1, 1), (1, 1), 1),
+    ((2, 1, 17), (1, 3), (1, 2), (0, 1), (1, 1), 1),
+    ((2, 13, 1), (3, 1), (2, 1), (1, 0), (1, 1), 2),
+    ((1, 1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 3),
+    ((2, 12, 19), (5, 5), (2, 2), (2, 2), (1, 1), 1),
+    ((2, 10, 21), (2, 4), (1, 2), (1, 2), (1, 3), 1),
+    ((3, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1),       # data as a forward correlation
+    ((2, 14, 14), (3, 3), (1, 1), (2, 2), (1, 1), 1),     # stride 1, pad not below the kernel
+    ((2, 9, 23), (3, 3), (1, 1), (1, 1), (2, 2), 2),      # stride 1, dilation, multiplier
+    ((1, 9, 31), (4, 4), (1, 3), (1, 2), (1, 1), 1),      # 16 taps: the weight gradient by nines
+]
+
+
+def _windows(a, kernel, stride, dilation, out):
+    """{(i, j): the view of the padded planes `a` that tap (i, j) reads for each output}."""
+    (oh, ow), views = out, {}
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, c = i * dilation[0], j * dilation[1]
+            views[i, j] = a[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0], c:c + stride[1] * (ow - 1) + 1:stride[1]]
+    return views
+
+
+def _padded(shape, pad, dtype, num):
+    return np.zeros((num, shape[0], shape[1] + 2 * pad[0], shape[2] + 2 * pad[1]), dtype)
+
+
+def _weights_in_kernel_order(x, dy, dw, kernel, stride, pad, dilation, multiplier):
+    """dw + the weight gradient summed as depthwise_backward_weights documents: per tap and plane,
+    eight lanes (k mod 8 along each row, rows in turn, from +0), the lanes added pairwise, and
+    the planes' sums added in double."""
+    num, outputs = dy.shape[:2]
+    padded = _padded(x.shape[1:], pad, x.dtype, num)
+    padded[:, :, pad[0]:pad[0] + x.shape[2], pad[1]:pad[1] + x.shape[3]] = x
+    views = _windows(np.repeat(padded, multiplier, axis=1), kernel, stride, dilation, dy.shape[2:])
+    out = dw.copy()
+    for t, view in enumerate(views.values()):
+        terms = dy * view
+        lane = [np.add.accumulate(np.concatenate([np.zeros((num, outputs, 1), x.dtype),
+                                                  terms[..., l::8].reshape(num, outputs, -1)], axis=2), axis=2)[..., -1]
+                for l in range(8)]
+        planes = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+        acc = np.zeros(outputs)
+        for n in range(num):
+            acc = acc + planes[n].astype(np.float64)
+        out[:, t] += acc.astype(x.dtype)
+    return out
+
+
+def _data_in_kernel_order(dy, w, shape, kernel, stride, pad, dilation, multiplier, columns_descending):
+    """The data gradient summed as depthwise_backward_data documents: each input element from +0
+    over its outputs in order of channel, then output row; within a row, kernel columns ascending
+    (the direct kernel) or descending (as a forward correlation of the flipped kernels)."""
+    num = dy.shape[0]
+    padded = _padded(shape, pad, dy.dtype, num)
+    views = _windows(padded, kernel, stride, dilation, dy.shape[2:])
+    grads = dy.reshape((num, shape[0], multiplier) + dy.shape[2:])
+    taps = w.reshape(shape[0], multiplier, kernel[0], kernel[1])
+    columns = range(kernel[1])[::-1] if columns_descending else range(kernel[1])
+    for q in range(multiplier):
+        for i in reversed(range(kernel[0])):            # output rows ascending
+            for j in columns:
+                views[i, j][...] += taps[:, q, i, j][:, None, None] * grads[:, :, q]
+    return padded[:, :, pad[0]:pad[0] + shape[1], pad[1]:pad[1] + shape[2]]
+
+
+def _as_forward(kernel, stride, pad, dilation, multiplier, w):
+    """Whether the data gradient runs as a forward correlation (transposed_geom in _native.c)."""
+    return (stride == (1, 1) and dilation == (1, 1) and multiplier == 1 and pad[0] < kernel[0]
+            and pad[1] < kernel[1] and np.isfinite(w).all())
+
+
+def _canonical(a):
+    """a with every NaN the same NaN: the sign and payload a NaN keeps depend on operand order."""
+    a = a.copy()
+    a[np.isnan(a)] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "inf-nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation, multiplier", BACKWARD_CASES)
+def test_depthwise_backward_is_the_bits_of_its_documented_order(dtype, shape, kernel, stride, pad, dilation,
+                                                                multiplier, special):
+    num = 2
+    g, x, w, _, dy = _depthwise_arrays(dtype, shape, kernel, stride, pad, dilation, multiplier, num)
+    if special:     # infinities and NaNs in the bottom, the top diff and one kernel
+        rng = np.random.default_rng(7)
+        for a in (x, dy):
+            a[rng.random(a.shape) < 0.02] = np.inf
+            a[rng.random(a.shape) < 0.02] = -np.inf
+            a[rng.random(a.shape) < 0.01] = np.nan
+        w[0, -1] = np.inf
+    dw0 = _data(np.random.default_rng(5), w.shape, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_dw = _weights_in_kernel_order(x, dy, dw0, kernel, stride, pad, dilation, multiplier)
+        want_dx = _data_in_kernel_order(dy, w, shape, kernel, stride, pad, dilation, multiplier,
+                                        _as_forward(kernel, stride, pad, dilation, multiplier, w))
+
+    def run():
+        dx, dw = np.full_like(x, 7.0), dw0.copy()
+        kernels.depthwise_backward_data(dy, w, None, dx, g, multiplier, num, 0, num * shape[0])
+        kernels.depthwise_backward_weights(dy, x, None, dw, g, multiplier, num, 0, shape[0] * multiplier)
+        return dx, dw
+
+    for dx, dw in on_every_isa(run):
+        _same_bits(_canonical(dx), _canonical(want_dx))
+        _same_bits(_canonical(dw), _canonical(want_dw))
+
+
 @pytest.mark.skipif(not hasattr(kernels, "sgd_step"), reason="build without the SGD step")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scale, decay, momentum", [(1.0, 5e-4, 0.9), (0.5, 0.0, 0.9), (1 / 3, 1e-3, 0.0)])
