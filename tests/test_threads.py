@@ -212,16 +212,25 @@ def _run_threaded_net(n, phase, batch):
 
 
 @pytest.mark.parametrize("phase, batch", [("TRAIN", 8), ("TEST", 8), ("TRAIN", 1)])
-def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_threads(phase, batch, restore_threads):
-    """Batch 8 cuts by samples; batch 1 cuts the stacked convolutions' GEMMs by rows and channels."""
+def test_forward_backward_and_parameter_diffs_are_the_same_bytes_at_1_2_3_threads(phase, batch, restore_threads,
+                                                                                    monkeypatch):
+    """Batch 8 cuts by samples; batch 1 cuts the stacked convolutions' GEMMs by rows and their
+    im2col/col2im by channels (chunks of 4K elements here, so that this net's small maps are cut)."""
     import netspec
     from netspec.layers import conv_engines, native
+    monkeypatch.setattr(conv_engines, "IM2COL_CHUNK", 1 << 12)
+    cut = []
+    real = conv_engines.StackedConv.channel_chunks
+    monkeypatch.setattr(conv_engines.StackedConv, "channel_chunks",
+                        lambda self, part: cut.append(len(real(self, part))) or real(self, part))
     one, engines = _run_threaded_net(1, getattr(netspec, phase), batch)
     # The engines this net is meant to reach (when the compiled kernels are built).
     if native.ENABLED:
         # Batch 1: the small maps go stacked too (side by side needs several samples).
         assert ({"StackedConv", "PointwiseConv"} | ({"ColumnConv"} if batch > 1 else set())) <= engines
     assert conv_engines.CHUNKS > 1
+    if native.ENABLED and batch == 1:
+        assert max(cut) > 1
     for n in (2, 3):
         other, _ = _run_threaded_net(n, getattr(netspec, phase), batch)
         assert other.keys() == one.keys()

@@ -47,6 +47,12 @@ HALF_CHUNK_ROWS = 32
 # one thread whole: 64 x 480 x 196 0.135 / 0.126 ms, 96 x 192 x 784 0.224 / 0.283 ms). SqueezeNet's
 # expand1x1 layers (1.5-3.2M) had run 0.10-0.14 ms at 1 thread and 0.14-0.21 ms at 2.
 MIN_CUT_PRODUCT = 1 << 23
+# Fewest column elements per chunk of one sample's im2col/col2im cut by channels (a power-of-two
+# count of chunks, at most CHUNKS). At batch 1, 2 threads, GoogLeNet's 5x5 layers (78-200K
+# elements) had gone in 8 chunks and run slower than at 1 thread; alternated forward by forward,
+# 64K against about the old rule (4K, 8 chunks from 32K): GoogLeNet 0.968, ResNet-50 0.991,
+# CaffeNet 0.989, SqueezeNet 0.995, GoogLeNet batch 10 0.999; 256K against 64K 1.00-1.02.
+IM2COL_CHUNK = 1 << 16
 # Below this many samples, stacked convolutions cut each sample's work by rows and channels.
 SMALL_BATCH = 4
 
@@ -194,7 +200,7 @@ class StackedConv(ConvEngine):
     def channel_chunks(self, part):
         """[(sample, first channel, end channel)] over the samples of `part`: im2col/col2im work items."""
         g = self.geom
-        blocks = spans(g.channels, CHUNKS if g.rows * g.out_count >= (1 << 15) else 1)
+        blocks = spans(g.channels, even_count(min(CHUNKS, g.rows * g.out_count // IM2COL_CHUNK)))
         return [(n, c0, c1) for n in range(part.start, part.stop) for c0, c1 in blocks]
 
     def sub_window(self, channels):
