@@ -14,10 +14,12 @@ from .base import scratch
 from .conv_engines import CHUNKS, ConvEngine, add_in_order, row_blocks
 from .im2col import COLUMN_BUDGET, add_weight_grad
 
-# Fewest columns (samples x output positions) in one chunk of a convolution cut by samples: LeNet's
-# conv2 GEMM (50 x 501 by 4096 columns) at 1 thread took 3.27 ms whole, 3.49 ms in 4 column
-# blocks of 1024, 3.59 ms in 8 of 512.
-SAMPLE_CHUNK_COLUMNS = 1024
+# Fewest columns (samples x output positions) in one chunk of a convolution cut by samples. LeNet's
+# conv2 (50 x 501 by 64 x 64 columns) goes in 8 chunks of 512, each built and multiplied by one
+# thread. Alternated run by
+# run in one process, 512 against 1024: LeNet's forward 0.977 (1 thread) and 0.974 (2 threads), its
+# training step 0.993 and 0.989; 2048 against 1024: forward 1.025 (1 thread), 1.044 (2 threads).
+SAMPLE_CHUNK_COLUMNS = 512
 
 
 class BatchInnerConv(ConvEngine):
