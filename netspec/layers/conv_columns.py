@@ -16,9 +16,8 @@ from .im2col import COLUMN_BUDGET, add_weight_grad
 
 # Fewest columns (samples x output positions) in one chunk of a convolution cut by samples. LeNet's
 # conv2 (50 x 501 by 64 x 64 columns) goes in 8 chunks of 512, each built and multiplied by one
-# thread. Alternated run by
-# run in one process, 512 against 1024: LeNet's forward 0.977 (1 thread) and 0.974 (2 threads), its
-# training step 0.993 and 0.989; 2048 against 1024: forward 1.025 (1 thread), 1.044 (2 threads).
+# thread. Alternated run by run in one process, 512 against 1024: LeNet's forward 0.977 (1 thread)
+# and 0.974 (2 threads), its training step 0.993 and 0.989; 2048 against 1024: forward 1.025 and 1.044.
 SAMPLE_CHUNK_COLUMNS = 512
 
 
