@@ -215,19 +215,25 @@ class StackedConv(ConvEngine):
             return col
         image = self.bottom_image(b) if self.window is None else None
         parts = g.sample_parts(CHUNKS)
-        biggest = parts[0].stop - parts[0].start
+
+        def multiply(samples, cols):
+            self.stacked_im2col(b, image, cols, samples)
+            out = y[samples]
+            np.matmul(w, g.grouped(cols, group), out=g.grouped(out, group))
+            if bias is not None:
+                out += bias[:, None]
 
         def chunk(k):
             part = parts[k]
             if keep:
-                cols = col[part]
-            else:   # each thread's own work buffer
-                cols = self.col_buffer(None, biggest, y.dtype, shared=True)[:part.stop - part.start]
-            self.stacked_im2col(b, image, cols, part)
-            out = y[part]
-            np.matmul(w, g.grouped(cols, group), out=g.grouped(out, group))
-            if bias is not None:
-                out += bias[:, None]
+                multiply(part, col[part])
+            else:
+                # This thread's own buffer, a sample at a time (the same GEMMs: np.matmul runs one
+                # per sample): a part's two samples had made the worker's copy GoogLeNet's largest
+                # buffer at 2 threads (conv2, 14 MB).
+                cols = self.col_buffer(None, 1, y.dtype, shared=True)
+                for n in range(part.start, part.stop):
+                    multiply(slice(n, n + 1), cols)
             self.finish_planes(part.start * y.shape[1], part.stop * y.shape[1])
 
         parallel_for(len(parts), chunk)
