@@ -945,11 +945,10 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-
 /* spin_wait(word, value, microseconds, until): without the GIL, wait until the int32 in `word` (a
  * writable buffer) equals `value` (until true) or differs from it (until false), for at most
  * `microseconds`; returns whether it came. threads.py's pool waits here a little before it sleeps
- * on a lock: a thread asleep in the kernel takes 20-50 us to wake on this machine, one that is
+ * on a lock: a thread asleep in the kernel took 20-80 us to wake on the 2-core VM, one that was
  * spinning a few. Each turn yields the core, so that on a busy machine another process gets it. */
 static PyObject *py_spin_wait(PyObject *self, PyObject *args)
 {

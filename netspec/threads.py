@@ -9,10 +9,10 @@ the others (OpenBLAS's 2-thread LeNet step went from 9 to 70-150 ms beside one b
 How: a layer cuts its work into chunks and calls parallel_for(n, fn); the caller and the
 workers take chunk indices from one counter until none are left, so a thread that is
 descheduled holds up at most the chunk it is in. Between calls the workers spin briefly
-without the GIL (spin_microseconds), then sleep on a lock. Chunk i's work must not depend on which
-thread runs it or on the thread count: layers cut by the problem's shape alone, and sum
-partial results in chunk order, so that 1, 2 or 3 threads give the same bytes. The chunk functions spend their time in
-numpy or the compiled kernels, which release the GIL.
+without the GIL (spin_microseconds), then sleep on a lock. Chunk i's work must not depend
+on which thread runs it or on the thread count: layers cut by the problem's shape alone,
+and sum partial results in chunk order, so that 1, 2 or 3 threads give the same bytes. The
+chunk functions spend their time in numpy or the compiled kernels, which release the GIL.
 
 A call from inside a chunk, or from another thread while the pool is busy (a data
 prefetch thread), runs its chunks in the calling thread, in order.
@@ -92,11 +92,12 @@ def _limit_blas():
 
 
 class _Task:
-    """One parallel_for call: the chunks not yet taken, how many have finished, the first error."""
+    """One parallel_for call: the chunks not yet taken, how many have finished, the first error.
+    The last chunk to finish writes the call's number (`generation`) into `done_word`."""
 
     __slots__ = ("fn", "n", "next_index", "next_finished", "finished", "error", "done_word", "generation")
 
-    def __init__(self, fn, n, done_word=None, generation=0):
+    def __init__(self, fn, n, done_word, generation):
         self.fn, self.n = fn, n
         self.done_word, self.generation = done_word, generation
         self.next_index = itertools.count().__next__        # atomic under the GIL
@@ -119,8 +120,7 @@ class _Task:
                     if self.error is None:
                         self.error = e
             if self.next_finished() == self.n:
-                if self.done_word is not None:
-                    self.done_word[0] = self.generation
+                self.done_word[0] = self.generation     # for a caller spinning on it
                 self.finished.release()
 
 

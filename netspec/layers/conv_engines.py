@@ -229,8 +229,8 @@ class StackedConv(ConvEngine):
                 multiply(part, col[part])
             else:
                 # This thread's own buffer, a sample at a time (the same GEMMs: np.matmul runs one
-                # per sample): a part's two samples had made the worker's copy GoogLeNet's largest
-                # buffer at 2 threads (conv2, 14 MB).
+                # per sample), not a part's: GoogLeNet's conv1 at batch 10 took 14 MiB for a part's
+                # two samples in each thread, 7 now.
                 cols = self.col_buffer(None, 1, y.dtype, shared=True)
                 for n in range(part.start, part.stop):
                     multiply(slice(n, n + 1), cols)
