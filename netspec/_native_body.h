@@ -440,6 +440,20 @@ static void NAME(channel_sums)(const T *dy, const T *x, double *sum_dy, double *
  * sum_a and sum_ax (unless NULL) get the sums of g * a[c] and of that times x, as channel_sums would
  * give them from Scale's dx (BatchNorm's batch-statistics gradient, finished by batch_norm_grad).
  * One pass, the roundings of the separate layers; dx may be dy. */
+/* chain_backward's work on element k, its sums into lane l. */
+static inline __attribute__((always_inline)) void NAME(chain_term)(const T *dy, const T *y, const T *x, T *dx,
+                                                                   long k, int l, T ac, T sc, int relu,
+                                                                   int standardise, T *p, T *px, T *pa, T *pax)
+{
+    const T g = relu ? dy[k] * (T)(y[k] > 0) : dy[k];
+    const T ga = g * ac;
+    p[l] += g;
+    px[l] += g * x[k];
+    pa[l] += ga;
+    pax[l] += ga * x[k];
+    dx[k] = standardise ? ga / sc : ga;
+}
+
 static void NAME(chain_backward)(const T *dy, const T *y, const T *x, const T *a, const T *s, T *dx,
                                  double *sum_g, double *sum_gx, double *sum_a, double *sum_ax, long outer,
                                  long channels, long inner, int relu, int standardise)
@@ -457,24 +471,10 @@ static void NAME(chain_backward)(const T *dy, const T *y, const T *x, const T *a
                 T p[8] = {0}, px[8] = {0}, pa[8] = {0}, pax[8] = {0};
                 long k = b;
                 for (; k + 8 <= end; k += 8)
-                    for (int l = 0; l < 8; l++) {
-                        const T g = relu ? dy[k + l] * (T)(y[k + l] > 0) : dy[k + l];
-                        const T ga = g * ac;
-                        p[l] += g;
-                        px[l] += g * x[k + l];
-                        pa[l] += ga;
-                        pax[l] += ga * x[k + l];
-                        dx[k + l] = standardise ? ga / sc : ga;
-                    }
-                for (; k < end; k++) {
-                    const T g = relu ? dy[k] * (T)(y[k] > 0) : dy[k];
-                    const T ga = g * ac;
-                    p[0] += g;
-                    px[0] += g * x[k];
-                    pa[0] += ga;
-                    pax[0] += ga * x[k];
-                    dx[k] = standardise ? ga / sc : ga;
-                }
+                    for (int l = 0; l < 8; l++)
+                        NAME(chain_term)(dy, y, x, dx, k + l, l, ac, sc, relu, standardise, p, px, pa, pax);
+                for (; k < end; k++)        /* the tail into lane 0 */
+                    NAME(chain_term)(dy, y, x, dx, k, 0, ac, sc, relu, standardise, p, px, pa, pax);
                 for (int l = 0; l < 8; l++) {
                     total += p[l];
                     total_x += px[l];
